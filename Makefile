@@ -1,0 +1,29 @@
+# The two set-up commands of the README:
+#   make run    installs airwave into .venv and starts it on its embedded defaults
+#   make test   installs what the tests need (Python packages, coturn, chromium) and runs them all
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/airwave serve
+
+test: $(STAMP)
+	bash tests/prepare-machine.sh
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) data .pytest_cache
