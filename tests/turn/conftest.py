@@ -1,37 +1,15 @@
-"""Fixtures of the turn/ tests: a coturn on loopback, our STUN server on loopback.
-
-``coturn`` is reusable by any test under tests/turn/: it yields a started
-:class:`coturn_process.CoturnProcess` (``.host``, ``.port``, ``.secret``,
-``.realm``, ``.url``), killed at the end of the module.
-"""
+"""Fixtures of the turn/ tests: a coturn on loopback, our STUN server on loopback."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-from coturn_process import CoturnProcess
 
+from tests.turn.turn_testing import coturn, has_ipv6_loopback  # noqa: F401  (fixture)
 from turn import StunServer
 
-
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAS_IPV6_LOOPBACK = _has_ipv6_loopback()
-
-
-@pytest.fixture(scope="module")
-def coturn() -> Iterator[CoturnProcess]:
-    with CoturnProcess() as server:
-        yield server
+HAS_IPV6_LOOPBACK = has_ipv6_loopback()
 
 
 @pytest.fixture

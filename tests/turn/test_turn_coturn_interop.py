@@ -1,6 +1,6 @@
 """coturn accepts the TURN REST credentials airwave mints, and relays real WebRTC.
 
-Everything runs on 127.0.0.1: a throwaway ``turnserver`` (see coturn_process.py),
+Everything runs on 127.0.0.1: a throwaway ``turnserver`` (see turn_testing.py),
 ``turnutils_uclient`` and two aiortc peers in this process.
 """
 
@@ -11,6 +11,7 @@ import ipaddress
 import time
 
 import pytest
+from aioice.ice import get_host_addresses
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -18,10 +19,9 @@ from aiortc import (
     RTCPeerConnection,
 )
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
-from aioice.ice import get_host_addresses
-from coturn_process import CoturnProcess, run_uclient
 
 from config import Settings
+from tests.turn.turn_testing import CoturnProcess, run_uclient
 from turn import IceServerProvider, mint_turn_credential
 
 pytestmark = pytest.mark.timeout(90)

@@ -1,11 +1,14 @@
-"""A throwaway coturn on 127.0.0.1 for tests: temp config, free port, killed at the end.
+"""Test support for turn/: a throwaway coturn on 127.0.0.1 (temp config, free port,
+killed at the end), free ports, loopback checks.
 
 Usable without pytest::
 
     with CoturnProcess(secret="s3cret") as turn:
         ...  # turn.host, turn.port, turn.secret, turn.url ("turn:127.0.0.1:PORT")
 
-The fixture ``coturn`` in ``tests/turn/conftest.py`` wraps it.
+The pytest fixture :func:`coturn` below wraps it (module scope). Other suites
+can use it with ``from tests.turn.turn_testing import coturn  # noqa: F401`` in
+their conftest.py or test module.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 HOST = "127.0.0.1"
 REALM = "airwave.test"
@@ -39,6 +45,15 @@ def free_port(host: str = HOST) -> int:
                 continue
             return port
     raise RuntimeError("no free port")
+
+
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def stun_binding_answered(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -192,3 +207,10 @@ def run_uclient(
     args = [binary, "-y", "-c", "-n", str(messages), "-l", "100"]
     args += ["-u", username, "-w", password, "-p", str(port), host]
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def coturn() -> Iterator[CoturnProcess]:
+    """A started coturn on 127.0.0.1 (``.host``, ``.port``, ``.secret``, ``.url``)."""
+    with CoturnProcess() as server:
+        yield server
