@@ -1,0 +1,30 @@
+"""sfu/: WebRTC media sessions and forwarding of encoded media.
+
+Publishers send into a room, subscribers receive the room's tracks; RTP is
+forwarded as bytes (no decoding, no re-encoding). See docs/media.md.
+"""
+
+from .engine import MediaEngine, RoomInfo
+from .errors import (
+    AtCapacity,
+    MediaError,
+    NothingAcceptable,
+    PublisherExists,
+    RoomNotLive,
+    SdpError,
+    SessionNotFound,
+)
+from .session import Session
+
+__all__ = [
+    "AtCapacity",
+    "MediaEngine",
+    "MediaError",
+    "NothingAcceptable",
+    "PublisherExists",
+    "RoomInfo",
+    "RoomNotLive",
+    "SdpError",
+    "Session",
+    "SessionNotFound",
+]

@@ -1,0 +1,304 @@
+"""The one place where airwave touches aiortc's and aioice's internals.
+
+The engine uses aiortc's public ORTC objects (RTCIceGatherer, RTCIceTransport,
+RTCDtlsTransport, RTCCertificate) for ICE, DTLS and SRTP keying, but neither
+RTCRtpReceiver (which decodes) nor RTCRtpSender (which encodes). Everything
+below reaches past the public API; tests/sfu/test_seam.py checks that each
+internal still exists and behaves, so an aiortc upgrade fails loudly there.
+
+Internals used:
+
+* ``RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)`` -- awaited by
+  the transport's receive loop with each decrypted RTP packet; replaced per
+  instance to get the raw bytes before aiortc parses and routes them.
+* ``RTCDtlsTransport._rtp_router`` (``RtpRouter.register_sender`` /
+  ``register_receiver`` / ``unregister_*``) -- routes parsed RTCP (NACK,
+  PLI, FIR, SR) to our objects by SSRC.
+* ``RTCDtlsTransport._tx_srtp`` (pylibsrtp Session) -- protect RTP/RTCP.
+* ``RTCDtlsTransport._set_role``, ``_task``, ``_state`` (State enum).
+* ``RTCIceTransport._connection`` -- the aioice Connection:
+  ``_nominated[1]`` (CandidatePair: ``protocol.transport``, ``remote_addr``)
+  for sending without a coroutine; ``ice_controlling``.
+* aioice ``Connection.get_component_candidates`` (replaced per instance to
+  bind the configured addresses and port range), ``query_consent`` (replaced
+  per instance so that inbound traffic counts as consent), ``data_received``
+  and ``request_received`` (wrapped per instance to see inbound traffic),
+  ``build_request``, ``close``, ``_query_consent_task``, ``_protocols``;
+  module constants ``CONSENT_INTERVAL`` and ``CONSENT_FAILURES``;
+  ``StunProtocol``; ``aioice.candidate.candidate_foundation`` /
+  ``candidate_priority``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aioice.ice as aioice_ice
+from aioice import stun
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcicetransport import RTCIceTransport
+
+logger = logging.getLogger(__name__)
+
+RtpHandler = Callable[[bytes], None]
+
+
+# --- receiving ------------------------------------------------------------------
+
+
+def tap_rtp(dtls: RTCDtlsTransport, handler: RtpHandler) -> None:
+    """Give every decrypted RTP packet of ``dtls`` to ``handler`` as bytes,
+    instead of aiortc's parse-and-route (so no RTCRtpReceiver is involved)."""
+
+    async def _handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        handler(data)
+
+    dtls._handle_rtp_data = _handle_rtp_data  # type: ignore[method-assign]
+
+
+def register_rtcp_sink(dtls: RTCDtlsTransport, ssrc: int, sink: Any) -> None:
+    """Route RTCP feedback whose media SSRC is ``ssrc`` (NACK, PLI, RR reports
+    about it) to ``sink._handle_rtcp_packet(packet)``."""
+    dtls._rtp_router.register_sender(sink, ssrc)
+
+
+def register_rtcp_source(dtls: RTCDtlsTransport, ssrcs: list[int], sink: Any) -> None:
+    """Route RTCP sent by the remote about its own SSRCs (SR, BYE) to ``sink``.
+    ``sink`` also needs ``_handle_disconnect()``."""
+    dtls._rtp_router.register_receiver(sink, ssrcs=ssrcs, payload_types=[], mid=None)
+
+
+def unregister_rtcp(dtls: RTCDtlsTransport, sink: Any) -> None:
+    dtls._rtp_router.unregister_sender(sink)
+    dtls._rtp_router.unregister_receiver(sink)
+
+
+# --- sending ----------------------------------------------------------------------
+
+
+class DatagramSender:
+    """Protect with the transport's SRTP session and write to the nominated
+    pair's socket: two C calls, no coroutine, no aiortc object per packet."""
+
+    __slots__ = ("_dtls", "_connection", "pair", "protect", "protect_rtcp", "sendto", "addr")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self._dtls = dtls
+        self._connection = dtls.transport._connection
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Rebind to the current nominated pair; False when there is none."""
+        srtp = self._dtls._tx_srtp
+        pair = self._connection._nominated.get(1)
+        if srtp is None or pair is None or pair.protocol.transport is None:
+            self.pair = None
+            self.protect = self.protect_rtcp = None
+            self.sendto = None
+            self.addr = None
+            return False
+        self.pair = pair
+        self.protect = srtp.protect
+        self.protect_rtcp = srtp.protect_rtcp
+        self.sendto = pair.protocol.transport.sendto
+        self.addr = pair.remote_addr
+        return True
+
+    def stale(self) -> bool:
+        return self._connection._nominated.get(1) is not self.pair
+
+    def send_rtp(self, packet: bytes) -> None:
+        if self.sendto is not None:
+            self.sendto(self.protect(packet), self.addr)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        if self.sendto is not None:
+            self.sendto(self.protect_rtcp(packet), self.addr)
+
+
+def dtls_connected(dtls: RTCDtlsTransport) -> bool:
+    return dtls._state == State.CONNECTED
+
+
+def set_dtls_role(dtls: RTCDtlsTransport, role: str) -> None:
+    dtls._set_role(role)
+
+
+def dtls_role(dtls: RTCDtlsTransport) -> str:
+    return dtls._role
+
+
+async def stop_dtls(dtls: RTCDtlsTransport) -> None:
+    """Stop the DTLS transport and wait for its receive task to end."""
+    task = dtls._task
+    await dtls.stop()
+    if task is not None:
+        try:
+            await task
+        except BaseException:  # noqa: BLE001 - cancelled or failed, it is gone either way
+            pass
+
+
+def set_ice_controlling(ice: RTCIceTransport, controlling: bool) -> None:
+    ice._connection.ice_controlling = controlling
+
+
+# --- gathering: addresses and port range --------------------------------------------
+
+
+def restrict_gathering(
+    ice: RTCIceTransport,
+    addresses: tuple[str, ...],
+    ports: tuple[int, int] | None,
+) -> None:
+    """Bind host candidates only on ``addresses`` (when given; aioice never
+    gathers 127.0.0.1 by itself) and only on ``ports`` (lo, hi) when given."""
+    connection = ice._connection
+    original = connection.get_component_candidates
+    configured = addresses
+
+    async def get_component_candidates(
+        component: int, addresses: list[str], timeout: int = 5
+    ) -> list[Candidate]:
+        use = list(configured) if configured else list(addresses)
+        if ports is None and not configured:
+            return await original(component=component, addresses=use, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        candidates = []
+        for address in use:
+            protocol = await _bind(loop, connection, address, ports)
+            if protocol is None:
+                continue
+            host, port = protocol.transport.get_extra_info("sockname")[:2]
+            protocol.local_candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", host),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=host,
+                port=port,
+                type="host",
+            )
+            connection._protocols.append(protocol)
+            candidates.append(protocol.local_candidate)
+        return candidates
+
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+
+
+async def _bind(
+    loop: asyncio.AbstractEventLoop,
+    connection: aioice_ice.Connection,
+    address: str,
+    ports: tuple[int, int] | None,
+) -> aioice_ice.StunProtocol | None:
+    if ports is None:
+        candidates_ports = [0]
+    else:
+        lo, hi = ports
+        span = hi - lo + 1
+        start = random.randrange(span)
+        candidates_ports = [lo + (start + i) % span for i in range(span)]
+    for port in candidates_ports:
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: aioice_ice.StunProtocol(connection), local_addr=(address, port)
+            )
+        except OSError:
+            continue
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+            except OSError:
+                pass
+        return protocol  # type: ignore[return-value]
+    logger.warning("no free UDP port on %s in %s", address, ports)
+    return None
+
+
+# --- consent freshness ----------------------------------------------------------------
+
+
+class InboundCounter:
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+def count_inbound_as_consent(ice: RTCIceTransport) -> InboundCounter:
+    """RFC 7675 expires consent after unanswered checks; FFmpeg's WHIP client
+    never answers them but keeps sending its own checks and media. Replace
+    aioice's consent loop by one that also treats any inbound datagram since
+    the previous check as fresh consent."""
+    connection = ice._connection
+    counter = InboundCounter()
+    data_received = connection.data_received
+    request_received = connection.request_received
+
+    def on_data(data: bytes, component: int) -> None:
+        counter.count += 1
+        data_received(data, component)
+
+    def on_request(message: Any, addr: Any, protocol: Any) -> None:
+        counter.count += 1
+        request_received(message, addr, protocol)
+
+    async def query_consent() -> None:
+        assert connection.remote_password is not None
+        failures = 0
+        seen = counter.count
+        while True:
+            interval = aioice_ice.CONSENT_INTERVAL
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            for pair in list(connection._nominated.values()):
+                request = connection.build_request(pair, nominate=False)
+                try:
+                    await pair.protocol.request(
+                        request,
+                        pair.remote_addr,
+                        integrity_key=connection.remote_password.encode("utf8"),
+                        retransmissions=0,
+                    )
+                    failures = 0
+                except stun.TransactionError:
+                    failures += 1
+            if counter.count != seen:
+                failures = 0
+                seen = counter.count
+            if failures >= aioice_ice.CONSENT_FAILURES:
+                logger.info("ICE consent expired (no answer and no inbound traffic)")
+                connection._query_consent_task = None
+                await connection.close()
+                return
+
+    connection.data_received = on_data  # type: ignore[method-assign]
+    connection.request_received = on_request  # type: ignore[method-assign]
+    connection.query_consent = query_consent  # type: ignore[method-assign]
+    return counter
+
+
+Closer = Callable[[], Awaitable[None]]
+
+__all__ = [
+    "DatagramSender",
+    "InboundCounter",
+    "count_inbound_as_consent",
+    "dtls_connected",
+    "dtls_role",
+    "register_rtcp_sink",
+    "register_rtcp_source",
+    "restrict_gathering",
+    "set_dtls_role",
+    "set_ice_controlling",
+    "stop_dtls",
+    "tap_rtp",
+    "unregister_rtcp",
+]

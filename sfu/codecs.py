@@ -1,0 +1,118 @@
+"""Which codecs the engine forwards, and how a subscriber's offer is matched.
+
+The engine never transcodes, so a subscriber gets exactly the codec (and the
+fmtp) its publisher sent, under the payload type the subscriber chose.
+aiortc's own matching only knows two H.264 profiles; this module decides
+itself from the SDP.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+from aiortc.sdp import parse_h264_profile_level_id
+
+# profile_idc + profile_iop (the first four hex digits of profile-level-id)
+# accepted from publishers: constrained baseline, baseline, main, high.
+H264_PROFILES = frozenset({"42e0", "42c0", "4200", "4d00", "6400"})
+H264_DEFAULT_PROFILE_LEVEL_ID = "42001f"
+
+# feedback we relay or answer ourselves; goog-remb / transport-cc are not
+# offered because the engine does no bandwidth estimation.
+VIDEO_FEEDBACK = (("nack", None), ("nack", "pli"), ("ccm", "fir"))
+
+
+def _mime(codec: RTCRtpCodecParameters) -> str:
+    return codec.mimeType.lower()
+
+
+def _packetization_mode(codec: RTCRtpCodecParameters) -> str:
+    return str(codec.parameters.get("packetization-mode", "0"))
+
+
+def h264_profile_prefix(codec: RTCRtpCodecParameters) -> str:
+    return str(codec.parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID))[
+        :4
+    ].lower()
+
+
+def is_forwardable(codec: RTCRtpCodecParameters) -> bool:
+    """A codec a publisher may send us."""
+    mime = _mime(codec)
+    if mime == "video/vp8":
+        return codec.clockRate == 90000
+    if mime == "video/h264":
+        return (
+            codec.clockRate == 90000
+            and _packetization_mode(codec) == "1"
+            and h264_profile_prefix(codec) in H264_PROFILES
+        )
+    if mime == "audio/opus":
+        return codec.clockRate == 48000
+    return False
+
+
+def choose_publish_codec(
+    offered: list[RTCRtpCodecParameters],
+) -> RTCRtpCodecParameters | None:
+    """The publisher's first forwardable codec, in its order of preference."""
+    for codec in offered:
+        if is_forwardable(codec):
+            return codec
+    return None
+
+
+def _same_h264_profile(a: RTCRtpCodecParameters, b: RTCRtpCodecParameters) -> bool:
+    try:
+        pa = parse_h264_profile_level_id(
+            str(a.parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID))
+        )[0]
+        pb = parse_h264_profile_level_id(
+            str(b.parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID))
+        )[0]
+    except ValueError:
+        return False
+    return pa == pb
+
+
+def match_subscriber_codec(
+    published: RTCRtpCodecParameters, offered: list[RTCRtpCodecParameters]
+) -> RTCRtpCodecParameters | None:
+    """The subscriber's codec entry able to receive what the publisher sends."""
+    mime = _mime(published)
+    for codec in offered:
+        if _mime(codec) != mime or codec.clockRate != published.clockRate:
+            continue
+        if mime == "video/h264":
+            if _packetization_mode(codec) != "1" or not _same_h264_profile(published, codec):
+                continue
+        return codec
+    return None
+
+
+def answer_codec(
+    published: RTCRtpCodecParameters, peer: RTCRtpCodecParameters
+) -> RTCRtpCodecParameters:
+    """The publisher's codec and fmtp under the peer's payload type, with the
+    feedback both the peer offered and we support."""
+    codec = copy.deepcopy(published)
+    codec.payloadType = peer.payloadType
+    if codec.mimeType.lower().startswith("video/"):
+        offered = {(fb.type, fb.parameter) for fb in peer.rtcpFeedback}
+        codec.rtcpFeedback = [
+            RTCRtcpFeedback(type=t, parameter=p) for (t, p) in VIDEO_FEEDBACK if (t, p) in offered
+        ]
+    else:
+        codec.rtcpFeedback = []
+    return codec
+
+
+__all__ = [
+    "H264_PROFILES",
+    "answer_codec",
+    "choose_publish_codec",
+    "h264_profile_prefix",
+    "is_forwardable",
+    "match_subscriber_codec",
+]

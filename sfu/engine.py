@@ -1,0 +1,312 @@
+"""The media engine: sessions by id, rooms by name, capacity, observers.
+
+One :class:`MediaEngine` per process. It is told "this offer publishes into
+room R" or "this offer subscribes to room R" and answers with SDP; it knows
+nothing of HTTP, Socket.IO, the database or rooms' rules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc.rtcdtlstransport import RTCCertificate
+
+from config.settings import Settings
+
+from . import metrics
+from .codecs import choose_publish_codec, match_subscriber_codec
+from .errors import (
+    AtCapacity,
+    NothingAcceptable,
+    PublisherExists,
+    RoomNotLive,
+    SdpError,
+    SessionNotFound,
+)
+from .sdp import Offer, OfferedMedia, parse_candidate, parse_offer
+from .session import Session
+from .track import UpTrack
+
+logger = logging.getLogger(__name__)
+
+PublisherStarted = Callable[[str, Session], None | Awaitable[None]]
+PublisherEnded = Callable[[str, Session, str], None | Awaitable[None]]
+SessionClosed = Callable[[Session, str], None | Awaitable[None]]
+
+SENDING = ("sendonly", "sendrecv")
+RECEIVING = ("recvonly", "sendrecv")
+
+
+@dataclass
+class Room:
+    name: str
+    publishers: dict[str, Session] = field(default_factory=dict)
+    subscribers: dict[str, Session] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoomInfo:
+    name: str
+    publishers: int
+    subscribers: int
+    live: bool  # a publisher is connected
+
+
+class MediaEngine:
+    """Publish/subscribe media sessions, forwarding encoded RTP without decoding."""
+
+    def __init__(self, settings: Settings, *, connect_timeout: float = 30.0) -> None:
+        self.settings = settings
+        self.connect_timeout = connect_timeout
+        self.certificate = RTCCertificate.generateCertificate()
+        self._sessions: dict[str, Session] = {}
+        self._rooms: dict[str, Room] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._started: set[str] = set()  # publisher session ids announced as started
+        # observers wired by the app (callbacks; may return an awaitable)
+        self.on_publisher_started: PublisherStarted | None = None
+        self.on_publisher_ended: PublisherEnded | None = None
+        self.on_session_closed: SessionClosed | None = None
+
+    # -- the interface ----------------------------------------------------------------------
+
+    async def publish(self, room: str, offer_sdp: str, *, owner: str = "") -> Session:
+        """Answer a publisher's offer (recvonly); the answer is ``session.answer_sdp``."""
+        offer = parse_offer(offer_sdp)
+        plan = _publish_plan(offer)
+        if not any(codec is not None for _, codec in plan):
+            raise NothingAcceptable("no VP8, H.264 (packetization-mode 1) or Opus track to publish")
+        self._check_open()
+        self._check_sessions()
+        r = self._rooms.get(room)
+        if r is not None and r.publishers:
+            raise PublisherExists(f"room {room!r} already has a publisher")
+        session = Session(self, "publisher", room, owner)
+        self._add(session, publisher=True)
+        await self._set_up(session, session.start_publisher(offer, plan))
+        return session
+
+    async def subscribe(self, room: str, offer_sdp: str, *, owner: str = "") -> Session:
+        """Answer a subscriber's offer (sendonly) with the tracks of the room's publisher."""
+        offer = parse_offer(offer_sdp)
+        r = self._rooms.get(room)
+        if r is None or not r.publishers:
+            raise RoomNotLive(f"room {room!r} has no publisher")
+        uptracks = [u for p in r.publishers.values() for u in p.uptracks if not u.closed]
+        plan = _subscribe_plan(offer, uptracks)
+        if not any(up is not None for _, up, _ in plan):
+            raise NothingAcceptable("the offer cannot receive any of the room's tracks")
+        self._check_open()
+        self._check_sessions()
+        if len(r.subscribers) >= self.settings.max_subscribers_per_room:
+            raise AtCapacity(f"room {room!r} is full")
+        session = Session(self, "subscriber", room, owner)
+        self._add(session, publisher=False)
+        await self._set_up(session, session.start_subscriber(offer, plan))
+        return session
+
+    def session(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    async def add_remote_candidate(self, session_id: str, candidate: str) -> None:
+        """A trickled ``candidate:...`` line; ``""`` or ``end-of-candidates`` ends them."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        parsed = parse_candidate(candidate)
+        try:
+            await session.add_remote_candidate(parsed)
+        except (ValueError, TypeError) as exc:
+            raise SdpError(f"unusable candidate: {exc}") from None
+
+    async def close_session(self, session_id: str, reason: str = "closed") -> None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        await session.close(reason)
+
+    async def close_room(self, room: str, reason: str = "room_ended") -> None:
+        r = self._rooms.get(room)
+        if r is None:
+            return
+        await asyncio.gather(*(s.close(reason) for s in list(r.subscribers.values())))
+        await asyncio.gather(*(s.close(reason) for s in list(r.publishers.values())))
+
+    def has_publisher(self, room: str) -> bool:
+        r = self._rooms.get(room)
+        return r is not None and bool(r.publishers)
+
+    def subscriber_count(self, room: str) -> int:
+        r = self._rooms.get(room)
+        return len(r.subscribers) if r is not None else 0
+
+    def rooms(self) -> dict[str, RoomInfo]:
+        return {
+            name: RoomInfo(
+                name=name,
+                publishers=len(r.publishers),
+                subscribers=len(r.subscribers),
+                live=any(p.state == "connected" for p in r.publishers.values()),
+            )
+            for name, r in self._rooms.items()
+        }
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    async def close(self) -> None:
+        """Close every session and wait for every task the engine started."""
+        self._closing = True
+        subscribers = [s for s in self._sessions.values() if s.role == "subscriber"]
+        await asyncio.gather(*(s.close("shutdown") for s in subscribers))
+        await asyncio.gather(*(s.close("shutdown") for s in list(self._sessions.values())))
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise AtCapacity("the media engine is shutting down")
+
+    def _check_sessions(self) -> None:
+        if len(self._sessions) >= self.settings.max_sessions:
+            raise AtCapacity("too many media sessions in this process")
+
+    def _add(self, session: Session, *, publisher: bool) -> None:
+        r = self._rooms.get(session.room)
+        if r is None:
+            r = self._rooms[session.room] = Room(session.room)
+            metrics.ROOMS.set(len(self._rooms))
+        self._sessions[session.id] = session
+        (r.publishers if publisher else r.subscribers)[session.id] = session
+        metrics.SESSIONS.inc()
+        (metrics.PUBLISHERS if publisher else metrics.SUBSCRIBERS).inc()
+
+    async def _set_up(self, session: Session, setup: Coroutine[Any, Any, None]) -> None:
+        try:
+            await setup
+        except BaseException:
+            await session.close("setup_failed")
+            raise
+        if session.closed:  # closed while gathering (engine shutdown, room ended)
+            raise SessionNotFound("session closed during set-up")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("sfu task failed", exc_info=task.exception())
+
+    def _notify(self, callback: Callable[..., Any] | None, *args: Any) -> None:
+        if callback is None:
+            return
+        try:
+            result = callback(*args)
+        except Exception:
+            logger.exception("sfu observer failed")
+            return
+        if inspect.isawaitable(result):
+            self._spawn(_awaited(result))
+
+    def _session_connected(self, session: Session) -> None:
+        if session.role == "publisher":
+            self._started.add(session.id)
+            self._notify(self.on_publisher_started, session.room, session)
+
+    async def _session_closing(self, session: Session, reason: str) -> None:
+        """First step of a session's close: leave the room; a leaving publisher
+        takes the sessions subscribed to it along."""
+        r = self._rooms.get(session.room)
+        if r is None:
+            return
+        if session.role == "publisher":
+            r.publishers.pop(session.id, None)
+            dependents = [
+                s
+                for s in list(r.subscribers.values())
+                if any(d.up.publisher is session for d in s.downtracks)
+            ]
+            await asyncio.gather(*(s.close("publisher_left") for s in dependents))
+        else:
+            r.subscribers.pop(session.id, None)
+
+    def _session_closed(self, session: Session, reason: str) -> None:
+        if self._sessions.pop(session.id, None) is None:
+            return
+        metrics.SESSIONS.dec()
+        (metrics.PUBLISHERS if session.role == "publisher" else metrics.SUBSCRIBERS).dec()
+        metrics.SESSIONS_ENDED.labels(reason=reason).inc()
+        if reason in metrics.FAILURE_REASONS:
+            metrics.SESSIONS_FAILED.labels(reason=reason).inc()
+        r = self._rooms.get(session.room)
+        if r is not None and not r.publishers and not r.subscribers:
+            del self._rooms[session.room]
+            metrics.ROOMS.set(len(self._rooms))
+        if session.id in self._started:
+            self._started.discard(session.id)
+            self._notify(self.on_publisher_ended, session.room, session, reason)
+        self._notify(self.on_session_closed, session, reason)
+
+
+async def _awaited(result: Awaitable[Any]) -> None:
+    await result
+
+
+def _publish_plan(offer: Offer) -> list[tuple[OfferedMedia, Any]]:
+    plan: list[tuple[OfferedMedia, Any]] = []
+    kinds_taken: set[str] = set()
+    for media in offer.media:
+        codec = None
+        if (
+            media.kind in ("audio", "video")
+            and media.direction in SENDING
+            and media.rtcp_mux
+            and media.kind not in kinds_taken  # one audio and one video track per publisher
+        ):
+            codec = choose_publish_codec(media.codecs)
+            if codec is not None:
+                kinds_taken.add(media.kind)
+        plan.append((media, codec))
+    _check_bundle(offer, [m for m, c in plan if c is not None])
+    return plan
+
+
+def _subscribe_plan(
+    offer: Offer, uptracks: list[UpTrack]
+) -> list[tuple[OfferedMedia, UpTrack | None, Any]]:
+    plan: list[tuple[OfferedMedia, UpTrack | None, Any]] = []
+    free = list(uptracks)
+    for media in offer.media:
+        chosen: tuple[UpTrack | None, Any] = (None, None)
+        if media.kind in ("audio", "video") and media.direction in RECEIVING and media.rtcp_mux:
+            for up in free:
+                if up.kind != media.kind:
+                    continue
+                peer = match_subscriber_codec(up.codec, media.codecs)
+                if peer is not None:
+                    chosen = (up, peer)
+                    free.remove(up)
+                    break
+        plan.append((media, chosen[0], chosen[1]))
+    _check_bundle(offer, [m for m, up, _ in plan if up is not None])
+    return plan
+
+
+def _check_bundle(offer: Offer, used: list[OfferedMedia]) -> None:
+    if len(used) > 1 and not all(m.mid in offer.bundle for m in used):
+        raise SdpError("an offer with several media sections must BUNDLE them")
+
+
+__all__ = ["MediaEngine", "Room", "RoomInfo"]

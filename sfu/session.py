@@ -1,0 +1,441 @@
+"""One WebRTC session: ICE, DTLS-SRTP and the tracks it publishes or receives.
+
+A session is built from aiortc's ORTC objects (no RTCPeerConnection, no
+RTCRtpReceiver, no RTCRtpSender): the engine writes the answer itself,
+receives RTP as bytes through the seam and sends through SRTP and the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from aiortc.rtp import RtcpByePacket, RtcpPsfbPacket, RtcpSdesPacket, RtcpSourceInfo, RtcpSrPacket
+
+from . import aiortc_seam as seam
+from .codecs import answer_codec
+from .sdp import AnswerSection, Offer, Transport, write_description
+from .track import DownTrack, UpTrack, receiver_report
+
+if TYPE_CHECKING:
+    from .engine import MediaEngine
+
+logger = logging.getLogger(__name__)
+
+Role = Literal["publisher", "subscriber"]
+RTCP_INTERVAL = 1.0
+
+
+def random_ssrc() -> int:
+    return random.randint(1, 0xFFFFFFFE)
+
+
+class Session:
+    """A publisher or subscriber session. Created by :class:`MediaEngine`."""
+
+    def __init__(self, engine: MediaEngine, role: Role, room: str, owner: str) -> None:
+        self.id = uuid.uuid4().hex
+        self.role: Role = role
+        self.room = room
+        self.owner = owner
+        self.created_at = time.time()
+        self.connected_at: float | None = None
+        self.state: Literal["new", "connecting", "connected", "closed"] = "new"
+        self.close_reason: str | None = None
+        self.answer_sdp = ""
+        self.uptracks: list[UpTrack] = []
+        self.downtracks: list[DownTrack] = []
+        self.rtcp_ssrc = random_ssrc()
+        self.sender: seam.DatagramSender | None = None
+
+        self._engine = engine
+        self._cname = uuid.uuid4().hex[:16]
+        self._by_ssrc: dict[int, UpTrack] = {}
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._connect_task: asyncio.Task[None] | None = None
+        self._rtcp_task: asyncio.Task[None] | None = None
+        self._offer: Offer | None = None
+        self._sdp_version = 1
+        self._sdp_session_id = secrets.randbits(62)
+        self.consent = None
+
+        settings = engine.settings
+        self._gatherer = RTCIceGatherer(iceServers=[])
+        self.ice = RTCIceTransport(self._gatherer)
+        self.dtls = RTCDtlsTransport(self.ice, [engine.certificate])
+        seam.restrict_gathering(self.ice, tuple(settings.ice_addresses), settings.udp_ports)
+        self.consent = seam.count_inbound_as_consent(self.ice)
+        seam.tap_rtp(self.dtls, self._on_rtp)
+
+    # -- public ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.state == "closed"
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def add_remote_candidate(self, candidate: Any) -> None:
+        """A trickled remote candidate (aiortc RTCIceCandidate) or None for the end."""
+        if self._closing:
+            return
+        if candidate is not None and (
+            candidate.component != 1
+            or candidate.protocol.lower() != "udp"
+            or candidate.ip.endswith(".local")
+        ):
+            return
+        await self.ice.addRemoteCandidate(candidate)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "room": self.room,
+            "state": self.state,
+            "tracks": [
+                {"kind": u.kind, "codec": u.codec.mimeType, "packets": u.packets}
+                for u in self.uptracks
+            ]
+            + [
+                {
+                    "kind": d.up.kind,
+                    "codec": d.up.codec.mimeType,
+                    "retransmitted": d.retransmitted,
+                    "keyframe_requests": d.keyframe_requests,
+                }
+                for d in self.downtracks
+            ],
+        }
+
+    # -- set-up -------------------------------------------------------------------------
+
+    async def _prepare(self, offer: Offer) -> None:
+        self._offer = offer
+        seam.set_ice_controlling(self.ice, offer.ice.iceLite)
+        # offer actpass -> we are the DTLS client, as aiortc and browsers do
+        seam.set_dtls_role(self.dtls, "server" if offer.dtls.role == "client" else "client")
+        await self._gatherer.gather()
+        for candidate in offer.candidates:
+            await self.add_remote_candidate(candidate)
+        if offer.candidates_complete:
+            await self.add_remote_candidate(None)
+
+    def _transport_description(self) -> Transport:
+        return Transport(
+            ice=self._gatherer.getLocalParameters(),
+            fingerprints=self.dtls.getLocalParameters().fingerprints,
+            setup="passive" if seam.dtls_role(self.dtls) == "server" else "active",
+            candidates=self._gatherer.getLocalCandidates(),
+        )
+
+    def _write(self, sections: list[AnswerSection]) -> str:
+        text = write_description(
+            sections,
+            self._transport_description(),
+            session_id=self._sdp_session_id,
+            version=self._sdp_version,
+            cname=self._cname,
+        )
+        self._sdp_version += 1
+        return text
+
+    async def start_publisher(self, offer: Offer, plan: list[tuple[Any, Any]]) -> None:
+        """``plan``: (OfferedMedia, chosen codec or None) for each media section."""
+        await self._prepare(offer)
+        sections = []
+        for media, codec in plan:
+            if codec is None:
+                sections.append(_unused_section(media))
+                continue
+            fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
+            fir_only = ("nack", "pli") not in fbs and ("ccm", "fir") in fbs
+            ssrcs = [s for s in media.ssrcs if s not in {rtx for _, rtx in media.fid}]
+            up = UpTrack(
+                self,
+                kind=media.kind,
+                mid=media.mid,
+                codec=answer_codec(codec, codec),
+                ssrcs=ssrcs[:1],
+                out_ssrc=random_ssrc(),
+                fir_only=fir_only,
+            )
+            self.uptracks.append(up)
+            if up.in_ssrc is not None:
+                self._by_ssrc[up.in_ssrc] = up
+            sections.append(
+                AnswerSection(
+                    kind=media.kind,
+                    mid=media.mid,
+                    protocol=media.protocol,
+                    direction="recvonly",
+                    codecs=[up.codec],
+                )
+            )
+        self.answer_sdp = self._write(sections)
+        if self._by_ssrc:
+            seam.register_rtcp_source(self.dtls, list(self._by_ssrc), self)
+        self._start()
+
+    async def start_subscriber(self, offer: Offer, plan: list[tuple[Any, Any, Any]]) -> None:
+        """``plan``: (OfferedMedia, UpTrack or None, the subscriber's codec)."""
+        await self._prepare(offer)
+        sections = []
+        for media, up, peer_codec in plan:
+            if up is None:
+                sections.append(_unused_section(media))
+                continue
+            down = DownTrack(self, up, mid=media.mid, payload_type=peer_codec.payloadType)
+            self.downtracks.append(down)
+            sections.append(
+                AnswerSection(
+                    kind=media.kind,
+                    mid=media.mid,
+                    protocol=media.protocol,
+                    direction="sendonly",
+                    codecs=[answer_codec(up.codec, peer_codec)],
+                    ssrc=up.out_ssrc,
+                    msid=f"{up.publisher.id} {up.track_id}",
+                )
+            )
+        self.answer_sdp = self._write(sections)
+        self._start()
+
+    def _start(self) -> None:
+        self.state = "connecting"
+        self.ice.on("statechange", self._on_ice_state)
+        self.dtls.on("statechange", self._on_dtls_state)
+        self._connect_task = asyncio.create_task(self._connect(), name=f"sfu-connect-{self.id}")
+
+    async def _connect(self) -> None:
+        assert self._offer is not None
+        try:
+            async with asyncio.timeout(self._engine.connect_timeout):
+                await self.ice.start(self._offer.ice)
+                if self.ice.state != "completed":
+                    self._engine._spawn(self.close("ice_failed"))
+                    return
+                await self.dtls.start(self._offer.dtls)
+        except TimeoutError:
+            self._engine._spawn(self.close("connect_timeout"))
+            return
+        except Exception as exc:  # noqa: BLE001 - aiortc can raise on odd peers
+            logger.info("session %s: connect failed: %s", self.id, exc)
+            self._engine._spawn(self.close("dtls_failed"))
+            return
+        if self._closing:
+            return
+        if self.dtls.state != "connected":
+            self._engine._spawn(self.close("dtls_failed"))
+            return
+        self._on_connected()
+
+    def _on_connected(self) -> None:
+        self.sender = seam.DatagramSender(self.dtls)
+        self.state = "connected"
+        self.connected_at = time.time()
+        if self.role == "subscriber":
+            seam.register_rtcp_sink(self.dtls, 0, _FirSink(self))
+            target = self._target()
+            for down in self.downtracks:
+                seam.register_rtcp_sink(self.dtls, down.ssrc, down)
+                if target is not None:
+                    down.start(target)
+        else:
+            for up in self.uptracks:
+                if up._pli_wanted:
+                    up._pli_wanted = False
+                    up.request_keyframe()
+        self._rtcp_task = asyncio.create_task(self._run_rtcp(), name=f"sfu-rtcp-{self.id}")
+        self._engine._session_connected(self)
+
+    def _target(self) -> tuple[Any, Any, Any] | None:
+        s = self.sender
+        if s is None or s.sendto is None:
+            return None
+        return (s.protect, s.sendto, s.addr)
+
+    # -- receiving (publisher) ----------------------------------------------------------------
+
+    def _on_rtp(self, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        up = self._by_ssrc.get(ssrc)
+        if up is None:
+            up = self._learn_ssrc(ssrc, data[1] & 0x7F)
+            if up is None:
+                return
+        up.on_rtp(data)
+
+    def _learn_ssrc(self, ssrc: int, pt: int) -> UpTrack | None:
+        candidates = [u for u in self.uptracks if u.codec.payloadType == pt]
+        if len(candidates) != 1 or candidates[0].in_ssrc is not None:
+            return None
+        up = candidates[0]
+        up.in_ssrc = ssrc
+        self._by_ssrc[ssrc] = up
+        seam.register_rtcp_source(self.dtls, [ssrc], self)
+        return up
+
+    # called by aiortc's RtpRouter for RTCP about the publisher's SSRCs
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            up = self._by_ssrc.get(packet.ssrc)
+            if up is not None:
+                up.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+        elif isinstance(packet, RtcpByePacket):
+            pass  # the transport closing ends the session
+
+    def _handle_disconnect(self) -> None:
+        pass
+
+    # -- RTCP loop ------------------------------------------------------------------------------
+
+    async def _run_rtcp(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(RTCP_INTERVAL * (0.5 + random.random()))
+                self._rtcp_tick()
+        except asyncio.CancelledError:
+            pass
+
+    def _rtcp_tick(self) -> None:
+        sender = self.sender
+        if sender is None:
+            return
+        if sender.stale():
+            sender.refresh()
+            target = self._target()
+            for down in self.downtracks:
+                down.retarget(target)
+        try:
+            if self.uptracks:
+                reports = []
+                for up in self.uptracks:
+                    reports.extend(up.periodic())
+                if reports:
+                    sender.send_rtcp(receiver_report(self.rtcp_ssrc, reports))
+            if self.downtracks:
+                payload = b""
+                chunks = []
+                for down in self.downtracks:
+                    if down.target is None:
+                        continue
+                    payload += bytes(down.sender_report())
+                    chunks.append(RtcpSourceInfo(ssrc=down.ssrc, items=[(1, self._cname.encode())]))
+                if payload:
+                    payload += bytes(RtcpSdesPacket(chunks=chunks))
+                    sender.send_rtcp(payload)
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("session %s: RTCP failed: %s", self.id, exc)
+
+    # -- state and closing ------------------------------------------------------------------------
+
+    def _on_ice_state(self) -> None:
+        if self.ice.state == "failed":
+            self._engine._spawn(self.close("ice_failed"))
+
+    def _on_dtls_state(self) -> None:
+        state = self.dtls.state
+        if state == "failed":
+            self._engine._spawn(self.close("dtls_failed"))
+        elif state == "closed":
+            self._engine._spawn(self.close("disconnected"))
+
+    async def close(self, reason: str = "closed") -> None:
+        """End the session and release everything it holds. Idempotent."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        self.close_reason = reason
+        self.ice.remove_all_listeners()
+        self.dtls.remove_all_listeners()
+
+        for down in self.downtracks:
+            down.stop()
+        for up in self.uptracks:
+            up.close()
+        # the engine ends the subscribers of a publisher that leaves
+        await self._engine._session_closing(self, reason)
+
+        current = asyncio.current_task()
+        for task in (self._connect_task, self._rtcp_task):
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except BaseException:  # noqa: BLE001
+                    pass
+        seam.unregister_rtcp(self.dtls, self)
+        for down in self.downtracks:
+            seam.unregister_rtcp(self.dtls, down)
+        try:
+            await seam.stop_dtls(self.dtls)
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("session %s: DTLS stop: %s", self.id, exc)
+        try:
+            await self.ice.stop()
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("session %s: ICE stop: %s", self.id, exc)
+        self.sender = None
+        self.state = "closed"
+        self._closed.set()
+        self._engine._session_closed(self, reason)
+
+    def __repr__(self) -> str:
+        return f"Session({self.role} {self.id[:8]} room={self.room!r} {self.state})"
+
+
+class _FirSink:
+    """RTCP with media SSRC 0: FIR carries its target SSRC in the FCI."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    async def _handle_rtcp_packet(self, packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == 4 and len(packet.fci) >= 8:
+            for i in range(0, len(packet.fci) - 7, 8):
+                ssrc = int.from_bytes(packet.fci[i : i + 4], "big")
+                for down in self.session.downtracks:
+                    if down.ssrc == ssrc:
+                        down.keyframe_requests += 1
+                        down.up.request_keyframe()
+
+
+def _unused_section(media: Any) -> AnswerSection:
+    """A media section we do not use: inactive with the peer's first codec
+    (peers such as aiortc reject a rejected audio/video section without one),
+    or rejected (port 0) when it is not audio/video."""
+    if media.kind in ("audio", "video") and media.codecs and media.rtcp_mux:
+        codec = answer_codec(media.codecs[0], media.codecs[0])
+        codec.rtcpFeedback = []
+        return AnswerSection(
+            kind=media.kind,
+            mid=media.mid,
+            protocol=media.protocol,
+            direction="inactive",
+            codecs=[codec],
+        )
+    return AnswerSection(
+        kind=media.kind,
+        mid=media.mid,
+        protocol=media.protocol,
+        direction="inactive",
+        codecs=[],
+        rejected=True,
+        fmt=media.fmt[:1],
+    )
+
+
+__all__ = ["Session"]
