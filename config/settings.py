@@ -64,6 +64,7 @@ class Settings:
     # --- storage and bus ------------------------------------------------------
     database_url: str = ""  # empty = sqlite:///<data_dir>/airwave.db
     database_pool_size: int = 10
+    database_schema: str = ""  # PostgreSQL schema to use; empty = the server's search_path
     redis_url: str = ""  # empty = in-process bus
 
     # --- tokens ---------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The HTTP face: REST, WHIP, WHEP, health, metrics, OpenAPI, the app factory and CLI."""

@@ -1,0 +1,104 @@
+"""The app factory: one aiohttp application with Socket.IO on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from api import health
+from api.auth_http import TOKENS_KEY
+from api.components import AIRWAVE, Airwave
+from api.errors import error_middleware
+from api.openapi import build_document
+from api.routing import ApiRoutes
+from auth import TokenService
+from config import Settings
+from rooms.bus import InProcessBus
+from signaling import Signaling
+from store import Database, DatabaseUnavailable, migrate
+
+log = logging.getLogger("airwave")
+
+ROUTE_TABLES: list[ApiRoutes] = [health.routes]
+
+
+def airwave_version() -> str:
+    try:
+        return version("airwave")
+    except PackageNotFoundError:  # running from a source tree
+        return "0.0.0"
+
+
+async def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    tokens = TokenService(settings)
+    db = await Database.connect(settings)
+    redis_client = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+    signaling = Signaling(settings, tokens)
+    airwave = Airwave(
+        settings=settings,
+        tokens=tokens,
+        db=db,
+        bus=InProcessBus(),
+        signaling=signaling,
+        redis=redis_client,
+        openapi=build_document(ROUTE_TABLES, airwave_version()),
+    )
+    app[AIRWAVE] = airwave
+    app[TOKENS_KEY] = tokens
+    for table in ROUTE_TABLES:
+        table.add_to(app)
+    signaling.sio.attach(app)
+
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def _try_migrate(airwave: Airwave, delay: float) -> bool:
+    try:
+        await migrate(airwave.db)
+    except DatabaseUnavailable as exc:
+        log.error("database unreachable, not ready; retrying in %.0fs: %s", delay, exc)
+        return False
+    airwave.migrated.set()
+    return True
+
+
+async def _migrate_until_done(airwave: Airwave) -> None:
+    delay = 1.0
+    while True:
+        await asyncio.sleep(delay)
+        if await _try_migrate(airwave, min(delay * 2, 15.0)):
+            log.info("database reachable again, schema migrated: ready")
+            return
+        delay = min(delay * 2, 15.0)
+
+
+async def _start(app: web.Application) -> None:
+    """A reachable database is migrated before we serve; an unreachable one does not
+    stop the server: it answers, says it is not ready, and keeps trying."""
+    airwave = app[AIRWAVE]
+    await airwave.bus.start()
+    if not await _try_migrate(airwave, 1.0):
+        airwave.spawn(_migrate_until_done(airwave), "migrate")
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Runs first at shutdown, while connections are still open."""
+    airwave = app[AIRWAVE]
+    await airwave.signaling.close()
+
+
+async def _cleanup(app: web.Application) -> None:
+    airwave = app[AIRWAVE]
+    await airwave.cancel_background()
+    await airwave.bus.close()
+    if airwave.redis is not None:
+        await airwave.redis.aclose()
+    await airwave.db.close()

@@ -1,0 +1,146 @@
+"""The ``airwave`` command line: serve, token, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("airwave")
+
+
+def _settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config_file=getattr(args, "config", None), **overrides)
+    except ConfigError as exc:
+        print(f"airwave: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _describe(settings: Settings) -> list[str]:
+    if settings.database_backend == "sqlite":
+        db = f"SQLite at {settings.effective_database_url.removeprefix('sqlite:///')} (embedded)"
+    else:
+        db = "PostgreSQL"
+    bus = "Redis" if settings.redis_url else "in-process (embedded)"
+    stun = f"embedded STUN on UDP {settings.stun_port}" if settings.stun_port else "embedded STUN off"
+    turn = f"TURN {', '.join(settings.turn_urls)}" if settings.turn_urls else "no TURN"
+    return [f"database: {db}", f"event bus and timers: {bus}", f"ICE: {stun}, {turn}"]
+
+
+async def _serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from api.app import airwave_version, create_app
+
+    log.info("airwave %s starting (%s)", airwave_version(), settings.env)
+    for line in _describe(settings):
+        log.info(line)
+    app = await create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
+        raise SystemExit(1) from None
+    shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    log.info("listening on http://%s:%s/ (bound to %s)", shown_host, settings.port, settings.host)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args, host=args.host, port=args.port)
+    from api.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    import uvloop
+
+    uvloop.run(_serve(settings))
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from auth import Grants, TokenError, TokenService
+
+    settings = _settings_from(args)
+    grants = Grants(
+        room=args.room, publish=args.publish, subscribe=args.subscribe, admin=args.admin
+    )
+    try:
+        token = TokenService(settings).mint(args.user, name=args.name or "", grants=grants, ttl=args.ttl)
+    except TokenError as exc:
+        print(f"airwave: {exc.message}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from api.logs import configure_logging
+    from store import Database, migrate
+
+    settings = _settings_from(args)
+    configure_logging(settings.log_format, settings.log_level)
+
+    async def run() -> list[int]:
+        db = await Database.connect(settings)
+        try:
+            return await migrate(db)
+        finally:
+            await db.close()
+
+    applied = asyncio.run(run())
+    print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="airwave", description="Realtime media and signaling server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="address to bind (default 0.0.0.0, AIRWAVE_HOST)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8080, AIRWAVE_PORT)")
+    serve.add_argument("--config", help="TOML settings file (AIRWAVE_CONFIG)")
+    serve.set_defaults(func=cmd_serve)
+
+    token = sub.add_parser("token", help="print an access token")
+    token.add_argument("--user", required=True, help="user id (sub)")
+    token.add_argument("--name", help="display name")
+    token.add_argument("--room", help="room id the grants cover, or *")
+    token.add_argument("--publish", action="store_true")
+    token.add_argument("--subscribe", action="store_true")
+    token.add_argument("--admin", action="store_true")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--config", help="TOML settings file")
+    token.set_defaults(func=cmd_token)
+
+    mig = sub.add_parser("migrate", help="apply database migrations and exit")
+    mig.add_argument("--config", help="TOML settings file")
+    mig.set_defaults(func=cmd_migrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

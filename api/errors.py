@@ -1,0 +1,113 @@
+"""One error shape for every HTTP error, and the middleware that guarantees it.
+
+``{"status": 404, "code": "room_not_found", "message": "...", "requestId": "..."}``
+
+Every request gets an id (from a sane ``X-Request-Id`` header, or a new one),
+echoed in the ``X-Request-Id`` response header and in the log line.
+Unexpected exceptions are logged with the id and answered 500 without internals.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from api.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
+
+log = logging.getLogger("airwave.http")
+
+REQUEST_ID_KEY: web.RequestKey[str] = web.RequestKey("request_id", str)
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class ApiError(Exception):
+    """Raise anywhere in a handler to answer with the standard error shape."""
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    request: web.Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    request_id = request.get(REQUEST_ID_KEY, "")
+    body = {"status": status, "code": code, "message": message, "requestId": request_id}
+    return web.Response(
+        status=status,
+        text=json.dumps(body),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id", "")
+    request_id = incoming if _SANE_ID.match(incoming) else secrets.token_hex(8)
+    request[REQUEST_ID_KEY] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = error_response(request, exc.status, exc.code, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason if exc.text is None or exc.text.startswith(str(exc.status)) else exc.text
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        response = error_response(request, exc.status, code, message or exc.reason, headers)
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id, "path": request.path})
+        response = error_response(request, 500, "internal_error", "internal server error")
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    elapsed = time.perf_counter() - started
+    route = _route_label(request)
+    HTTP_REQUESTS.labels(request.method, route, str(response.status)).inc()
+    HTTP_REQUEST_SECONDS.labels(request.method, route).observe(elapsed)
+    log.info(
+        "%s %s %s %.1fms",
+        request.method,
+        request.path,
+        response.status,
+        elapsed * 1000,
+        extra={"request_id": request_id, "status": response.status},
+    )
+    return response

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the HTTP face, and the /metrics route.
+
+Other packages define their own ``airwave_*`` metrics in the default registry;
+/metrics exposes them all together with the process collector's CPU and memory.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+HTTP_REQUESTS = Counter(
+    "airwave_http_requests_total", "HTTP requests by method, route and status", ["method", "route", "status"]
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "airwave_http_request_seconds",
+    "HTTP request handling time by method and route",
+    ["method", "route"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,5 @@
+"""The Socket.IO face: auth on connect, events that call rooms/ and sfu/."""
+
+from signaling.server import SignalError, Signaling, user_room
+
+__all__ = ["Signaling", "SignalError", "user_room"]

@@ -1,0 +1,286 @@
+"""One query layer over PostgreSQL (asyncpg, pooled) and SQLite (aiosqlite).
+
+Queries are written once, in PostgreSQL's placeholder style (``$1``, ``$2``),
+in the SQL both engines share: TEXT, BIGINT, DOUBLE PRECISION, ``RETURNING``,
+``ON CONFLICT``. For SQLite the placeholders become ``?1``, ``?2``. Rows come
+back as plain dicts.
+
+SQLite is the embedded single-process default: one connection in WAL mode,
+every statement and transaction serialised by one asyncio lock, so a
+transaction is never interleaved with another coroutine's statements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+import asyncpg
+
+from config import Settings
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+Row = dict[str, Any]
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached."""
+
+
+class Queries(Protocol):
+    """What a connection or a transaction offers; the rest of airwave uses only this."""
+
+    dialect: str
+
+    async def execute(self, sql: str, *args: Any) -> int: ...
+    async def fetch(self, sql: str, *args: Any) -> list[Row]: ...
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None: ...
+    async def fetchval(self, sql: str, *args: Any) -> Any: ...
+
+
+class Database:
+    """Base class: ``connect()`` picks the backend from the URL."""
+
+    dialect: str = ""
+
+    @staticmethod
+    async def connect(settings: Settings) -> Database:
+        url = settings.effective_database_url
+        if url.startswith("sqlite:///"):
+            return await SqliteDatabase.open(Path(url.removeprefix("sqlite:///")))
+        return await PostgresDatabase.open(
+            url, pool_size=settings.database_pool_size, schema=settings.database_schema
+        )
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self.transaction() as tx:
+            return await tx.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self.transaction() as tx:
+            return await tx.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        async with self.transaction() as tx:
+            return await tx.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        async with self.transaction() as tx:
+            return await tx.fetchval(sql, *args)
+
+    def transaction(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def ping(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def close(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def migration_lock(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+class _SqliteQueries:
+    dialect = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return _PLACEHOLDER.sub(r"?\1", sql)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        cursor = await self._conn.execute(self._sql(sql), args)
+        # Exhaust the cursor so RETURNING statements complete.
+        await cursor.fetchall()
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        cursor = await self._conn.execute(self._sql(sql), args)
+        rows = await cursor.fetchall()
+        await cursor.close()
+        return [dict(r) for r in rows]
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        row = await self.fetchrow(sql, *args)
+        return next(iter(row.values())) if row else None
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteDatabase:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = await aiosqlite.connect(str(path), isolation_level=None)
+        except Exception as exc:  # sqlite3.OperationalError and friends
+            raise DatabaseUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        return cls(conn, path)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SqliteQueries]:
+        async with self._lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteQueries(self._conn)
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            else:
+                await self._conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def migration_lock(self) -> AsyncIterator[None]:
+        # One process owns an embedded database; the asyncio lock is enough.
+        yield
+
+    async def ping(self) -> None:
+        async with self._lock:
+            await self._conn.execute("SELECT 1")
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._conn.close()
+
+
+# ----------------------------------------------------------------------- PostgreSQL
+
+
+class _PostgresQueries:
+    dialect = "postgresql"
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        status = await self._conn.execute(sql, *args)
+        # "INSERT 0 1", "UPDATE 3", "DELETE 0", "SELECT 1" ...
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self._conn.fetch(sql, *args)]
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        row = await self._conn.fetchrow(sql, *args)
+        return dict(row) if row is not None else None
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._conn.fetchval(sql, *args)
+
+
+# A fixed key for pg_advisory_lock: "airwave" in ASCII.
+MIGRATION_LOCK_KEY = 0x61697277617665
+
+
+class PostgresDatabase(Database):
+    dialect = "postgresql"
+
+    def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
+        self._pool = pool
+        self.schema = schema
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int, schema: str = "") -> PostgresDatabase:
+        """A pool that connects on demand (min_size 0): the server starts, and says it
+        is not ready, while PostgreSQL is unreachable."""
+        server_settings = {"search_path": _ident(schema)} if schema else None
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=0,
+            max_size=pool_size,
+            server_settings=server_settings,
+            timeout=5,
+            command_timeout=30,
+        )
+        return cls(pool, schema)
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            conn = await self._pool.acquire(timeout=10)
+        except (TimeoutError, OSError, asyncpg.CannotConnectNowError) as exc:
+            raise DatabaseUnavailable(f"cannot reach PostgreSQL: {exc or type(exc).__name__}") from exc
+        try:
+            yield conn
+        finally:
+            await self._pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PostgresQueries]:
+        async with self._acquire() as conn, conn.transaction():
+            yield _PostgresQueries(conn)
+
+    @asynccontextmanager
+    async def _single(self) -> AsyncIterator[_PostgresQueries]:
+        async with self._acquire() as conn:
+            yield _PostgresQueries(conn)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._single() as q:
+            return await q.execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._single() as q:
+            return await q.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        async with self._single() as q:
+            return await q.fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        async with self._single() as q:
+            return await q.fetchval(sql, *args)
+
+    @asynccontextmanager
+    async def migration_lock(self) -> AsyncIterator[None]:
+        async with self._acquire() as conn:
+            if self.schema:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+    async def ping(self) -> None:
+        async with self._single() as q:
+            await q.execute("SELECT 1")
+
+    async def close(self) -> None:
+        await asyncio.wait_for(self._pool.close(), timeout=10)
+
+
+def _ident(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return name

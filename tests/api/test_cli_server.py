@@ -1,0 +1,116 @@
+"""The server as a user runs it: the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import free_port
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRWAVE_")}
+    env.update(AIRWAVE_STUN_PORT="0", **extra)
+    return env
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _wait_up(url: str, proc: subprocess.Popen, deadline: float = 20) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early with {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if _get(url + "/health/liveness")[0] == 200:
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not come up")
+
+
+def test_serve_with_no_config_answers_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, proc)
+        status, body = _get(url + "/health/readiness")
+        assert status == 200 and json.loads(body)["checks"]["database"] == "ok"
+        status, body = _get(url + "/metrics")
+        assert status == 200 and b"process_cpu_seconds_total" in body and b"airwave_http_requests_total" in body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    first_lines = "\n".join(log.splitlines()[:8])
+    assert "SQLite" in first_lines and "in-process" in first_lines
+    assert f"http://127.0.0.1:{port}/" in log
+    # The embedded default keeps its data under ./data of the working directory.
+    assert (tmp_path / "data" / "airwave.db").exists()
+
+
+def test_sigint_also_exits_0(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path, env=_env(tmp_path, AIRWAVE_LOG_FORMAT="json"), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_up(f"http://127.0.0.1:{port}", proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.strip()]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert any(line["msg"].startswith("listening on") for line in lines)
+    assert all({"ts", "level", "logger", "msg"} <= line.keys() for line in lines)
+
+
+def test_bad_configuration_exits_2_naming_the_setting(tmp_path: Path) -> None:
+    for extra, name in (
+        ({"AIRWAVE_PORT": "abc"}, "AIRWAVE_PORT"),
+        ({"AIRWAVE_DATABASE_URL": "mongodb://x"}, "AIRWAVE_DATABASE_URL"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "api.cli", "serve"],
+            cwd=tmp_path, env=_env(tmp_path, **extra), capture_output=True, text=True, timeout=30,
+        )
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0]
+
+
+def test_config_file_sets_the_port(tmp_path: Path) -> None:
+    port = free_port()
+    conf = tmp_path / "airwave.toml"
+    conf.write_text(f'host = "127.0.0.1"\nport = {port}\nstun_port = 0\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--config", str(conf)],
+        cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_up(f"http://127.0.0.1:{port}", proc)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 0

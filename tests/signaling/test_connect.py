@@ -1,0 +1,68 @@
+"""Socket.IO connect needs a valid token; refusals carry a readable reason."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import jwt
+import pytest
+import socketio
+
+from tests.conftest import RunningApp
+
+
+async def _connect(url: str, auth: object) -> socketio.AsyncClient:
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(url, auth=auth, transports=["websocket"], wait_timeout=5)
+    return client
+
+
+async def _refusal(url: str, auth: object) -> dict:
+    client = socketio.AsyncClient(reconnection=False)
+    errors: list[object] = []
+    client.on("connect_error", lambda data: errors.append(data))
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await client.connect(url, auth=auth, transports=["websocket"], wait_timeout=5)
+    await client.disconnect()
+    assert errors, "the client got no connect_error"
+    return errors[0]  # type: ignore[return-value]
+
+
+async def _metric(url: str, needle: str) -> float:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/metrics") as r:
+            for line in (await r.text()).splitlines():
+                if line.startswith(needle):
+                    return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_good_token_connects_and_polling_works_too(running: RunningApp) -> None:
+    client = await _connect(running.url, {"token": running.token("alice")})
+    assert client.connected
+    assert await _metric(running.url, "airwave_socketio_connections ") == 1.0
+    await client.disconnect()
+    polling = socketio.AsyncClient(reconnection=False)
+    await polling.connect(running.url, auth={"token": running.token("bob")}, transports=["polling"], wait_timeout=5)
+    assert polling.connected
+    # The python client's polling disconnect waits out its own long-poll (25 s); abort it.
+    await polling.eio.disconnect(abort=True)
+
+
+async def test_missing_token_is_refused_with_a_reason(running: RunningApp) -> None:
+    for auth in (None, {}, {"token": ""}):
+        err = await _refusal(running.url, auth)
+        assert err["data"]["code"] == "missing_token"
+    assert await _metric(running.url, 'airwave_socketio_connects_total{result="missing_token"}') >= 3
+
+
+async def test_bad_and_expired_tokens_are_refused(running: RunningApp) -> None:
+    err = await _refusal(running.url, {"token": "not-a-jwt"})
+    assert err["data"]["code"] == "invalid_token"
+    now = int(time.time())
+    expired = jwt.encode(
+        {"sub": "a", "iat": now - 100, "exp": now - 60}, running.settings.jwt_secret, "HS256"
+    )
+    err = await _refusal(running.url, {"token": expired})
+    assert err["data"]["code"] == "token_expired" and "expired" in err["message"]

@@ -1,0 +1,129 @@
+"""The query layer and migrations, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+from store import Database, DatabaseUnavailable, migrate
+from store.migrations import Migration, load_migrations
+from tests.conftest import PG_URL, drop_schema
+
+
+@pytest.fixture
+async def db(settings: Settings):
+    database = await Database.connect(settings)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def test_migrations_apply_once_and_are_recorded(db: Database) -> None:
+    first = await migrate(db)
+    assert first == [m.version for m in load_migrations()]
+    assert await migrate(db) == []
+    rows = await db.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+    assert [r["version"] for r in rows] == first
+    assert rows[0]["name"] == "core"
+
+
+async def test_queries_and_placeholders(db: Database) -> None:
+    await migrate(db)
+    await db.execute("INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3)", "u1", "Ann", 1.5)
+    row = await db.fetchrow("SELECT id, name, created_at FROM users WHERE id = $1", "u1")
+    assert row == {"id": "u1", "name": "Ann", "created_at": 1.5}
+    assert await db.fetchval("SELECT count(*) FROM users WHERE name = $1 OR name = $1", "Ann") == 1
+    changed = await db.execute("UPDATE users SET name = $2 WHERE id = $1", "u1", "Bea")
+    assert changed == 1
+    returned = await db.fetchrow("UPDATE users SET name = $2 WHERE id = $1 RETURNING name", "u1", "Cy")
+    assert returned == {"name": "Cy"}
+
+
+async def test_transaction_rolls_back_on_error(db: Database) -> None:
+    await migrate(db)
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3)", "u2", "x", 0.0)
+            raise RuntimeError("boom")
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+async def test_concurrent_increments_are_serialised(db: Database) -> None:
+    """The pattern chat seq and wallets rely on: UPDATE ... RETURNING inside a transaction."""
+    await migrate(db)
+    await db.execute("INSERT INTO users (id, name, created_at) VALUES ('c', '0', 0)")
+
+    async def bump() -> int:
+        async with db.transaction() as tx:
+            row = await tx.fetchrow(
+                "UPDATE users SET created_at = created_at + 1 WHERE id = 'c' RETURNING created_at"
+            )
+            return int(row["created_at"])
+
+    results = await asyncio.gather(*(bump() for _ in range(40)))
+    assert sorted(results) == list(range(1, 41))
+
+
+async def test_a_failed_migration_leaves_no_record(db: Database) -> None:
+    bad = [Migration(9001, "broken", ("CREATE TABLE t9001 (id TEXT)", "THIS IS NOT SQL"))]
+    with pytest.raises(Exception):  # noqa: B017 - each engine raises its own syntax error
+        await migrate(db, bad)
+    assert await db.fetchval("SELECT count(*) FROM schema_migrations WHERE version = 9001") == 0
+
+
+async def test_unreachable_postgres_raises_database_unavailable(tmp_path: Path) -> None:
+    from config import load_settings
+    from tests.conftest import free_port
+
+    settings = load_settings(
+        {"AIRWAVE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test"}
+    )
+    database = await Database.connect(settings)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await database.ping()
+    finally:
+        await database.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_two_processes_migrating_at_once_on_postgres(tmp_path: Path, backend: str) -> None:
+    from tests.conftest import _require_services
+
+    await _require_services()
+    schema = "t_concurrent_migrate"
+    await drop_schema(schema)
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from config import load_settings
+        from store import Database, migrate
+        async def main():
+            s = load_settings({{"AIRWAVE_DATABASE_URL": "{PG_URL}", "AIRWAVE_DATABASE_SCHEMA": "{schema}"}})
+            db = await Database.connect(s)
+            print(await migrate(db))
+            await db.close()
+        asyncio.run(main())
+        """
+    )
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    outputs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    try:
+        assert [p.returncode for p in procs] == [0, 0, 0], [o[1].decode()[-500:] for o in outputs]
+        applied = [eval(o[0].decode().strip()) for o in outputs]
+        every = [m.version for m in load_migrations()]
+        # Exactly one process applied everything; the others found nothing to do.
+        assert sorted(applied, key=len) == [[], [], every]
+    finally:
+        await drop_schema(schema)
