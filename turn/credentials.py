@@ -131,7 +131,7 @@ class IceServerProvider:
     def turn_urls(self) -> tuple[str, ...]:
         return self._turn_urls
 
-    def stun_urls(self, stun_host: str | None) -> list[str]:
+    def stun_urls(self, stun_host: str | None = None) -> list[str]:
         if not self.stun_enabled or not stun_host:
             return []
         return [f"stun:{format_uri_host(stun_host)}:{self._stun_port}"]
@@ -142,7 +142,7 @@ class IceServerProvider:
             return None
         return mint_turn_credential(self._secrets[0], user_id, self._ttl, now=self._clock())
 
-    def ice_servers(self, user_id: str, stun_host: str | None) -> list[dict[str, Any]]:
+    def ice_servers(self, user_id: str, stun_host: str | None = None) -> list[dict[str, Any]]:
         servers: list[dict[str, Any]] = []
         stun_urls = self.stun_urls(stun_host)
         if stun_urls:
@@ -158,7 +158,7 @@ class IceServerProvider:
             )
         return servers
 
-    def link_headers(self, user_id: str, stun_host: str | None) -> list[str]:
+    def link_headers(self, user_id: str, stun_host: str | None = None) -> list[str]:
         """``Link`` values, e.g. ``<stun:h:3478>; rel="ice-server"``; one header each."""
         links = [f'<{url}>; rel="ice-server"' for url in self.stun_urls(stun_host)]
         cred = self.credential(user_id)

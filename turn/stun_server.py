@@ -37,8 +37,9 @@ STUN_REQUESTS = Counter(
     "STUN datagrams received by the embedded STUN server, by outcome",
     ["result"],
 )
-for _result in ("answered", "dropped", "limited"):
-    STUN_REQUESTS.labels(result=_result)
+_ANSWERED = STUN_REQUESTS.labels(result="answered")
+_DROPPED = STUN_REQUESTS.labels(result="dropped")
+_LIMITED = STUN_REQUESTS.labels(result="limited")
 
 BINDING_REQUEST = 0x0001
 ATTR_FINGERPRINT = 0x8028
@@ -339,17 +340,17 @@ class StunServer:
     def _handle(self, protocol: _StunProtocol, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
         source: Address = (addr[0], addr[1])
         if source[1] == 0:
-            STUN_REQUESTS.labels(result="dropped").inc()
+            _DROPPED.inc()
             return
         if not self.limiter.allow(_source_key(source)):
-            STUN_REQUESTS.labels(result="limited").inc()
+            _LIMITED.inc()
             return
         reply = binding_response(data, source)
         if reply is None or protocol.transport is None:
-            STUN_REQUESTS.labels(result="dropped").inc()
+            _DROPPED.inc()
             return
         protocol.transport.sendto(reply, addr)
-        STUN_REQUESTS.labels(result="answered").inc()
+        _ANSWERED.inc()
 
 
 def _dual_stack_socket(port: int) -> socket.socket:
