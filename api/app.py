@@ -1,29 +1,38 @@
-"""The app factory: one aiohttp application with Socket.IO on the same port."""
+"""The app factory: one aiohttp application with Socket.IO on the same port.
+
+Each feature is a module in ``FEATURES`` with ``routes`` (an ApiRoutes table,
+documented in OpenAPI) and optionally ``install(airwave, app)``, which builds
+the feature's services, registers its Socket.IO events and bus subscriptions,
+and appends startup/cleanup hooks to the app.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from importlib.metadata import PackageNotFoundError, version
+from types import ModuleType
 
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api import health
+from api import health, ice, media
 from api.auth_http import TOKENS_KEY
 from api.components import AIRWAVE, Airwave
 from api.errors import error_middleware
 from api.openapi import build_document
-from api.routing import ApiRoutes
 from auth import TokenService
 from config import Settings
 from rooms.bus import InProcessBus
+from rooms.social import SocialGraph
+from sfu import MediaEngine
 from signaling import Signaling
 from store import Database, DatabaseUnavailable, migrate
+from turn import IceServerProvider, StunServer
 
 log = logging.getLogger("airwave")
 
-ROUTE_TABLES: list[ApiRoutes] = [health.routes]
+FEATURES: list[ModuleType] = [health, ice, media]
 
 
 def airwave_version() -> str:
@@ -45,16 +54,21 @@ async def create_app(settings: Settings) -> web.Application:
         db=db,
         bus=InProcessBus(),
         signaling=signaling,
+        media=MediaEngine(settings),
+        ice=IceServerProvider(settings),
+        social=SocialGraph(db),
         redis=redis_client,
-        openapi=build_document(ROUTE_TABLES, airwave_version()),
+        openapi=build_document([f.routes for f in FEATURES], airwave_version()),
     )
     app[AIRWAVE] = airwave
     app[TOKENS_KEY] = tokens
-    for table in ROUTE_TABLES:
-        table.add_to(app)
     signaling.sio.attach(app)
-
     app.on_startup.append(_start)
+    for feature in FEATURES:
+        feature.routes.add_to(app)
+        install = getattr(feature, "install", None)
+        if install is not None:
+            install(airwave, app)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
@@ -87,17 +101,27 @@ async def _start(app: web.Application) -> None:
     await airwave.bus.start()
     if not await _try_migrate(airwave, 1.0):
         airwave.spawn(_migrate_until_done(airwave), "migrate")
+    if airwave.settings.stun_port:
+        airwave.stun = StunServer.from_settings(airwave.settings)
+        try:
+            await airwave.stun.start("::", airwave.settings.stun_port)
+        except OSError as exc:
+            log.error("embedded STUN server cannot bind UDP %s: %s", airwave.settings.stun_port, exc)
+            airwave.stun = None
 
 
 async def _shutdown(app: web.Application) -> None:
     """Runs first at shutdown, while connections are still open."""
     airwave = app[AIRWAVE]
+    await airwave.media.close()
     await airwave.signaling.close()
 
 
 async def _cleanup(app: web.Application) -> None:
     airwave = app[AIRWAVE]
     await airwave.cancel_background()
+    if airwave.stun is not None:
+        await airwave.stun.close()
     await airwave.bus.close()
     if airwave.redis is not None:
         await airwave.redis.aclose()

@@ -13,8 +13,11 @@ from aiohttp import web
 from auth import TokenService
 from config import Settings
 from rooms.bus import EventBus
+from rooms.social import SocialGraph
+from sfu import MediaEngine
 from signaling import Signaling
 from store import Database
+from turn import IceServerProvider, StunServer
 
 log = logging.getLogger("airwave")
 
@@ -26,10 +29,16 @@ class Airwave:
     db: Database
     bus: EventBus
     signaling: Signaling
+    media: MediaEngine
+    ice: IceServerProvider
+    social: SocialGraph
     redis: aioredis.Redis | None = None
+    stun: StunServer | None = None
     openapi: dict[str, Any] = field(default_factory=dict)
     migrated: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Feature services, set by each feature's install(); see api/app.py FEATURES.
+    services: dict[str, Any] = field(default_factory=dict)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """A background task that is cancelled and awaited at shutdown."""

@@ -18,12 +18,33 @@ ERROR_SCHEMA = {
     },
 }
 
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^}]*)?\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _split_params(path: str) -> tuple[str, list[str]]:
+    """aiohttp's ``{name:regex}`` (the regex may hold braces) becomes ``{name}``."""
+    out: list[str] = []
+    names: list[str] = []
+    i = 0
+    while i < len(path):
+        if path[i] != "{":
+            out.append(path[i])
+            i += 1
+            continue
+        depth, j = 1, i + 1
+        while j < len(path) and depth:
+            depth += {"{": 1, "}": -1}.get(path[j], 0)
+            j += 1
+        inner = path[i + 1 : j - 1]
+        name = _NAME.match(inner)
+        names.append(name.group(0) if name else inner)
+        out.append("{" + names[-1] + "}")
+        i = j
+    return "".join(out), names
 
 
 def openapi_path(path: str) -> str:
-    """aiohttp's ``{name:regex}`` becomes OpenAPI's ``{name}``."""
-    return _PARAM.sub(r"{\1}", path)
+    return _split_params(path)[0]
 
 
 def build_document(tables: list[ApiRoutes], version: str) -> dict[str, Any]:
@@ -37,7 +58,7 @@ def build_document(tables: list[ApiRoutes], version: str) -> dict[str, Any]:
                 "operationId": f"{op.method.lower()}_{op.handler.__name__}",
                 "responses": {},
             }
-            params = _PARAM.findall(op.path)
+            params = _split_params(op.path)[1]
             if params:
                 entry["parameters"] = [
                     {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}

@@ -1,0 +1,371 @@
+"""WHIP (RFC 9725) at /whip/{room} and WHEP at /whep/{room}, and the media events.
+
+POST an SDP offer, get ``201 Created`` with the answer, a ``Location`` for the
+session (an unguessable id), a strong ``ETag`` and ``Link`` headers for the
+ICE servers. ``PATCH`` the session with ``application/trickle-ice-sdpfrag``
+to trickle candidates; ``DELETE`` ends it.
+
+The session URL is the capability to PATCH or DELETE it (128 random bits, as
+RFC 9725 section 4.3 allows); a request that also carries a token must carry
+the owner's token or an admin's.
+
+Media events go on the bus, channel ``media``, for rooms/ to keep its rules:
+``publisher_started``, ``publisher_ended``, ``subscriber_joined``,
+``subscriber_left`` with ``roomId``, ``sessionId``, ``userId`` (and ``reason``).
+Room rules come back on channel ``rooms``: ``room_ended`` closes the room's
+media, ``viewer_kicked`` closes that user's sessions in the room.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from api.auth_http import bearer_token, require_identity
+from api.components import AIRWAVE, Airwave
+from api.errors import ApiError
+from api.ice import request_host
+from api.routing import ApiRoutes
+from auth import Identity
+from sfu import (
+    AtCapacity,
+    MediaError,
+    NothingAcceptable,
+    PublisherExists,
+    RoomNotLive,
+    SdpError,
+    Session,
+    SessionNotFound,
+)
+
+log = logging.getLogger("airwave.media")
+
+routes = ApiRoutes("media")
+
+MAX_SDP_BYTES = 64 * 1024
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+ROOM_ID = r"[A-Za-z0-9_.:-]{1,128}"
+SESSION_ID = r"[a-f0-9]{32}"
+RETRY_AFTER_SECONDS = "5"
+CORS_HEADERS = {
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, X-Request-Id",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Post, Accept-Patch, X-Request-Id",
+    "Access-Control-Max-Age": "600",
+}
+
+_ERRORS: dict[type[MediaError], int] = {
+    SdpError: 400,
+    NothingAcceptable: 422,
+    PublisherExists: 409,
+    RoomNotLive: 404,
+    AtCapacity: 503,
+    SessionNotFound: 404,
+}
+
+
+def media_error(exc: MediaError) -> ApiError:
+    status = _ERRORS.get(type(exc), 400)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    return ApiError(status, exc.code, str(exc), headers=headers)
+
+
+@dataclass
+class SessionRecord:
+    """What the HTTP face remembers of a WHIP/WHEP session."""
+
+    session: Session
+    kind: str  # "whip" or "whep"
+    user_id: str
+    etag: str
+    remote_ufrag: str
+
+
+SESSIONS_KEY: web.AppKey[dict[str, SessionRecord]] = web.AppKey("whip_sessions", dict)
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _check_origin_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origins = request.app[AIRWAVE].settings.cors_origins
+    origin = request.headers.get("Origin")
+    if not origin:
+        return
+    if "*" in origins:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Expose-Headers"] = CORS_HEADERS["Access-Control-Expose-Headers"]
+
+
+async def _read_sdp(request: web.Request, content_type: str) -> str:
+    if request.content_type != content_type:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be {content_type}, got {request.content_type or 'none'}",
+            headers={"Accept-Post": SDP} if content_type == SDP else {"Accept-Patch": SDPFRAG},
+        )
+    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
+        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_BYTES} bytes")
+    body = await request.content.read(MAX_SDP_BYTES + 1)
+    if len(body) > MAX_SDP_BYTES:
+        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_BYTES} bytes")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_sdp", "SDP must be UTF-8 text") from None
+
+
+def _ufrag(sdp: str) -> str:
+    match = re.search(r"^a=ice-ufrag:(\S+)", sdp, flags=re.M)
+    return match.group(1) if match else ""
+
+
+def _etag(session: Session, ufrag: str) -> str:
+    return '"' + hashlib.sha256(f"{session.id}:{ufrag}".encode()).hexdigest()[:32] + '"'
+
+
+def _session_url(request: web.Request, kind: str, room: str, session_id: str) -> str:
+    path = f"/{kind}/{room}/{session_id}"
+    public = request.app[AIRWAVE].settings.public_url.rstrip("/")
+    return public + path if public else path
+
+
+async def _room_is_public(airwave: Airwave, room: str) -> bool:
+    value = await airwave.db.fetchval("SELECT public FROM rooms WHERE id = $1", room)
+    return bool(value)
+
+
+async def _authorize(request: web.Request, kind: str, room: str) -> Identity | None:
+    airwave = request.app[AIRWAVE]
+    if kind == "whep" and bearer_token(request) is None and airwave.settings.whep_public:
+        if await _room_is_public(airwave, room):
+            return None  # anonymous viewer of a public room
+    identity = require_identity(request)
+    allowed = identity.can_publish(room) if kind == "whip" else identity.can_subscribe(room)
+    if not allowed:
+        grant = "publish" if kind == "whip" else "subscribe"
+        raise ApiError(403, "forbidden", f"the token does not grant {grant} for room {room!r}")
+    return identity
+
+
+async def announce(airwave: Airwave, event: str, session: Session, **extra: Any) -> None:
+    await airwave.bus.publish(
+        "media",
+        {"type": event, "roomId": session.room, "sessionId": session.id, "userId": session.owner, **extra},
+    )
+
+
+# ------------------------------------------------------------------------- routes
+
+
+async def _create(request: web.Request, kind: str) -> web.Response:
+    airwave = request.app[AIRWAVE]
+    room = request.match_info["room"]
+    identity = await _authorize(request, kind, room)
+    offer = await _read_sdp(request, SDP)
+    owner = identity.user_id if identity else ""
+    try:
+        if kind == "whip":
+            session = await airwave.media.publish(room, offer, owner=owner)
+        else:
+            session = await airwave.media.subscribe(room, offer, owner=owner)
+    except MediaError as exc:
+        raise media_error(exc) from None
+    record = SessionRecord(session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer))
+    request.app[SESSIONS_KEY][session.id] = record
+    if kind == "whep":
+        await announce(airwave, "subscriber_joined", session)
+    response = web.Response(status=201, text=session.answer_sdp, content_type=SDP)
+    response.headers["Location"] = _session_url(request, kind, room, session.id)
+    response.headers["ETag"] = record.etag
+    response.headers["Accept-Patch"] = SDPFRAG
+    try:
+        links = airwave.ice.link_headers(owner or session.id, request_host(request))
+    except ValueError:  # a hostile Host header: no STUN link rather than an error
+        links = airwave.ice.link_headers(owner or session.id, None)
+    for link in links:
+        response.headers.add("Link", link)
+    _check_origin_headers(request, response)
+    log.info("%s session %s in room %s for %s", kind, session.id, room, owner or "anonymous")
+    return response
+
+
+def _record(request: web.Request, kind: str) -> SessionRecord:
+    record = request.app[SESSIONS_KEY].get(request.match_info["session"])
+    if record is None or record.kind != kind or record.session.room != request.match_info["room"]:
+        raise ApiError(404, "session_not_found", "no such session")
+    if bearer_token(request) is not None:
+        identity = require_identity(request)
+        if identity.user_id != record.user_id and not identity.is_admin:
+            raise ApiError(403, "forbidden", "this session belongs to someone else")
+    return record
+
+
+async def _patch(request: web.Request, kind: str) -> web.Response:
+    record = _record(request, kind)
+    if_match = request.headers.get("If-Match")
+    if if_match is not None and if_match != "*" and if_match != record.etag:
+        raise ApiError(412, "precondition_failed", "If-Match does not match the session's ETag")
+    fragment = await _read_sdp(request, SDPFRAG)
+    ufrag = _ufrag(fragment)
+    if ufrag and ufrag != record.remote_ufrag:
+        # aiortc's ICE agent cannot restart; the session keeps running as it is.
+        raise ApiError(422, "ice_restart_unsupported", "ICE restart is not supported by this server")
+    airwave = request.app[AIRWAVE]
+    lines = [line.strip() for line in fragment.splitlines()]
+    candidates = [line[2:] for line in lines if line.startswith("a=candidate:")]
+    try:
+        for candidate in candidates:
+            await airwave.media.add_remote_candidate(record.session.id, candidate)
+        if "a=end-of-candidates" in lines:
+            await airwave.media.add_remote_candidate(record.session.id, "")
+    except MediaError as exc:
+        raise media_error(exc) from None
+    response = web.Response(status=204)
+    response.headers["ETag"] = record.etag
+    _check_origin_headers(request, response)
+    return response
+
+
+async def _delete(request: web.Request, kind: str) -> web.Response:
+    record = _record(request, kind)
+    airwave = request.app[AIRWAVE]
+    try:
+        await airwave.media.close_session(record.session.id, "deleted")
+    except SessionNotFound:
+        pass  # it ended on its own a moment ago
+    request.app[SESSIONS_KEY].pop(record.session.id, None)
+    response = web.Response(status=200)
+    _check_origin_headers(request, response)
+    return response
+
+
+async def _options(request: web.Request) -> web.Response:
+    response = web.Response(status=204)
+    response.headers.update(CORS_HEADERS)
+    response.headers["Accept-Post"] = SDP
+    _check_origin_headers(request, response)
+    # Preflight answers may not repeat Expose-Headers only: keep the full set.
+    response.headers["Access-Control-Expose-Headers"] = CORS_HEADERS["Access-Control-Expose-Headers"]
+    airwave = request.app[AIRWAVE]
+    if bearer_token(request) is not None:
+        identity = require_identity(request)
+        for link in airwave.ice.link_headers(identity.user_id, request_host(request)):
+            response.headers.add("Link", link)
+    return response
+
+
+_CREATE_RESPONSES = {
+    201: "created: the answer SDP, Location, ETag, Link",
+    400: "malformed SDP",
+    403: "the token lacks the grant",
+    409: "the room already has a publisher",
+    413: "SDP over 64 KiB",
+    415: "wrong content type",
+    422: "nothing in the offer can be forwarded",
+    503: "at capacity (Retry-After)",
+}
+_SDP_BODY = {SDP: {"type": "string"}}
+_FRAG_BODY = {SDPFRAG: {"type": "string"}}
+
+
+@routes.post(f"/whip/{{room:{ROOM_ID}}}", summary="WHIP: publish into a room", request=_SDP_BODY,
+             responses=_CREATE_RESPONSES)
+async def whip_create(request: web.Request) -> web.Response:
+    return await _create(request, "whip")
+
+
+@routes.post(f"/whep/{{room:{ROOM_ID}}}", summary="WHEP: watch a room", request=_SDP_BODY,
+             responses={**_CREATE_RESPONSES, 404: "the room has no publisher"})
+async def whep_create(request: web.Request) -> web.Response:
+    return await _create(request, "whep")
+
+
+_PATCH_RESPONSES = {
+    204: "candidates added",
+    404: "no such session",
+    412: "If-Match does not match",
+    415: "wrong content type",
+    422: "ICE restart is not supported",
+}
+
+
+@routes.patch(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE",
+              auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
+async def whip_patch(request: web.Request) -> web.Response:
+    return await _patch(request, "whip")
+
+
+@routes.patch(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE",
+              auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
+async def whep_patch(request: web.Request) -> web.Response:
+    return await _patch(request, "whep")
+
+
+@routes.delete(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: stop publishing",
+               auth=False, responses={200: "ended", 404: "no such session"})
+async def whip_delete(request: web.Request) -> web.Response:
+    return await _delete(request, "whip")
+
+
+@routes.delete(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: stop watching",
+               auth=False, responses={200: "ended", 404: "no such session"})
+async def whep_delete(request: web.Request) -> web.Response:
+    return await _delete(request, "whep")
+
+
+for _path in (f"/whip/{{room:{ROOM_ID}}}", f"/whep/{{room:{ROOM_ID}}}",
+              f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}",
+              f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}"):
+    routes.options(_path, summary="CORS preflight; Accept-Post and ICE servers", auth=False,
+                   responses={204: "allowed methods and headers"})(_options)
+
+
+# ------------------------------------------------------------------------ wiring
+
+
+def install(airwave: Airwave, app: web.Application) -> None:
+    """Media events onto the bus; room rules back onto the media engine."""
+    sessions: dict[str, SessionRecord] = {}
+    app[SESSIONS_KEY] = sessions
+    engine = airwave.media
+
+    async def publisher_started(room: str, session: Session) -> None:
+        await announce(airwave, "publisher_started", session)
+
+    async def publisher_ended(room: str, session: Session, reason: str) -> None:
+        await announce(airwave, "publisher_ended", session, reason=reason)
+
+    async def session_closed(session: Session, reason: str) -> None:
+        sessions.pop(session.id, None)
+        if session.role == "subscriber":
+            await announce(airwave, "subscriber_left", session, reason=reason)
+
+    engine.on_publisher_started = publisher_started
+    engine.on_publisher_ended = publisher_ended
+    engine.on_session_closed = session_closed
+
+    async def room_rules(event: dict[str, Any]) -> None:
+        room = event.get("roomId", "")
+        if event.get("type") == "room_ended":
+            await engine.close_room(room, "room_ended")
+        elif event.get("type") == "viewer_kicked":
+            for record in list(sessions.values()):
+                s = record.session
+                if s.room == room and s.owner == event.get("userId"):
+                    try:
+                        await engine.close_session(s.id, "kicked")
+                    except SessionNotFound:
+                        pass
+
+    airwave.bus.subscribe("rooms", room_rules)

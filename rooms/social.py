@@ -1,0 +1,92 @@
+"""Who knows whom: users seen, blocks, matches. Shared by chat, calls and gifts."""
+
+from __future__ import annotations
+
+import time
+
+from auth import Identity
+from store import Database
+
+
+def ordered_pair(a: str, b: str) -> tuple[str, str]:
+    return (a, b) if a < b else (b, a)
+
+
+class SocialGraph:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def seen(self, identity: Identity) -> None:
+        """Record a user on first sight (and keep their display name fresh)."""
+        await self.db.execute(
+            "INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (id) DO UPDATE SET name = excluded.name "
+            "WHERE excluded.name <> '' AND users.name <> excluded.name",
+            identity.user_id,
+            identity.name,
+            time.time(),
+        )
+
+    async def exists(self, user_id: str) -> bool:
+        return await self.db.fetchval("SELECT 1 FROM users WHERE id = $1", user_id) is not None
+
+    async def block(self, blocker: str, blocked: str) -> None:
+        await self.db.execute(
+            "INSERT INTO blocks (blocker_id, blocked_id, created_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING",
+            blocker,
+            blocked,
+            time.time(),
+        )
+
+    async def unblock(self, blocker: str, blocked: str) -> bool:
+        return (
+            await self.db.execute(
+                "DELETE FROM blocks WHERE blocker_id = $1 AND blocked_id = $2", blocker, blocked
+            )
+            > 0
+        )
+
+    async def is_blocked(self, a: str, b: str) -> bool:
+        """True when either of the two has blocked the other."""
+        return (
+            await self.db.fetchval(
+                "SELECT 1 FROM blocks WHERE (blocker_id = $1 AND blocked_id = $2) "
+                "OR (blocker_id = $2 AND blocked_id = $1)",
+                a,
+                b,
+            )
+            is not None
+        )
+
+    async def match(self, a: str, b: str) -> bool:
+        """Register a match; True when it is new."""
+        user_a, user_b = ordered_pair(a, b)
+        return (
+            await self.db.execute(
+                "INSERT INTO matches (user_a, user_b, created_at) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING",
+                user_a,
+                user_b,
+                time.time(),
+            )
+            > 0
+        )
+
+    async def unmatch(self, a: str, b: str) -> bool:
+        user_a, user_b = ordered_pair(a, b)
+        return (
+            await self.db.execute(
+                "DELETE FROM matches WHERE user_a = $1 AND user_b = $2", user_a, user_b
+            )
+            > 0
+        )
+
+    async def are_matched(self, a: str, b: str) -> bool:
+        user_a, user_b = ordered_pair(a, b)
+        return (
+            await self.db.fetchval(
+                "SELECT 1 FROM matches WHERE user_a = $1 AND user_b = $2", user_a, user_b
+            )
+            is not None
+        )
