@@ -2,4 +2,4 @@
 
 from signaling.server import SignalError, Signaling, user_room
 
-__all__ = ["Signaling", "SignalError", "user_room"]
+__all__ = ["Signaling", "SignalError", "call_audience", "room_audience", "user_room"]

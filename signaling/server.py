@@ -42,6 +42,16 @@ def user_room(user_id: str) -> str:
     return f"user:{user_id}"
 
 
+def room_audience(room_id: str) -> str:
+    """The Socket.IO room of a live/group/direct room's event audience (stream:join)."""
+    return f"room:{room_id}"
+
+
+def call_audience(call_id: str) -> str:
+    """The Socket.IO room of both parties' sockets in a call."""
+    return f"call:{call_id}"
+
+
 class Signaling:
     def __init__(self, settings: Settings, tokens: TokenService) -> None:
         self.settings = settings
