@@ -185,7 +185,9 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     request.app[SESSIONS_KEY][session.id] = record
     if kind == "whep":
         await announce(airwave, "subscriber_joined", session)
-    response = web.Response(status=201, text=session.answer_sdp, content_type=SDP)
+    response = web.Response(
+        status=201, body=session.answer_sdp.encode(), headers={"Content-Type": SDP}
+    )
     response.headers["Location"] = _session_url(request, kind, room, session.id)
     response.headers["ETag"] = record.etag
     response.headers["Accept-Patch"] = SDPFRAG

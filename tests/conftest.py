@@ -9,6 +9,7 @@ them); a missing server fails the run, it never skips.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import socket
 import uuid
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aioice.ice
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
@@ -70,6 +72,40 @@ def base_env(tmp_path: Path) -> dict[str, str]:
         "AIRWAVE_ICE_ADDRESSES": "127.0.0.1",
         "AIRWAVE_LOG_LEVEL": "warning",
     }
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every WebRTC peer in the tests (aiortc clients in this process) gathers
+    127.0.0.1 only (aioice never gathers loopback by itself), and nothing aioice
+    sends may leave the loopback interface: such datagrams are dropped and listed."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    blocked: list[tuple[str, int]] = []
+
+    def allowed(addr: tuple[str, int]) -> bool:
+        try:
+            return ipaddress.ip_address(addr[0]).is_loopback
+        except ValueError:
+            return False
+
+    send_stun = aioice.ice.StunProtocol.send_stun
+    send_data = aioice.ice.StunProtocol.send_data
+
+    def guarded_send_stun(self: Any, message: Any, addr: tuple[str, int]) -> None:
+        if not allowed(addr):
+            blocked.append(addr)
+            return
+        send_stun(self, message, addr)
+
+    async def guarded_send_data(self: Any, data: bytes, addr: tuple[str, int]) -> None:
+        if not allowed(addr):
+            blocked.append(addr)
+            return
+        await send_data(self, data, addr)
+
+    monkeypatch.setattr(aioice.ice.StunProtocol, "send_stun", guarded_send_stun)
+    monkeypatch.setattr(aioice.ice.StunProtocol, "send_data", guarded_send_data)
+    return blocked
 
 
 @pytest.fixture(params=BACKENDS)
