@@ -1,0 +1,172 @@
+"""The aiortc/aioice internals sfu/aiortc_seam.py relies on. If aiortc or
+aioice changes one of them, this fails here, by name, before anything else."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import aioice.candidate
+import aioice.ice
+import aioice.stun
+import pytest
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, RtpRouter, State
+from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpSrPacket, RtcpSenderInfo
+
+from sfu import aiortc_seam as seam
+
+
+def _transports():
+    gatherer = RTCIceGatherer(iceServers=[])
+    ice = RTCIceTransport(gatherer)
+    dtls = RTCDtlsTransport(ice, [RTCCertificate.generateCertificate()])
+    return gatherer, ice, dtls
+
+
+def _source(obj) -> str:
+    return inspect.getsource(obj)
+
+
+def test_versions_are_the_pinned_ones():
+    import aioice
+    import aiortc
+
+    assert aiortc.__version__.startswith("1.16"), aiortc.__version__
+    assert aioice.__version__.startswith("0.13"), aioice.__version__
+
+
+async def test_dtls_transport_internals():
+    _, ice, dtls = _transports()
+    # raw RTP: the receive loop calls the instance attribute with (data, arrival_time_ms)
+    assert inspect.iscoroutinefunction(RTCDtlsTransport._handle_rtp_data)
+    assert list(inspect.signature(RTCDtlsTransport._handle_rtp_data).parameters) == [
+        "self",
+        "data",
+        "arrival_time_ms",
+    ]
+    recv_next = _source(RTCDtlsTransport._recv_next)
+    assert "self._rx_srtp.unprotect(data)" in recv_next
+    assert "await self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in recv_next
+    assert "await self._handle_rtcp_data(data)" in recv_next
+    assert "data = await self.transport._recv()" in recv_next
+    # sending and state
+    assert dtls._tx_srtp is None and dtls._task is None
+    assert dtls._state == State.NEW and State.CONNECTED.name == "CONNECTED"
+    seam.set_dtls_role(dtls, "server")
+    assert seam.dtls_role(dtls) == "server" and dtls._role == "server"
+    assert "self._tx_srtp = Session(tx_policy)" in _source(RTCDtlsTransport._setup_srtp)
+    assert "tx_policy.allow_repeat_tx = True" in _source(RTCDtlsTransport._setup_srtp)
+    assert "self._task = None" in _source(RTCDtlsTransport.stop)
+    # the tap replaces the instance attribute and hands bytes over
+    got = []
+    seam.tap_rtp(dtls, got.append)
+    await dtls._handle_rtp_data(b"\x80" * 20, arrival_time_ms=0)
+    assert got == [b"\x80" * 20]
+    # ICE transport and its aioice connection
+    assert isinstance(ice._connection, aioice.ice.Connection)
+    assert ice._recv == ice._connection.recv
+    await ice.stop()
+
+
+async def test_rtp_router_routes_feedback_to_our_sinks():
+    _, ice, dtls = _transports()
+    router = dtls._rtp_router
+    assert isinstance(router, RtpRouter)
+
+    class Sink:
+        def _handle_disconnect(self) -> None:
+            pass
+
+    down, fir, source = Sink(), Sink(), Sink()
+    seam.register_rtcp_sink(dtls, 1234, down)
+    seam.register_rtcp_sink(dtls, 0, fir)
+    seam.register_rtcp_source(dtls, [5678], source)
+    pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=1234)
+    assert router.route_rtcp(pli) == {down}
+    fir_packet = RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=0, fci=b"\x00\x00\x04\xd2\x01\x00\x00\x00")
+    assert router.route_rtcp(fir_packet) == {fir}
+    sr = RtcpSrPacket(ssrc=5678, sender_info=RtcpSenderInfo(0, 0, 0, 0))
+    assert router.route_rtcp(sr) == {source}
+    seam.unregister_rtcp(dtls, down)
+    seam.unregister_rtcp(dtls, source)
+    assert router.route_rtcp(pli) == set() and router.route_rtcp(sr) == set()
+    # the transport tells registered receivers about a disconnect
+    assert "receiver._handle_disconnect()" in _source(RTCDtlsTransport._RTCDtlsTransport__run)
+    await ice.stop()
+
+
+def test_aioice_connection_internals():
+    conn = aioice.ice.Connection(ice_controlling=False)
+    for name in (
+        "_nominated",
+        "_protocols",
+        "_query_consent_task",
+        "remote_password",
+        "ice_controlling",
+    ):
+        assert hasattr(conn, name), name
+    params = inspect.signature(aioice.ice.Connection.get_component_candidates).parameters
+    assert list(params)[:3] == ["self", "component", "addresses"]
+    assert "self.get_component_candidates(component=component, addresses=addresses)" in _source(
+        aioice.ice.Connection.gather_candidates
+    )
+    assert "asyncio.create_task(self.query_consent())" in _source(aioice.ice.Connection.connect)
+    consent = _source(aioice.ice.Connection.query_consent)
+    assert "CONSENT_INTERVAL" in consent and "CONSENT_FAILURES" in consent
+    assert "return await self.close()" in consent
+    assert isinstance(aioice.ice.CONSENT_INTERVAL, (int, float))
+    assert isinstance(aioice.ice.CONSENT_FAILURES, int)
+    datagram = _source(aioice.ice.StunProtocol.datagram_received)
+    assert "self.receiver.data_received(data, self.local_candidate.component)" in datagram
+    assert "self.receiver.request_received(message, addr, self)" in datagram
+    assert list(inspect.signature(aioice.ice.Connection.build_request).parameters) == [
+        "self",
+        "pair",
+        "nominate",
+    ]
+    pair_attrs = _source(aioice.ice.CandidatePair)
+    assert "self.protocol = protocol" in pair_attrs and "def remote_addr" in pair_attrs
+    # (StunProtocol.send_data itself is wrapped by the loopback guard in tests)
+    assert "self.transport.sendto(data, addr)" in _source(aioice.ice)
+    assert callable(aioice.candidate.candidate_foundation)
+    assert callable(aioice.candidate.candidate_priority)
+    assert issubclass(aioice.stun.TransactionTimeout, aioice.stun.TransactionError)
+
+
+async def test_restricted_gathering_binds_configured_address_and_ports():
+    gatherer, ice, _ = _transports()
+    seam.restrict_gathering(ice, ("127.0.0.1",), (47200, 47209))
+    await gatherer.gather()
+    candidates = gatherer.getLocalCandidates()
+    assert [(c.ip, c.type) for c in candidates] == [("127.0.0.1", "host")]
+    assert 47200 <= candidates[0].port <= 47209
+    assert len(ice._connection._protocols) == 1
+    await ice.stop()
+    assert ice._connection._protocols == []
+
+
+async def test_consent_replacement_counts_inbound_traffic():
+    _, ice, _ = _transports()
+    conn = ice._connection
+    counter = seam.count_inbound_as_consent(ice)
+    assert "query_consent" in vars(conn) and "data_received" in vars(conn)
+    conn.data_received(b"x", 1)
+    assert counter.count == 1
+    assert await asyncio.wait_for(conn._queue.get(), 1) == (b"x", 1)
+    await ice.stop()
+
+
+def test_datagram_sender_needs_srtp_and_a_pair():
+    _, ice, dtls = _transports()
+    sender = seam.DatagramSender(dtls)
+    assert sender.sendto is None and not sender.refresh()
+    sender.send_rtp(b"ignored")  # no pair yet: dropped, no error
+
+
+@pytest.mark.parametrize("name", ["get_decoder", "get_encoder"])
+def test_codec_factories_exist(name):
+    # the forwarding tests count these to prove the server never makes a codec
+    import aiortc.codecs
+
+    assert callable(getattr(aiortc.codecs, name))
