@@ -32,16 +32,8 @@ from api.errors import ApiError
 from api.ice import request_host
 from api.routing import ApiRoutes
 from auth import Identity
-from sfu import (
-    AtCapacity,
-    MediaError,
-    NothingAcceptable,
-    PublisherExists,
-    RoomNotLive,
-    SdpError,
-    Session,
-    SessionNotFound,
-)
+from sfu import MediaError, Session, SessionNotFound
+from signaling import media as socket_media
 
 log = logging.getLogger("airwave.media")
 
@@ -60,20 +52,9 @@ CORS_HEADERS = {
     "Access-Control-Max-Age": "600",
 }
 
-_ERRORS: dict[type[MediaError], int] = {
-    SdpError: 400,
-    NothingAcceptable: 422,
-    PublisherExists: 409,
-    RoomNotLive: 404,
-    AtCapacity: 503,
-    SessionNotFound: 404,
-}
-
-
 def media_error(exc: MediaError) -> ApiError:
-    status = _ERRORS.get(type(exc), 400)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
-    return ApiError(status, exc.code, str(exc), headers=headers)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None
+    return ApiError(exc.status, exc.code, str(exc), headers=headers)
 
 
 @dataclass
@@ -342,6 +323,11 @@ def install(airwave: Airwave, app: web.Application) -> None:
     app[SESSIONS_KEY] = sessions
     engine = airwave.media
 
+    async def announce_session(event: str, session: Session) -> None:
+        await announce(airwave, event, session)
+
+    socket_sessions = socket_media.register(airwave.signaling, engine, airwave.bus, announce_session)
+
     async def publisher_started(room: str, session: Session) -> None:
         await announce(airwave, "publisher_started", session)
 
@@ -350,6 +336,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
 
     async def session_closed(session: Session, reason: str) -> None:
         sessions.pop(session.id, None)
+        socket_sessions.forget(session.id)
         if session.role == "subscriber":
             await announce(airwave, "subscriber_left", session, reason=reason)
 

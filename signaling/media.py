@@ -1,0 +1,144 @@
+"""sfu:* events: the same media sessions as WHIP/WHEP, for app clients that hold a socket.
+
+``sfu:publish {roomId, sdp}`` and ``sfu:subscribe {roomId, sdp}`` ack
+``{sessionId, sdp}``; ``sfu:ice_candidate {sessionId, candidate}`` trickles;
+``sfu:unpublish`` / ``sfu:unsubscribe {sessionId}`` end a session. Grants,
+limits and errors are WHIP's and WHEP's, as ack errors. A socket's sessions
+end when the socket is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from auth import Identity
+from rooms.bus import EventBus
+from sfu import MediaEngine, MediaError, Session, SessionNotFound
+from signaling.server import SignalError, Signaling
+
+log = logging.getLogger("airwave.signaling.media")
+
+ROOM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_SDP_CHARS = 64 * 1024
+
+Announce = Callable[[str, Session], Awaitable[None]]
+
+
+def _field(data: Any, name: str, limit: int = 256) -> str:
+    value = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise SignalError("bad_request", f"{name} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+class SocketSessions:
+    """Which media sessions each socket opened."""
+
+    def __init__(self) -> None:
+        self.by_socket: dict[str, set[str]] = defaultdict(set)
+
+    def forget(self, session_id: str) -> None:
+        """A session ended on its own (ICE failure, publisher left...)."""
+        for ids in self.by_socket.values():
+            ids.discard(session_id)
+
+
+def register(
+    signaling: Signaling, engine: MediaEngine, bus: EventBus, announce: Announce
+) -> SocketSessions:
+    sessions = SocketSessions()
+    by_socket = sessions.by_socket
+
+    def owned(sid: str, data: Any) -> str:
+        session_id = _field(data, "sessionId", 64)
+        if session_id not in by_socket.get(sid, ()):
+            raise SignalError("session_not_found", "no such session on this socket")
+        return session_id
+
+    async def open_session(sid: str, identity: Identity, data: Any, role: str) -> dict[str, str]:
+        room = _field(data, "roomId", 128)
+        if not ROOM_ID.match(room):
+            raise SignalError("bad_request", "roomId may hold letters, digits and _ . : - only")
+        sdp = _field(data, "sdp", MAX_SDP_CHARS)
+        allowed = identity.can_publish(room) if role == "publish" else identity.can_subscribe(room)
+        if not allowed:
+            raise SignalError("forbidden", f"the token does not grant {role} for room {room!r}")
+        try:
+            if role == "publish":
+                session = await engine.publish(room, sdp, owner=identity.user_id)
+            else:
+                session = await engine.subscribe(room, sdp, owner=identity.user_id)
+        except MediaError as exc:
+            raise SignalError(exc.code, str(exc)) from None
+        if sid not in signaling.identities:  # the socket left while we negotiated
+            await engine.close_session(session.id, "socket_gone")
+            raise SignalError("disconnected", "the socket is gone")
+        by_socket[sid].add(session.id)
+        if role == "subscribe":
+            await announce("subscriber_joined", session)
+        return {"sessionId": session.id, "sdp": session.answer_sdp}
+
+    @signaling.on("sfu:publish")
+    async def publish(sid: str, identity: Identity, data: Any) -> dict[str, str]:
+        return await open_session(sid, identity, data, "publish")
+
+    @signaling.on("sfu:subscribe")
+    async def subscribe(sid: str, identity: Identity, data: Any) -> dict[str, str]:
+        return await open_session(sid, identity, data, "subscribe")
+
+    @signaling.on("sfu:ice_candidate")
+    async def ice_candidate(sid: str, identity: Identity, data: Any) -> dict[str, bool]:
+        session_id = owned(sid, data)
+        candidate = data.get("candidate", "")
+        if isinstance(candidate, dict):  # RTCIceCandidateInit from a browser
+            candidate = candidate.get("candidate", "")
+        if not isinstance(candidate, str) or len(candidate) > 1024:
+            raise SignalError("bad_request", "candidate must be a candidate line")
+        try:
+            await engine.add_remote_candidate(session_id, candidate)
+        except MediaError as exc:
+            raise SignalError(exc.code, str(exc)) from None
+        return {"ok": True}
+
+    async def end(sid: str, data: Any) -> dict[str, bool]:
+        session_id = owned(sid, data)
+        by_socket[sid].discard(session_id)
+        try:
+            await engine.close_session(session_id, "unpublished")
+        except SessionNotFound:
+            pass
+        return {"ok": True}
+
+    @signaling.on("sfu:unpublish")
+    async def unpublish(sid: str, identity: Identity, data: Any) -> dict[str, bool]:
+        return await end(sid, data)
+
+    @signaling.on("sfu:unsubscribe")
+    async def unsubscribe(sid: str, identity: Identity, data: Any) -> dict[str, bool]:
+        return await end(sid, data)
+
+    async def socket_gone(sid: str, identity: Identity) -> None:
+        for session_id in by_socket.pop(sid, set()):
+            try:
+                await engine.close_session(session_id, "socket_gone")
+            except SessionNotFound:
+                pass
+
+    signaling.on_disconnect(socket_gone)
+
+    async def kicked(event: dict[str, Any]) -> None:
+        if event.get("type") != "viewer_kicked":
+            return
+        for sid in signaling.sockets_of(event.get("userId", "")):
+            for session_id in list(by_socket.get(sid, ())):
+                session = engine.session(session_id)
+                if session is not None and session.room == event.get("roomId"):
+                    by_socket[sid].discard(session_id)
+                    await engine.close_session(session_id, "kicked")
+
+    bus.subscribe("rooms", kicked)
+    return sessions
