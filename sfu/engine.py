@@ -29,14 +29,15 @@ from .errors import (
     SessionNotFound,
 )
 from .sdp import Offer, OfferedMedia, parse_candidate, parse_offer
-from .session import Session
-from .track import UpTrack
+from .session import MediaLine, Session
+from .track import DownTrack, UpTrack
 
 logger = logging.getLogger(__name__)
 
 PublisherStarted = Callable[[str, Session], None | Awaitable[None]]
 PublisherEnded = Callable[[str, Session, str], None | Awaitable[None]]
 SessionClosed = Callable[[Session, str], None | Awaitable[None]]
+RenegotiationNeeded = Callable[[Session], None | Awaitable[None]]
 
 SENDING = ("sendonly", "sendrecv")
 RECEIVING = ("recvonly", "sendrecv")
@@ -73,6 +74,7 @@ class MediaEngine:
         self.on_publisher_started: PublisherStarted | None = None
         self.on_publisher_ended: PublisherEnded | None = None
         self.on_session_closed: SessionClosed | None = None
+        self.on_renegotiation_needed: RenegotiationNeeded | None = None
 
     # -- the interface ----------------------------------------------------------------------
 
@@ -89,7 +91,13 @@ class MediaEngine:
             raise PublisherExists(f"room {room!r} already has a publisher")
         session = Session(self, "publisher", room, owner)
         self._add(session, publisher=True)
-        await self._set_up(session, session.start_publisher(offer, plan))
+        lines = []
+        for media, codec in plan:
+            line = MediaLine(media)
+            if codec is not None:
+                line.up = session.new_uptrack(media, codec)
+            lines.append(line)
+        await self._set_up(session, session.start(offer, lines))
         return session
 
     async def subscribe(self, room: str, offer_sdp: str, *, owner: str = "") -> Session:
@@ -108,7 +116,49 @@ class MediaEngine:
             raise AtCapacity(f"room {room!r} is full")
         session = Session(self, "subscriber", room, owner)
         self._add(session, publisher=False)
-        await self._set_up(session, session.start_subscriber(offer, plan))
+        lines = []
+        for media, up, peer_codec in plan:
+            line = MediaLine(media)
+            if up is not None:
+                line.down = DownTrack(session, up, mid=media.mid, payload_type=peer_codec.payloadType)
+                line.down_codec = peer_codec
+            lines.append(line)
+        await self._set_up(session, session.start(offer, lines))
+        return session
+
+    async def join_call(self, room: str, offer_sdp: str, *, owner: str = "") -> Session:
+        """A call party's sendrecv offer: publish its tracks into ``room`` and
+        receive the other party's. At most two parties per room. When the
+        other party joins later, ``on_renegotiation_needed(session)`` asks the
+        app to send ``session.create_offer()`` and pass the answer to
+        ``session.accept_answer``."""
+        offer = parse_offer(offer_sdp)
+        r = self._rooms.get(room)
+        others = list(r.publishers.values()) if r is not None else []
+        if len(others) >= 2 or any(o.role != "peer" for o in others):
+            raise PublisherExists(f"room {room!r} already has its parties")
+        publish = _publish_plan(offer)
+        theirs = [u for o in others for u in o.uptracks if not u.closed]
+        receive = _subscribe_plan(offer, theirs)
+        if not any(c is not None for _, c in publish) and not any(u is not None for _, u, _ in receive):
+            raise NothingAcceptable("the offer neither sends nor receives forwardable media")
+        self._check_open()
+        self._check_sessions()
+        session = Session(self, "peer", room, owner)
+        self._add(session, publisher=True)
+        lines = []
+        for (media, codec), (_, up, peer_codec) in zip(publish, receive):
+            line = MediaLine(media)
+            if codec is not None:
+                line.up = session.new_uptrack(media, codec)
+            if up is not None:
+                line.down = DownTrack(session, up, mid=media.mid, payload_type=peer_codec.payloadType)
+                line.down_codec = peer_codec
+            lines.append(line)
+        await self._set_up(session, session.start(offer, lines))
+        for other in others:
+            if not other.closed and other.offer_tracks(session.uptracks):
+                self._notify(self.on_renegotiation_needed, other)
         return session
 
     def session(self, session_id: str) -> Session | None:
@@ -221,7 +271,7 @@ class MediaEngine:
             self._spawn(_awaited(result))
 
     def _session_connected(self, session: Session) -> None:
-        if session.role == "publisher":
+        if session.role in ("publisher", "peer") and session.uptracks:
             self._started.add(session.id)
             self._notify(self.on_publisher_started, session.room, session)
 
@@ -231,8 +281,10 @@ class MediaEngine:
         r = self._rooms.get(session.room)
         if r is None:
             return
-        if session.role == "publisher":
+        if session.role in ("publisher", "peer"):
             r.publishers.pop(session.id, None)
+            for other in r.publishers.values():
+                other.drop_tracks_of(session)  # a call party stays when the other leaves
             dependents = [
                 s
                 for s in list(r.subscribers.values())
@@ -246,7 +298,7 @@ class MediaEngine:
         if self._sessions.pop(session.id, None) is None:
             return
         metrics.SESSIONS.dec()
-        (metrics.PUBLISHERS if session.role == "publisher" else metrics.SUBSCRIBERS).dec()
+        (metrics.SUBSCRIBERS if session.role == "subscriber" else metrics.PUBLISHERS).dec()
         metrics.SESSIONS_ENDED.labels(reason=reason).inc()
         if reason in metrics.FAILURE_REASONS:
             metrics.SESSIONS_FAILED.labels(reason=reason).inc()

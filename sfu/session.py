@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpByePacket, RtcpPsfbPacket, RtcpSdesPacket, RtcpSourceInfo, RtcpSrPacket
 
 from . import aiortc_seam as seam
-from .codecs import answer_codec
-from .sdp import AnswerSection, Offer, Transport, write_description
+from .codecs import answer_codec, match_subscriber_codec
+from .errors import SdpError, SessionNotFound
+from .sdp import AnswerSection, Offer, OfferedMedia, Transport, parse_offer, write_description
 from .track import DownTrack, UpTrack, receiver_report
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Role = Literal["publisher", "subscriber"]
+Role = Literal["publisher", "subscriber", "peer"]
 RTCP_INTERVAL = 1.0
 
 
@@ -38,7 +40,11 @@ def random_ssrc() -> int:
 
 
 class Session:
-    """A publisher or subscriber session. Created by :class:`MediaEngine`."""
+    """A publisher, subscriber or call peer session. Created by :class:`MediaEngine`.
+
+    A peer both publishes its own tracks and receives the other party's on
+    one sendrecv connection; tracks that appear later are offered by the
+    server (:meth:`create_offer` / :meth:`accept_answer`)."""
 
     def __init__(self, engine: MediaEngine, role: Role, room: str, owner: str) -> None:
         self.id = uuid.uuid4().hex
@@ -66,6 +72,8 @@ class Session:
         self._sdp_version = 1
         self._sdp_session_id = secrets.randbits(62)
         self.consent = None
+        self.lines: list[MediaLine] = []
+        self._offer_pending = False
 
         settings = engine.settings
         self._gatherer = RTCIceGatherer(iceServers=[])
@@ -138,10 +146,13 @@ class Session:
             candidates=self._gatherer.getLocalCandidates(),
         )
 
-    def _write(self, sections: list[AnswerSection]) -> str:
+    def _write(self, sections: list[AnswerSection], setup: str | None = None) -> str:
+        transport = self._transport_description()
+        if setup is not None:
+            transport.setup = setup
         text = write_description(
             sections,
-            self._transport_description(),
+            transport,
             session_id=self._sdp_session_id,
             version=self._sdp_version,
             cname=self._cname,
@@ -149,66 +160,149 @@ class Session:
         self._sdp_version += 1
         return text
 
-    async def start_publisher(self, offer: Offer, plan: list[tuple[Any, Any]]) -> None:
-        """``plan``: (OfferedMedia, chosen codec or None) for each media section."""
+    async def start(self, offer: Offer, lines: list[MediaLine]) -> None:
+        """Gather, then answer ``offer`` with ``lines`` (one per media section:
+        what we receive on it, what we send on it)."""
         await self._prepare(offer)
-        sections = []
-        for media, codec in plan:
-            if codec is None:
-                sections.append(_unused_section(media))
-                continue
-            fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
-            fir_only = ("nack", "pli") not in fbs and ("ccm", "fir") in fbs
-            ssrcs = [s for s in media.ssrcs if s not in {rtx for _, rtx in media.fid}]
-            up = UpTrack(
-                self,
-                kind=media.kind,
-                mid=media.mid,
-                codec=answer_codec(codec, codec),
-                ssrcs=ssrcs[:1],
-                out_ssrc=random_ssrc(),
-                fir_only=fir_only,
-            )
-            self.uptracks.append(up)
-            if up.in_ssrc is not None:
-                self._by_ssrc[up.in_ssrc] = up
-            sections.append(
-                AnswerSection(
-                    kind=media.kind,
-                    mid=media.mid,
-                    protocol=media.protocol,
-                    direction="recvonly",
-                    codecs=[up.codec],
-                )
-            )
-        self.answer_sdp = self._write(sections)
+        self.lines = lines
+        for line in lines:
+            if line.up is not None:
+                self.uptracks.append(line.up)
+                if line.up.in_ssrc is not None:
+                    self._by_ssrc[line.up.in_ssrc] = line.up
+            if line.down is not None:
+                self.downtracks.append(line.down)
+        self.answer_sdp = self._write([line.section() for line in lines])
         if self._by_ssrc:
             seam.register_rtcp_source(self.dtls, list(self._by_ssrc), self)
         self._start()
 
-    async def start_subscriber(self, offer: Offer, plan: list[tuple[Any, Any, Any]]) -> None:
-        """``plan``: (OfferedMedia, UpTrack or None, the subscriber's codec)."""
-        await self._prepare(offer)
-        sections = []
-        for media, up, peer_codec in plan:
-            if up is None:
-                sections.append(_unused_section(media))
+    def new_uptrack(self, media: OfferedMedia, codec: RTCRtpCodecParameters) -> UpTrack:
+        fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
+        rtx = {r for _, r in media.fid}
+        ssrcs = [s for s in media.ssrcs if s not in rtx]
+        return UpTrack(
+            self,
+            kind=media.kind,
+            mid=media.mid,
+            codec=answer_codec(codec, codec),
+            ssrcs=ssrcs[:1],
+            out_ssrc=random_ssrc(),
+            fir_only=("nack", "pli") not in fbs and ("ccm", "fir") in fbs,
+        )
+
+    # -- renegotiation (calls: the server offers the other party's tracks) ------------------
+
+    def offer_tracks(self, uptracks: list[UpTrack]) -> bool:
+        """Plan to send ``uptracks`` too; True when an offer (``create_offer``)
+        is needed to tell the peer."""
+        added = False
+        for up in uptracks:
+            if up.closed or any(d.up is up for d in self.downtracks):
                 continue
-            down = DownTrack(self, up, mid=media.mid, payload_type=peer_codec.payloadType)
-            self.downtracks.append(down)
-            sections.append(
-                AnswerSection(
-                    kind=media.kind,
-                    mid=media.mid,
-                    protocol=media.protocol,
-                    direction="sendonly",
-                    codecs=[answer_codec(up.codec, peer_codec)],
-                    ssrc=up.out_ssrc,
-                    msid=f"{up.publisher.id} {up.track_id}",
-                )
-            )
-        self.answer_sdp = self._write(sections)
-        self._start()
+            line, peer_codec = self._line_for(up)
+            if line is None or peer_codec is None:
+                continue
+            line.down = DownTrack(self, up, mid=line.media.mid, payload_type=peer_codec.payloadType)
+            line.down_codec = peer_codec
+            line.pending = True
+            self.downtracks.append(line.down)
+            added = True
+        return added
+
+    def _line_for(self, up: UpTrack) -> tuple[MediaLine | None, Any]:
+        for line in self.lines:
+            m = line.media
+            if (
+                m.kind == up.kind
+                and line.down is None
+                and m.direction in ("recvonly", "sendrecv")
+                and not line.rejected
+            ):
+                peer = match_subscriber_codec(up.codec, m.codecs)
+                if peer is not None:
+                    return line, peer
+        # a new media section, with the codecs the peer offered for this kind
+        codecs = [c for line in self.lines if line.media.kind == up.kind for c in line.media.codecs]
+        peer = match_subscriber_codec(up.codec, codecs)
+        if peer is None:
+            return None, None
+        mids = {line.media.mid for line in self.lines}
+        mid = next(str(i) for i in range(len(mids) + 1) if str(i) not in mids)
+        media = OfferedMedia(
+            index=len(self.lines),
+            kind=up.kind,
+            mid=mid,
+            protocol="UDP/TLS/RTP/SAVPF",
+            fmt=[str(peer.payloadType)],
+            direction="recvonly",
+            rtcp_mux=True,
+            codecs=[peer],
+            ssrcs=[],
+            fid=[],
+            msid=None,
+        )
+        line = MediaLine(media)
+        self.lines.append(line)
+        return line, peer
+
+    def drop_tracks_of(self, publisher: Session) -> None:
+        """Stop sending what ``publisher`` sent (it left); the media section stays."""
+        for line in self.lines:
+            if line.down is not None and line.down.up.publisher is publisher:
+                line.down.stop()
+                seam.unregister_rtcp(self.dtls, line.down)
+                self.downtracks.remove(line.down)
+                line.down = None
+                line.down_codec = None
+                line.pending = False
+
+    def create_offer(self) -> str:
+        """An offer for the current media sections (ICE and DTLS unchanged)."""
+        if self._closing:
+            raise SessionNotFound(self.id)
+        text = self._write([line.section() for line in self.lines], setup="actpass")
+        self._offer_pending = True
+        return text
+
+    async def accept_answer(self, answer_sdp: str) -> None:
+        """The peer's answer to :meth:`create_offer`: start sending what it accepted."""
+        if self._closing:
+            raise SessionNotFound(self.id)
+        if not self._offer_pending:
+            raise SdpError("no offer is pending")
+        answer = parse_offer(answer_sdp)
+        if [m.mid for m in answer.media] != [line.media.mid for line in self.lines]:
+            raise SdpError("media sections in the answer do not match the offer")
+        self._offer_pending = False
+        for line, m in zip(self.lines, answer.media):
+            if not line.pending or line.down is None:
+                continue
+            line.pending = False
+            down = line.down
+            peer = match_subscriber_codec(down.up.codec, m.codecs)
+            if m.direction not in ("recvonly", "sendrecv") or peer is None:
+                self.drop_down(line)
+                continue
+            down.payload_type = peer.payloadType
+            line.down_codec = peer
+            if self.state == "connected":
+                self._start_down(down)
+
+    def drop_down(self, line: MediaLine) -> None:
+        if line.down is not None:
+            line.down.stop()
+            if line.down in self.downtracks:
+                self.downtracks.remove(line.down)
+        line.down = None
+        line.down_codec = None
+        line.pending = False
+
+    def _start_down(self, down: DownTrack) -> None:
+        seam.register_rtcp_sink(self.dtls, down.ssrc, down)
+        target = self._target()
+        if target is not None:
+            down.start(target)
 
     def _start(self) -> None:
         self.state = "connecting"
@@ -243,18 +337,15 @@ class Session:
         self.sender = seam.DatagramSender(self.dtls)
         self.state = "connected"
         self.connected_at = time.time()
-        if self.role == "subscriber":
-            seam.register_rtcp_sink(self.dtls, 0, _FirSink(self))
-            target = self._target()
-            for down in self.downtracks:
-                seam.register_rtcp_sink(self.dtls, down.ssrc, down)
-                if target is not None:
-                    down.start(target)
-        else:
-            for up in self.uptracks:
-                if up._pli_wanted:
-                    up._pli_wanted = False
-                    up.request_keyframe()
+        seam.register_rtcp_sink(self.dtls, 0, _FirSink(self))
+        pending = {line.down for line in self.lines if line.pending}
+        for down in self.downtracks:
+            if down not in pending:
+                self._start_down(down)
+        for up in self.uptracks:
+            if up._pli_wanted:
+                up._pli_wanted = False
+                up.request_keyframe()
         self._rtcp_task = asyncio.create_task(self._run_rtcp(), name=f"sfu-rtcp-{self.id}")
         self._engine._session_connected(self)
 
@@ -395,6 +486,49 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session({self.role} {self.id[:8]} room={self.room!r} {self.state})"
+
+
+class MediaLine:
+    """One media section: the peer's offer for it, what we receive on it (an
+    up track) and what we send on it (a down track)."""
+
+    def __init__(self, media: OfferedMedia) -> None:
+        self.media = media
+        self.up: UpTrack | None = None
+        self.down: DownTrack | None = None
+        self.down_codec: RTCRtpCodecParameters | None = None
+        self.pending = False  # down offered by us, not yet answered
+
+    @property
+    def rejected(self) -> bool:
+        return self.media.kind not in ("audio", "video") or not self.media.codecs
+
+    def section(self) -> AnswerSection:
+        m = self.media
+        if self.up is None and self.down is None:
+            return _unused_section(m)
+        codecs = []
+        if self.up is not None:
+            codecs.append(self.up.codec)
+        if self.down is not None and self.down_codec is not None:
+            send = answer_codec(self.down.up.codec, self.down_codec)
+            if not codecs or send.payloadType != codecs[0].payloadType:
+                codecs.append(send)
+        direction = {
+            (True, True): "sendrecv",
+            (True, False): "recvonly",
+            (False, True): "sendonly",
+        }[(self.up is not None, self.down is not None)]
+        down = self.down
+        return AnswerSection(
+            kind=m.kind,
+            mid=m.mid,
+            protocol=m.protocol,
+            direction=direction,
+            codecs=codecs,
+            ssrc=down.ssrc if down is not None else None,
+            msid=f"{down.up.publisher.id} {down.up.track_id}" if down is not None else None,
+        )
 
 
 class _FirSink:

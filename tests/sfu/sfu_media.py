@@ -15,8 +15,8 @@ class EncodedFrame:
     keyframe: bool
 
 
-def _video_frames(n: int, width: int, height: int):
-    rng = random.Random(1)
+def _video_frames(n: int, width: int, height: int, seed: int = 1):
+    rng = random.Random(seed)
     noise = bytes(rng.randrange(256) for _ in range(width * height))
     for i in range(n):
         frame = av.VideoFrame(width, height, "yuv420p")
@@ -35,7 +35,9 @@ def _video_frames(n: int, width: int, height: int):
         yield frame
 
 
-def _encode_video(codec: str, n: int, options: dict[str, str], profile: str | None = None):
+def _encode_video(
+    codec: str, n: int, options: dict[str, str], profile: str | None = None, seed: int = 1
+):
     cc = av.CodecContext.create(codec, "w")
     cc.width, cc.height = 320, 240
     cc.pix_fmt = "yuv420p"
@@ -47,7 +49,7 @@ def _encode_video(codec: str, n: int, options: dict[str, str], profile: str | No
         cc.profile = profile
     cc.options = options
     out: list[EncodedFrame] = []
-    for frame in _video_frames(n, 320, 240):
+    for frame in _video_frames(n, 320, 240, seed):
         for packet in cc.encode(frame):
             out.append(EncodedFrame(bytes(packet), bool(packet.is_keyframe)))
     for packet in cc.encode(None):
@@ -55,8 +57,9 @@ def _encode_video(codec: str, n: int, options: dict[str, str], profile: str | No
     return out
 
 
-def encoded_vp8(n: int) -> list[EncodedFrame]:
-    return _encode_video("libvpx", n, {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"})
+def encoded_vp8(n: int, seed: int = 1) -> list[EncodedFrame]:
+    options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    return _encode_video("libvpx", n, options, seed=seed)
 
 
 def encoded_h264(n: int) -> list[EncodedFrame]:

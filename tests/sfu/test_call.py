@@ -1,0 +1,97 @@
+"""The call shape: two parties, one sendrecv connection each; the server offers
+the second party's tracks to the first by renegotiation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiortc import RTCSessionDescription
+
+from sfu import NothingAcceptable, PublisherExists
+
+from .sfu_media import encoded_vp8
+from .sfu_peers import PacketTrack, Viewer, client_pc, wait_for
+
+
+class CallParty:
+    def __init__(self, frames) -> None:
+        self.pc = client_pc()
+        self.track = PacketTrack("video", frames)
+        self.transceiver = self.pc.addTransceiver(self.track, direction="sendrecv")
+        self.tap = Viewer.__new__(Viewer)  # reuse the viewer's receiver tap
+        self.tap.frames = {"video": []}
+        self.tap.payloads = {"video": []}
+        self.tapped = False
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def accept(self, answer: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        self._tap()
+
+    async def answer(self, offer: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        self._tap()
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    def _tap(self) -> None:
+        if not self.tapped:
+            self.tapped = True
+            Viewer._tap(self.tap, self.transceiver.receiver, "video")
+
+    @property
+    def frames(self) -> list[bytes]:
+        return [f for _, f in self.tap.frames["video"]]
+
+
+async def test_two_party_call_with_renegotiation(engine, vp8_frames):
+    renegotiate: list = []
+    engine.on_renegotiation_needed = renegotiate.append
+
+    alice = CallParty(vp8_frames)
+    a = await engine.join_call("call", await alice.offer(), owner="alice")
+    assert "a=recvonly" in a.answer_sdp  # nobody to receive from yet
+    await alice.accept(a.answer_sdp)
+
+    bob = CallParty(encoded_vp8(45, seed=2))  # other pictures than alice's
+    b = await engine.join_call("call", await bob.offer(), owner="bob")
+    assert "a=sendrecv" in b.answer_sdp  # bob gets alice's video at once
+    await bob.accept(b.answer_sdp)
+
+    # alice's session needs an offer with bob's track
+    assert renegotiate == [a]
+    offer = a.create_offer()
+    assert "a=sendrecv" in offer and "a=setup:actpass" in offer
+    await a.accept_answer(await alice.answer(offer))
+
+    await wait_for(lambda: len(alice.frames) >= 15 and len(bob.frames) >= 15, 10)
+    assert set(bob.frames) <= set(alice.track.sent)
+    assert set(alice.frames) <= set(bob.track.sent)
+    assert not set(alice.frames) & set(bob.frames)
+
+    # a third party is refused; a WHIP publisher too
+    with pytest.raises(PublisherExists):
+        await engine.join_call("call", await CallParty(vp8_frames).offer())
+    with pytest.raises(PublisherExists):
+        await engine.publish("call", await CallParty(vp8_frames).offer())
+
+    # bob hangs up: alice's session stays, and stops receiving bob
+    await bob.pc.close()
+    await wait_for(lambda: b.closed, 5)
+    assert a.state == "connected" and a.downtracks == []
+    await alice.pc.close()
+    await wait_for(lambda: engine.session_count == 0, 5)
+
+
+async def test_call_party_with_nothing_to_send_or_receive(engine):
+    pc = client_pc()
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    with pytest.raises(NothingAcceptable):
+        await engine.join_call("c2", pc.localDescription.sdp)
+    await pc.close()
+    await asyncio.sleep(0)
