@@ -164,7 +164,9 @@ def restrict_gathering(
     configured = addresses
 
     async def get_component_candidates(
-        component: int, addresses: list[str], timeout: int = 5
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109 - aioice signature
     ) -> list[Candidate]:
         use = list(configured) if configured else list(addresses)
         if ports is None and not configured:

@@ -32,9 +32,7 @@ def _packetization_mode(codec: RTCRtpCodecParameters) -> str:
 
 
 def h264_profile_prefix(codec: RTCRtpCodecParameters) -> str:
-    return str(codec.parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID))[
-        :4
-    ].lower()
+    return str(codec.parameters.get("profile-level-id", H264_DEFAULT_PROFILE_LEVEL_ID))[:4].lower()
 
 
 def is_forwardable(codec: RTCRtpCodecParameters) -> bool:

@@ -120,7 +120,9 @@ class MediaEngine:
         for media, up, peer_codec in plan:
             line = MediaLine(media)
             if up is not None:
-                line.down = DownTrack(session, up, mid=media.mid, payload_type=peer_codec.payloadType)
+                line.down = DownTrack(
+                    session, up, mid=media.mid, payload_type=peer_codec.payloadType
+                )
                 line.down_codec = peer_codec
             lines.append(line)
         await self._set_up(session, session.start(offer, lines))
@@ -140,19 +142,23 @@ class MediaEngine:
         publish = _publish_plan(offer)
         theirs = [u for o in others for u in o.uptracks if not u.closed]
         receive = _subscribe_plan(offer, theirs)
-        if not any(c is not None for _, c in publish) and not any(u is not None for _, u, _ in receive):
+        if not any(c is not None for _, c in publish) and not any(
+            u is not None for _, u, _ in receive
+        ):
             raise NothingAcceptable("the offer neither sends nor receives forwardable media")
         self._check_open()
         self._check_sessions()
         session = Session(self, "peer", room, owner)
         self._add(session, publisher=True)
         lines = []
-        for (media, codec), (_, up, peer_codec) in zip(publish, receive):
+        for (media, codec), (_, up, peer_codec) in zip(publish, receive, strict=True):
             line = MediaLine(media)
             if codec is not None:
                 line.up = session.new_uptrack(media, codec)
             if up is not None:
-                line.down = DownTrack(session, up, mid=media.mid, payload_type=peer_codec.payloadType)
+                line.down = DownTrack(
+                    session, up, mid=media.mid, payload_type=peer_codec.payloadType
+                )
                 line.down_codec = peer_codec
             lines.append(line)
         await self._set_up(session, session.start(offer, lines))

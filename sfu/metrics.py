@@ -14,8 +14,12 @@ SESSIONS = Gauge("airwave_sfu_sessions", "Media sessions of any kind")
 ROOMS = Gauge("airwave_sfu_rooms", "Rooms with at least one session")
 PACKETS_RECEIVED = Counter("airwave_sfu_received_packets", "RTP packets received from publishers")
 PACKETS_FORWARDED = Counter("airwave_sfu_forwarded_packets", "RTP packets sent to subscribers")
-BYTES_FORWARDED = Counter("airwave_sfu_forwarded_bytes", "RTP bytes (before SRTP) sent to subscribers")
-RETRANSMITTED = Counter("airwave_sfu_retransmitted_packets", "RTP packets resent on a subscriber's NACK")
+BYTES_FORWARDED = Counter(
+    "airwave_sfu_forwarded_bytes", "RTP bytes (before SRTP) sent to subscribers"
+)
+RETRANSMITTED = Counter(
+    "airwave_sfu_retransmitted_packets", "RTP packets resent on a subscriber's NACK"
+)
 NACKS_SENT = Counter("airwave_sfu_nacks_sent", "NACK messages sent to publishers")
 KEYFRAME_REQUESTS = Counter(
     "airwave_sfu_keyframe_requests_relayed", "PLI sent to publishers on behalf of subscribers"
@@ -25,4 +29,4 @@ SESSIONS_FAILED = Counter(
     "airwave_sfu_sessions_failed", "Sessions ended by a failure, by reason", ["reason"]
 )
 
-FAILURE_REASONS = frozenset({"ice_failed", "dtls_failed", "connect_timeout", "transport_closed"})
+FAILURE_REASONS = frozenset({"ice_failed", "dtls_failed", "connect_timeout", "setup_failed"})

@@ -209,7 +209,12 @@ class Transport:
 
 
 def write_description(
-    sections: list[AnswerSection], transport: Transport, *, session_id: int, version: int, cname: str
+    sections: list[AnswerSection],
+    transport: Transport,
+    *,
+    session_id: int,
+    version: int,
+    cname: str,
 ) -> str:
     lines = [
         "v=0",

@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
-from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtcpByePacket, RtcpPsfbPacket, RtcpSdesPacket, RtcpSourceInfo, RtcpSrPacket
@@ -275,7 +275,7 @@ class Session:
         if [m.mid for m in answer.media] != [line.media.mid for line in self.lines]:
             raise SdpError("media sections in the answer do not match the offer")
         self._offer_pending = False
-        for line, m in zip(self.lines, answer.media):
+        for line, m in zip(self.lines, answer.media, strict=True):
             if not line.pending or line.down is None:
                 continue
             line.pending = False
@@ -383,7 +383,9 @@ class Session:
         if isinstance(packet, RtcpSrPacket):
             up = self._by_ssrc.get(packet.ssrc)
             if up is not None:
-                up.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp)
+                up.on_sender_report(
+                    packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp
+                )
         elif isinstance(packet, RtcpByePacket):
             pass  # the transport closing ends the session
 

@@ -343,7 +343,9 @@ class UpTrack:
                 (rtp_ts + int(elapsed * self.clock_rate)) & 0xFFFFFFFF,
             )
         elapsed = now - self.last_ts_time if self.last_ts_time else 0.0
-        return clock.current_ntp_time(), (self.last_ts + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
+        return clock.current_ntp_time(), (
+            self.last_ts + int(elapsed * self.clock_rate)
+        ) & 0xFFFFFFFF
 
     def flush_metrics(self) -> None:
         p, f, b = self._flushed

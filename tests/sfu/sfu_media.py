@@ -25,7 +25,7 @@ def _video_frames(n: int, width: int, height: int, seed: int = 1):
             size = plane.line_size * h
             if p == 0:
                 shift = (i * 7) % (width * height)
-                row = (noise[shift:] + noise[:shift])
+                row = noise[shift:] + noise[:shift]
                 data = (row * (size // len(row) + 1))[:size]
             else:
                 data = bytes([(i * 3 + p * 50) & 0xFF]) * size

@@ -118,7 +118,7 @@ class Publisher:
 
     async def accept(self, answer_sdp: str) -> None:
         await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
-        for sender, track in zip(self.senders, self.tracks):
+        for sender, track in zip(self.senders, self.tracks, strict=True):
             _watch_keyframe_requests(sender, track)
             _record_sent_payloads(sender, self.sent_payloads)
 
@@ -178,7 +178,7 @@ class Viewer:
         await self.pc.close()
 
 
-async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> None:
+async def wait_for(predicate, timeout: float = 5.0, interval: float = 0.02) -> None:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

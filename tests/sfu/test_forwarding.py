@@ -3,7 +3,6 @@ the publisher sent, and the server never decodes or encodes."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import inspect
 from pathlib import Path

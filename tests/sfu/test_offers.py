@@ -62,7 +62,9 @@ async def test_ffmpeg_shaped_offer(engine):
     await pc.close()
     video = _section(sub.answer_sdp, "1")
     assert "a=sendonly" in video
-    assert re.search(r"a=fmtp:\d+ level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001e", video)
+    assert re.search(
+        r"a=fmtp:\d+ level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001e", video
+    )
 
 
 # --- fuzz -------------------------------------------------------------------------------
@@ -203,12 +205,19 @@ FUZZ = hsettings(
 
 
 @FUZZ
-@given(name=st.sampled_from(["chrome", "ffmpeg", "aiortc_pub", "aiortc_sub"]), ops=st.lists(OPS, min_size=1, max_size=6))
+@given(
+    name=st.sampled_from(["chrome", "ffmpeg", "aiortc_pub", "aiortc_sub"]),
+    ops=st.lists(OPS, min_size=1, max_size=6),
+)
 def test_mutated_offers_raise_only_documented_errors(fuzz, name, ops):
     fuzz.run(mutate(fuzz.offers[name], ops))
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=400), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))))
+@given(
+    text=st.one_of(
+        st.text(max_size=400), st.binary(max_size=200).map(lambda b: b.decode("latin-1"))
+    )
+)
 def test_random_text_raises_only_documented_errors(fuzz, text):
     fuzz.run(text)

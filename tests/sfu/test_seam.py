@@ -12,7 +12,7 @@ import aioice.stun
 import pytest
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport, RtpRouter, State
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpSrPacket, RtcpSenderInfo
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpSenderInfo, RtcpSrPacket
 
 from sfu import aiortc_seam as seam
 
@@ -84,7 +84,9 @@ async def test_rtp_router_routes_feedback_to_our_sinks():
     seam.register_rtcp_source(dtls, [5678], source)
     pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=1234)
     assert router.route_rtcp(pli) == {down}
-    fir_packet = RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=0, fci=b"\x00\x00\x04\xd2\x01\x00\x00\x00")
+    fir_packet = RtcpPsfbPacket(
+        fmt=RTCP_PSFB_FIR, ssrc=1, media_ssrc=0, fci=b"\x00\x00\x04\xd2\x01\x00\x00\x00"
+    )
     assert router.route_rtcp(fir_packet) == {fir}
     sr = RtcpSrPacket(ssrc=5678, sender_info=RtcpSenderInfo(0, 0, 0, 0))
     assert router.route_rtcp(sr) == {source}

@@ -153,7 +153,10 @@ async def test_udp_port_range(vp8_frames):
         ports = set()
         for _ in range(3):
             s = await engine.publish(f"p{_}", await _offer())
-            ports.update(int(p) for p in re.findall(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+)", s.answer_sdp))
+            ports.update(
+                int(p)
+                for p in re.findall(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 (\d+)", s.answer_sdp)
+            )
         assert ports and all(47100 <= p <= 47109 for p in ports)
         assert len(ports) == 3
     finally:
@@ -187,7 +190,9 @@ async def test_publisher_leaving_ends_every_viewer(engine, vp8_frames):
     await asyncio.wait_for(asyncio.gather(*(v.closed_by_server.wait() for v, _ in viewers)), 5)
     await asyncio.sleep(0.05)
     assert ended == [("live", "disconnected")]
-    assert sorted(closed) == [("publisher", "disconnected")] + [("subscriber", "publisher_left")] * 4
+    assert (
+        sorted(closed) == [("publisher", "disconnected")] + [("subscriber", "publisher_left")] * 4
+    )
     assert not engine.has_publisher("live") and engine.rooms() == {}
     for v, _ in viewers:
         await v.close()
@@ -263,7 +268,8 @@ async def test_viewers_join_and_leave_without_leaks(engine, vp8_frames):
             s = await engine.subscribe("loop", await v.offer())
             await v.accept(s.answer_sdp)
             viewers.append((v, s))
-        await wait_for(lambda: all(s.state == "connected" for _, s in viewers), 10)
+        sessions = [s for _, s in viewers]
+        await wait_for(lambda ss=sessions: all(s.state == "connected" for s in ss), 10)
         assert engine.subscriber_count("loop") == 20
         # half leave from their side, half are closed by the server
         for i, (v, s) in enumerate(viewers):
@@ -294,7 +300,9 @@ async def test_engine_close_leaves_nothing(vp8_frames):
         s = await engine.subscribe("x", await v.offer())
         await v.accept(s.answer_sdp)
         viewers.append(v)
-    await wait_for(lambda: engine.subscriber_count("x") == 3 and pub_session.state == "connected", 5)
+    await wait_for(
+        lambda: engine.subscriber_count("x") == 3 and pub_session.state == "connected", 5
+    )
     await engine.close()
     assert engine.session_count == 0 and engine.rooms() == {}
     for v in viewers:
