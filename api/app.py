@@ -23,7 +23,7 @@ from api.errors import error_middleware
 from api.openapi import build_document
 from auth import TokenService
 from config import Settings
-from rooms.bus import InProcessBus
+from rooms.bus import InProcessBus, RedisBus
 from rooms.social import SocialGraph
 from sfu import MediaEngine
 from signaling import Signaling
@@ -52,7 +52,7 @@ async def create_app(settings: Settings) -> web.Application:
         settings=settings,
         tokens=tokens,
         db=db,
-        bus=InProcessBus(),
+        bus=RedisBus(settings.redis_url) if settings.redis_url else InProcessBus(),
         signaling=signaling,
         media=MediaEngine(settings),
         ice=IceServerProvider(settings),

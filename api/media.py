@@ -140,9 +140,11 @@ async def _authorize(request: web.Request, kind: str, room: str) -> Identity | N
 
 
 async def announce(airwave: Airwave, event: str, session: Session, **extra: Any) -> None:
+    # Only this node holds the session: its handlers turn it into shared state.
     await airwave.bus.publish(
         "media",
         {"type": event, "roomId": session.room, "sessionId": session.id, "userId": session.owner, **extra},
+        local=True,
     )
 
 

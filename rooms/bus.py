@@ -1,16 +1,25 @@
 """The event bus: how rooms/ tells the faces (signaling, api) what happened.
 
 rooms/ publishes domain events (a call timed out, a stream started) on a
-channel; whoever cares subscribes. In-process by default; across nodes the
-Redis implementation (same interface) carries them.
+channel; whoever cares subscribes. In-process by default; across nodes
+:class:`RedisBus` (same interface) carries them through Redis pub/sub, so a
+handler on every node sees every event. ``publish(..., local=True)`` delivers
+to this node's handlers only: for facts only this node should act on (its own
+media sessions' events), which it then turns into cluster-wide state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("airwave.bus")
 
@@ -21,7 +30,7 @@ Handler = Callable[[Event], Awaitable[None]]
 class EventBus(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def publish(self, channel: str, event: Event) -> None: ...
+    async def publish(self, channel: str, event: Event, *, local: bool = False) -> None: ...
     def subscribe(self, channel: str, handler: Handler) -> Callable[[], None]: ...
 
 
@@ -37,7 +46,10 @@ class InProcessBus:
     async def close(self) -> None:
         self._handlers.clear()
 
-    async def publish(self, channel: str, event: Event) -> None:
+    async def publish(self, channel: str, event: Event, *, local: bool = False) -> None:
+        await self.deliver(channel, event)
+
+    async def deliver(self, channel: str, event: Event) -> None:
         for handler in list(self._handlers.get(channel, ())):
             try:
                 await handler(event)
@@ -52,3 +64,71 @@ class InProcessBus:
                 self._handlers[channel].remove(handler)
 
         return unsubscribe
+
+
+class RedisBus(InProcessBus):
+    """Events through Redis pub/sub to every node's subscribers.
+
+    One connection subscribes to ``<prefix>*``; a listener task delivers each
+    message to this node's handlers in order. When Redis goes away the
+    listener reconnects with backoff and subscribes again; events published
+    while Redis is down are lost (pub/sub keeps nothing), so durable state
+    lives in the database and in Redis keys, never only on the bus.
+    """
+
+    def __init__(self, url: str, prefix: str = "airwave:bus:") -> None:
+        super().__init__()
+        self._url = url
+        self._prefix = prefix
+        self._redis: aioredis.Redis = aioredis.from_url(url)
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._listener = asyncio.get_running_loop().create_task(self._listen(), name="redis-bus")
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout=5)
+        except TimeoutError:
+            log.error("Redis bus: not subscribed yet; events will flow once Redis is reachable")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._redis.aclose()
+        await super().close()
+
+    async def publish(self, channel: str, event: Event, *, local: bool = False) -> None:
+        if local:
+            await self.deliver(channel, event)
+            return
+        await self._redis.publish(self._prefix + channel, json.dumps(event))
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(self._prefix + "*")
+                self._subscribed.set()
+                delay = 0.5
+                async for message in pubsub.listen():
+                    if message.get("type") != "pmessage":
+                        continue
+                    channel = message["channel"].decode()[len(self._prefix) :]
+                    try:
+                        event = json.loads(message["data"])
+                    except ValueError:
+                        log.warning("Redis bus: dropped a message that is not JSON on %s", channel)
+                        continue
+                    await self.deliver(channel, event)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                self._subscribed.clear()
+                log.warning("Redis bus: connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:  # the connection may already be gone
+                    pass
