@@ -16,10 +16,11 @@ from types import ModuleType
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api import health, ice, media
+from api import health, ice, media, nodes
 from api.auth_http import TOKENS_KEY
 from api.components import AIRWAVE, Airwave
 from api.errors import error_middleware
+from api.metrics import NODE_KEY
 from api.openapi import build_document
 from auth import TokenService
 from config import Settings
@@ -32,7 +33,7 @@ from turn import IceServerProvider, StunServer
 
 log = logging.getLogger("airwave")
 
-FEATURES: list[ModuleType] = [health, ice, media]
+FEATURES: list[ModuleType] = [health, ice, media, nodes]
 
 
 def airwave_version() -> str:
@@ -60,8 +61,10 @@ async def create_app(settings: Settings) -> web.Application:
         redis=redis_client,
         openapi=build_document([f.routes for f in FEATURES], airwave_version()),
     )
+    airwave.node_id = nodes.node_id_for(settings.node_id, settings.port)
     app[AIRWAVE] = airwave
     app[TOKENS_KEY] = tokens
+    app[NODE_KEY] = airwave.node_id
     signaling.sio.attach(app)
     app.on_startup.append(_start)
     for feature in FEATURES:

@@ -34,6 +34,8 @@ class Airwave:
     social: SocialGraph
     redis: aioredis.Redis | None = None
     stun: StunServer | None = None
+    node_id: str = ""
+    draining: bool = False  # set at SIGTERM: no new sessions, calls on this node end
     openapi: dict[str, Any] = field(default_factory=dict)
     migrated: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)

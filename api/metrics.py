@@ -20,6 +20,27 @@ HTTP_REQUEST_SECONDS = Histogram(
 )
 
 
+def with_node_label(text: str, node: str) -> str:
+    """Every ``airwave_*`` sample gets ``node="<id>"``, so that one Prometheus
+    query can tell the nodes of a cluster apart (process_* metrics are left as
+    the client library writes them)."""
+    label = 'node="' + node.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    out = []
+    for line in text.splitlines():
+        if line.startswith("airwave_"):
+            brace, space = line.find("{"), line.find(" ")
+            if brace != -1 and brace < space:
+                line = f"{line[: brace + 1]}{label},{line[brace + 1 :]}"
+            else:
+                line = f"{line[:space]}{{{label}}}{line[space:]}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+NODE_KEY: web.AppKey[str] = web.AppKey("node_id", str)
+
+
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(REGISTRY)
+    text = generate_latest(REGISTRY).decode()
+    body = with_node_label(text, request.app[NODE_KEY]).encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 
@@ -36,7 +38,7 @@ async def test_readiness_and_metrics(running: RunningApp) -> None:
                 assert body["checks"]["redis"] == "ok"
         async with http.get(running.url + "/metrics") as r:
             text = await r.text()
-    assert 'airwave_http_requests_total{method="GET",route="/health/readiness",status="200"}' in text
+    assert 'method="GET",route="/health/readiness",status="200"}' in text
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
@@ -91,3 +93,33 @@ async def test_openapi_documents_every_route(running: RunningApp) -> None:
     for ops in doc["paths"].values():
         for op in ops.values():
             assert op["summary"] and op["responses"]
+
+
+async def test_nodes_route_is_admin_only_and_lists_this_node(running: RunningApp) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(running.url + "/api/v1/nodes", headers={"Authorization": f"Bearer {running.token('u')}"}) as r:
+            assert r.status == 403
+        admin = {"Authorization": f"Bearer {running.token('ops', admin=True)}"}
+        for _ in range(50):  # with Redis the heartbeat lands within a moment
+            async with http.get(running.url + "/api/v1/nodes", headers=admin) as r:
+                assert r.status == 200
+                nodes = (await r.json())["nodes"]
+            if nodes:
+                break
+            await asyncio.sleep(0.1)
+        async with http.get(running.url + "/metrics") as r:
+            text = await r.text()
+    from api.components import AIRWAVE
+
+    me = running.app[AIRWAVE].node_id
+    assert me in [n["id"] for n in nodes]
+    assert f'airwave_http_requests_total{{node="{me}",method="GET"' in text
+
+
+def test_node_label_goes_on_airwave_samples_only() -> None:
+    from api.metrics import with_node_label
+
+    text = 'airwave_x 1.0\nairwave_y{a="b c"} 2.0\nprocess_cpu 3.0\n# HELP airwave_x x\n'
+    assert with_node_label(text, "n1") == (
+        'airwave_x{node="n1"} 1.0\nairwave_y{node="n1",a="b c"} 2.0\nprocess_cpu 3.0\n# HELP airwave_x x\n'
+    )
