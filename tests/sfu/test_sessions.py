@@ -9,6 +9,7 @@ import re
 import threading
 
 import pytest
+from prometheus_client import REGISTRY
 
 from sfu import (
     AtCapacity,
@@ -182,6 +183,9 @@ async def test_publisher_leaving_ends_every_viewer(engine, vp8_frames):
     await wait_for(lambda: all(s.state == "connected" for _, s in viewers), 5)
     assert started == ["live"] and engine.has_publisher("live")
     assert engine.subscriber_count("live") == 4
+    assert _sample("airwave_sfu_subscribers") >= 4
+    forwarded = _sample("airwave_sfu_forwarded_packets_total")
+    await wait_for(lambda: pub_session.uptracks[0].forwarded > 40, 5)
     await pub.close()  # the publisher goes away (DTLS close_notify)
     await wait_for(lambda: engine.session_count == 0, 5)
     assert all(s.close_reason == "publisher_left" for _, s in viewers)
@@ -194,6 +198,8 @@ async def test_publisher_leaving_ends_every_viewer(engine, vp8_frames):
         sorted(closed) == [("publisher", "disconnected")] + [("subscriber", "publisher_left")] * 4
     )
     assert not engine.has_publisher("live") and engine.rooms() == {}
+    assert _sample("airwave_sfu_forwarded_packets_total") > forwarded + 40  # flushed on close
+    assert _sample("airwave_sfu_forwarded_bytes_total") > 0
     for v, _ in viewers:
         await v.close()
 
@@ -216,12 +222,23 @@ async def test_close_session_and_room(engine, vp8_frames):
         await pc.close()
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_unconnected_session_times_out():
     engine = MediaEngine(LOOPBACK_SETTINGS, connect_timeout=0.5)
+    failed = {
+        r: _sample("airwave_sfu_sessions_failed_total", reason=r)
+        for r in ("connect_timeout", "ice_failed")
+    }
     try:
         s = await engine.publish("r", await _offer())  # the offerer is gone: nobody connects
+        assert _sample("airwave_sfu_publishers") >= 1
         await asyncio.wait_for(s.wait_closed(), 5)
-        assert s.close_reason in ("connect_timeout", "ice_failed")
+        assert s.close_reason in failed  # connect_timeout, unless aioice gives up first
+        reason = s.close_reason
+        assert _sample("airwave_sfu_sessions_failed_total", reason=reason) == failed[reason] + 1
     finally:
         await engine.close()
 
