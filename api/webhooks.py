@@ -1,0 +1,159 @@
+"""POST /api/v1/webhooks/topup: coins bought in the app, signed by its payment backend.
+
+Headers ``X-Airwave-Timestamp: <unix seconds>`` and
+``X-Airwave-Signature: sha256=<hex HMAC-SHA256(webhook_secret, "<timestamp>.<raw body>")>``.
+The timestamp must be within five minutes of our clock; the signature is
+compared in constant time over the raw bytes received. Each ``eventId`` is
+applied once: a replay answers 200 with the first result and credits nothing.
+See docs/webhooks.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from api.components import AIRWAVE
+from api.errors import ApiError
+from api.gifts import WALLETS_KEY
+from api.routing import ApiRoutes
+from rooms.wallets import TopupConflict, WalletLedger
+
+routes = ApiRoutes("webhooks")
+
+TIMESTAMP_HEADER = "X-Airwave-Timestamp"
+SIGNATURE_HEADER = "X-Airwave-Signature"
+SIGNATURE_SCHEME = "sha256="
+MAX_SKEW_SECONDS = 300
+MAX_BODY_BYTES = 16 * 1024
+MAX_TOPUP_COINS = 1_000_000_000
+
+WEBHOOK_REFUSALS = Counter(
+    "airwave_webhook_refusals", "Top-up webhooks refused, by reason", ["reason"]
+)
+TOPUP_COINS = Counter("airwave_topup_coins", "Coins credited by top-up webhooks")
+
+
+class WebhookRejected(ApiError):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, code, message)
+        WEBHOOK_REFUSALS.labels(code).inc()
+
+
+def expected_signature(secret: str, timestamp: str, body: bytes) -> str:
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return SIGNATURE_SCHEME + mac.hexdigest()
+
+
+def verify_signature(secret: str, timestamp: str, signature: str, body: bytes, now: float) -> None:
+    """Raise WebhookRejected (401) unless the request is fresh and signed with ``secret``."""
+    if not timestamp or not signature:
+        raise WebhookRejected(
+            401, "missing_signature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required"
+        )
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        raise WebhookRejected(401, "bad_timestamp", f"{TIMESTAMP_HEADER} must be unix seconds")
+    if abs(now - int(timestamp)) > MAX_SKEW_SECONDS:
+        raise WebhookRejected(
+            401, "stale_timestamp",
+            f"{TIMESTAMP_HEADER} is more than {MAX_SKEW_SECONDS} s from the server's clock",
+        )
+    expected = expected_signature(secret, timestamp, body)
+    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
+        raise WebhookRejected(
+            401, "bad_signature",
+            f"{SIGNATURE_HEADER} is not sha256=HMAC-SHA256(secret, \"<timestamp>.<raw body>\")",
+        )
+
+
+def _parse_event(body: bytes) -> tuple[str, str, int]:
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        raise WebhookRejected(400, "bad_json", "the body must be JSON") from None
+    if not isinstance(data, dict):
+        raise WebhookRejected(422, "bad_event", "the body must be an object {eventId, userId, coins}")
+    event_id, user_id, coins = data.get("eventId"), data.get("userId"), data.get("coins")
+    if not isinstance(event_id, str) or not (1 <= len(event_id) <= 200):
+        raise WebhookRejected(422, "bad_event", "eventId must be a string of 1-200 characters")
+    if not isinstance(user_id, str) or not (1 <= len(user_id) <= 128):
+        raise WebhookRejected(422, "bad_event", "userId must be a string of 1-128 characters")
+    if isinstance(coins, bool) or not isinstance(coins, int) or not (1 <= coins <= MAX_TOPUP_COINS):
+        raise WebhookRejected(422, "bad_event", f"coins must be an integer from 1 to {MAX_TOPUP_COINS}")
+    return event_id, user_id, coins
+
+
+TOPUP_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["eventId", "userId", "coins"],
+    "properties": {
+        "eventId": {"type": "string", "description": "unique per payment; applied once"},
+        "userId": {"type": "string"},
+        "coins": {"type": "integer", "minimum": 1},
+    },
+}
+TOPUP_RESULT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "transferId": {"type": "string"},
+        "eventId": {"type": "string"},
+        "userId": {"type": "string"},
+        "coins": {"type": "integer"},
+        "balance": {"type": "integer", "description": "the user's coins right after this top-up"},
+        "createdAt": {"type": "number"},
+    },
+}
+
+
+@routes.post(
+    "/api/v1/webhooks/topup",
+    summary="Credit coins bought in the app (HMAC-signed by the payment backend; see docs/webhooks.md)",
+    auth=False,
+    request={"application/json": TOPUP_EVENT_SCHEMA},
+    responses={
+        200: "credited, or a replayed eventId (the first result; header Idempotent-Replayed)",
+        400: "not JSON",
+        401: "missing or bad signature, or a timestamp more than 5 minutes off",
+        409: "the eventId was applied before to another user or amount",
+        413: "body too large",
+        422: "bad fields",
+        503: "AIRWAVE_WEBHOOK_SECRET is not set: every top-up is refused",
+    },
+    response_schema=TOPUP_RESULT_SCHEMA,
+)
+async def topup_webhook(request: web.Request) -> web.Response:
+    airwave = request.app[AIRWAVE]
+    secret = airwave.settings.webhook_secret
+    if not secret:
+        raise WebhookRejected(
+            503, "webhook_not_configured",
+            "AIRWAVE_WEBHOOK_SECRET is not set, so no top-up can be verified; nothing was credited",
+        )
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise WebhookRejected(413, "payload_too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+    body = await request.read()
+    if len(body) > MAX_BODY_BYTES:
+        raise WebhookRejected(413, "payload_too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+    verify_signature(
+        secret,
+        request.headers.get(TIMESTAMP_HEADER, "").strip(),
+        request.headers.get(SIGNATURE_HEADER, ""),
+        body,
+        time.time(),
+    )
+    event_id, user_id, coins = _parse_event(body)
+    ledger: WalletLedger = airwave.services[WALLETS_KEY]
+    try:
+        topup = await ledger.topup(event_id, user_id, coins)
+    except TopupConflict as exc:
+        raise WebhookRejected(409, exc.code, str(exc)) from None
+    if topup.replayed:
+        return web.json_response(topup.as_json(), headers={"Idempotent-Replayed": "true"})
+    TOPUP_COINS.inc(coins)
+    return web.json_response(topup.as_json())
