@@ -61,9 +61,15 @@ def earnings_account(user_id: str) -> str:
     return f"user:{user_id}:earnings"
 
 
+_last_micros = 0
+
+
 def new_transfer_id() -> str:
-    """Sorts by creation time: 12 hex digits of milliseconds, then 16 random ones."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+    """Sorts by creation time: 14 hex digits of microseconds (strictly increasing in
+    this process), then 12 random ones so that two nodes never collide."""
+    global _last_micros
+    _last_micros = max(time.time_ns() // 1000, _last_micros + 1)
+    return f"{_last_micros:014x}{secrets.token_hex(6)}"
 
 
 class LedgerError(Exception):
