@@ -47,6 +47,7 @@ HISTORY_SIZE = 1024  # packets kept per up track for retransmission (power of tw
 KEYFRAME_INTERVAL = 1.0  # seconds between two PLIs to one publisher track
 MAX_NACK_GAP = 200  # a larger jump in sequence numbers is a reset, not loss
 NACK_RETRIES = 3
+KEYFRAME_WAIT = 4.0  # seconds a new subscriber waits for a keyframe before starting anyway
 
 _pack_ssrc = struct.Struct("!I").pack
 
@@ -83,7 +84,9 @@ class UpTrack:
         # subscribers that joined and wait for the next frame boundary, so
         # that nobody starts with the tail of a frame
         self._pending: list[DownTrack] = []
+        self._pending_since = 0.0
         self._frame_start = True  # the next packet starts a frame
+        self._codec_name = codec.mimeType.split("/")[-1].lower()
         self._fanout: tuple[tuple[int, tuple[Target, ...]], ...] = ()
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
         self.closed = False
@@ -142,7 +145,7 @@ class UpTrack:
             self.last_ts = ts
             self.last_ts_time = time.monotonic()
 
-        if self._pending and (self._frame_start or self.kind == "audio"):
+        if self._pending and self._frame_start and self._may_start(data, hlen):
             self._activate_pending()
         self._frame_start = data[1] >= 0x80  # marker: the last packet of a frame
 
@@ -202,9 +205,23 @@ class UpTrack:
     # -- subscribers ---------------------------------------------------------------------
 
     def attach(self, down: DownTrack) -> None:
-        """Start forwarding to ``down`` at the next frame boundary."""
+        """Start forwarding to ``down`` at the next keyframe (video) or packet (audio)."""
         if down not in self.down and down not in self._pending:
+            if not self._pending:
+                self._pending_since = time.monotonic()
             self._pending.append(down)
+
+    def _may_start(self, data: bytes, hlen: int) -> bool:
+        """Whether new subscribers may start with this packet, the first of a
+        frame: a keyframe's first packet for VP8/H.264 (only looked at while
+        someone waits), or after KEYFRAME_WAIT in case we cannot tell."""
+        if self._codec_name == "vp8":
+            start = vp8_keyframe_start(data, hlen)
+        elif self._codec_name == "h264":
+            start = h264_keyframe_start(data, hlen)
+        else:
+            return True
+        return start or time.monotonic() - self._pending_since > KEYFRAME_WAIT
 
     def _activate_pending(self) -> None:
         self.down.extend(self._pending)
@@ -443,6 +460,54 @@ class DownTrack:
                 return
             self.retransmitted += 1
             metrics.RETRANSMITTED.inc()
+
+
+def vp8_keyframe_start(data: bytes, hlen: int) -> bool:
+    """The first packet of a VP8 keyframe (RFC 7741 payload descriptor)."""
+    n = len(data)
+    if n <= hlen:
+        return False
+    b = data[hlen]
+    if not (b & 0x10) or (b & 0x07):  # S bit, partition 0
+        return False
+    pos = hlen + 1
+    if b & 0x80:  # X: extension byte
+        if n <= pos:
+            return False
+        x = data[pos]
+        pos += 1
+        if x & 0x80:  # I: picture id, 7 or 15 bits
+            if n <= pos:
+                return False
+            pos += 2 if data[pos] & 0x80 else 1
+        if x & 0x40:  # L: TL0PICIDX
+            pos += 1
+        if x & 0x30:  # T or K: TID/KEYIDX
+            pos += 1
+    return n > pos and not (data[pos] & 0x01)  # P bit 0: keyframe
+
+
+def h264_keyframe_start(data: bytes, hlen: int) -> bool:
+    """A packet that starts an IDR access unit: SPS, IDR, a STAP-A holding
+    one, or the first fragment of an IDR slice (RFC 6184)."""
+    n = len(data)
+    if n <= hlen:
+        return False
+    nal = data[hlen] & 0x1F
+    if nal in (5, 7):
+        return True
+    if nal == 24:  # STAP-A: 2-byte sizes, then NAL units
+        pos = hlen + 1
+        while pos + 2 < n:
+            size = (data[pos] << 8) | data[pos + 1]
+            if data[pos + 2] & 0x1F in (5, 7):
+                return True
+            pos += 2 + size
+        return False
+    if nal == 28 and n > hlen + 1:  # FU-A: start bit and IDR type
+        fu = data[hlen + 1]
+        return bool(fu & 0x80) and (fu & 0x1F) == 5
+    return False
 
 
 def receiver_report(rtcp_ssrc: int, reports: list[Any]) -> bytes:

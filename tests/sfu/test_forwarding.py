@@ -98,7 +98,7 @@ async def test_vp8_frames_reach_viewers_byte_identical(engine, vp8_frames, serve
             got = [f for _, f in viewer.frames["video"]]
             # every reassembled frame is one the publisher sent, bit for bit
             assert _digest(got) <= sent
-            assert any(vp8_keyframe(f) for f in got)
+            assert vp8_keyframe(got[0])  # a viewer starts with a keyframe
             # and so is every RTP payload
             assert _digest(viewer.payloads["video"]) <= sent_payloads
         assert pub_session.uptracks[0].forwarded >= 3 * 30
@@ -121,6 +121,9 @@ async def test_h264_frames_reach_viewers_byte_identical(engine, h264_frames, ser
         sent_nals = _digest(n for f in track.sent for n in nal_units(f))
         for viewer, session in viewers:
             assert "H264" in session.answer_sdp
+            first = nal_units(viewer.frames["video"][0][1])
+            assert first[0][0] & 0x1F == 7  # starts with SPS, then the IDR
+            assert 5 in {n[0] & 0x1F for n in first}
             got = [n for _, f in viewer.frames["video"] for n in nal_units(f)]
             assert got and _digest(got) <= sent_nals
             assert _digest(viewer.payloads["video"]) <= _digest(pub.sent_payloads)

@@ -53,7 +53,8 @@ async def test_forwarding_cost_per_packet():
         + os.urandom(1150)
         for i in range(PACKETS)
     ]
-    up.on_rtp(packets[0])  # frame boundary: the subscribers become active
+    # a VP8 keyframe's first packet: the waiting subscribers become active
+    up.on_rtp(packets[0][:20] + b"\x10\x00" + packets[0][22:])
     assert len(up.down) == VIEWERS
     start_cpu = time.process_time()
     start = time.perf_counter()
@@ -72,3 +73,25 @@ async def test_forwarding_cost_per_packet():
     sink.close()
     out.close()
     up.close()
+
+
+def test_keyframe_start_detection():
+    from sfu.track import h264_keyframe_start, vp8_keyframe_start
+
+    hdr = bytes(12)
+    # VP8: S=1 PID=0, no extension; P bit 0 = keyframe, 1 = interframe
+    assert vp8_keyframe_start(hdr + b"\x10\x9d", 12) is False  # 0x9d has P=1
+    assert vp8_keyframe_start(hdr + b"\x10\x30", 12) is True
+    assert vp8_keyframe_start(hdr + b"\x00\x30", 12) is False  # not a partition start
+    # with X, I (15-bit picture id), L, T: descriptor is 6 bytes
+    assert vp8_keyframe_start(hdr + b"\x90\xe0\x80\x01\x00\x00\x30", 12) is True
+    assert vp8_keyframe_start(hdr + b"\x90\xe0\x80", 12) is False  # truncated
+    # H.264: SPS, IDR, STAP-A with SPS, FU-A start of IDR; not a P slice or FU-A middle
+    assert h264_keyframe_start(hdr + b"\x67\x42", 12)
+    assert h264_keyframe_start(hdr + b"\x65\x88", 12)
+    assert h264_keyframe_start(hdr + b"\x78\x00\x02\x67\x42\x00\x02\x68\xce", 12)
+    assert h264_keyframe_start(hdr + b"\x7c\x85\x00", 12)
+    assert not h264_keyframe_start(hdr + b"\x41\x9a", 12)
+    assert not h264_keyframe_start(hdr + b"\x7c\x05\x00", 12)
+    assert not h264_keyframe_start(hdr + b"\x78\x00\x02\x41\x9a", 12)
+    assert not h264_keyframe_start(hdr, 12)
