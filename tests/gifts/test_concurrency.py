@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import socketio
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.components import AIRWAVE
 from tests.conftest import RunningApp
@@ -34,7 +35,22 @@ async def _send_socket(client: socketio.AsyncClient, body: dict[str, Any]) -> tu
     return 200, ack
 
 
+async def _metric(running: RunningApp, name: str, **labels: str) -> float:
+    """A sample from /metrics, summed over the labels not named (the node label)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(running.url + "/metrics") as r:
+            text = await r.text()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 async def test_fifty_concurrent_sends_from_a_wallet_for_thirty(running: RunningApp) -> None:
+    sent_before = await _metric(running, "airwave_gifts_sent_total")
+    refused_before = await _metric(running, "airwave_gift_refusals_total", reason="insufficient_funds")
     await make_live_room(running, "stage", owner="star", stream_id="s1")
     await fund(running, "fan", 30 * PRICE)
     before = await assert_ledger_consistent(running)
@@ -73,6 +89,9 @@ async def test_fifty_concurrent_sends_from_a_wallet_for_thirty(running: RunningA
     db = running.app[AIRWAVE].db
     assert await db.fetchval("SELECT COUNT(*) FROM gifts_sent") == 30
     assert await db.fetchval("SELECT COUNT(*) FROM ledger_transfers WHERE kind = 'gift'") == 30
+    assert await _metric(running, "airwave_gifts_sent_total") - sent_before == 30
+    refused = await _metric(running, "airwave_gift_refusals_total", reason="insufficient_funds")
+    assert refused - refused_before == 20
 
 
 async def test_twenty_concurrent_retries_of_one_key_move_coins_once(running: RunningApp) -> None:
