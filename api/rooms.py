@@ -374,6 +374,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
     )
     airwave.services.update(rooms=registry, chat=chat, presence=presence_service, room_signals=signals)
     airwave.bus.subscribe("media", registry.on_media_event)
+    airwave.bus.subscribe("rooms", registry.on_room_event)
 
     async def start_sweeper(app: web.Application) -> None:
         airwave.spawn(chat.run_sweeper(SWEEP_INTERVAL), "chat sweeper")

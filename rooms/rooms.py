@@ -454,6 +454,14 @@ class RoomRegistry:
         self.viewer_counts.changed(room_id)
         return count
 
+    async def on_room_event(self, event: Event) -> None:
+        """Bus channel ``rooms``, from any node: forget the viewers of an ended room."""
+        if event.get("type") == "room_ended":
+            room_id = str(event.get("roomId") or "")
+            self.timers.cancel(f"grace:{room_id}")
+            await self.viewers.clear(room_id)
+            self.viewer_counts.forget(room_id)
+
     async def _announce_viewers(self, room_id: str, count: int) -> None:
         await self.bus.publish("rooms", {"type": "viewers_changed", "roomId": room_id, "count": count})
 

@@ -149,19 +149,24 @@ class RoomSignals:
     # -- room events from the bus -------------------------------------------------------------
 
     async def on_room_event(self, event: Event) -> None:
+        """Every node hears every room event and tells its own sockets (``ignore_queue``:
+        this node's sockets only, so nobody hears it twice across nodes)."""
         kind = event.get("type")
         room_id = str(event.get("roomId") or "")
         audience = room_audience(room_id)
         if kind == "stream_started":
             payload = {"roomId": room_id, "streamId": event.get("streamId"), "resumed": bool(event.get("resumed"))}
-            await self.sio.emit("stream:started", payload, to=audience)
+            await self.sio.emit("stream:started", payload, to=audience, ignore_queue=True)
         elif kind == "viewers_changed":
-            await self.sio.emit("stream:viewers", {"roomId": room_id, "count": event.get("count", 0)}, to=audience)
+            payload = {"roomId": room_id, "count": event.get("count", 0)}
+            await self.sio.emit("stream:viewers", payload, to=audience, ignore_queue=True)
         elif kind == "room_ended":
-            await self.sio.emit("stream:ended", {"roomId": room_id, "reason": event.get("reason", "")}, to=audience)
-            for watching in self.watching.values():
-                watching.discard(room_id)
-            await self.sio.close_room(audience)
+            payload = {"roomId": room_id, "reason": event.get("reason", "")}
+            await self.sio.emit("stream:ended", payload, to=audience, ignore_queue=True)
+            for sid, watching in self.watching.items():
+                if room_id in watching:
+                    watching.discard(room_id)
+                    await self.sio.leave_room(sid, audience)
         elif kind == "viewer_kicked":
             user_id = str(event.get("userId") or "")
             for sid in self.signaling.sockets_of(user_id):
@@ -170,9 +175,8 @@ class RoomSignals:
                     watching.discard(room_id)
                     await self.registry.viewer_left(room_id, user_viewer(user_id))
                 await self.sio.leave_room(sid, audience)
-            await self.sio.emit(
-                "stream:kicked", {"roomId": room_id, "until": event.get("until", 0)}, to=user_room(user_id)
-            )
+                payload = {"roomId": room_id, "until": event.get("until", 0)}
+                await self.sio.emit("stream:kicked", payload, to=sid, ignore_queue=True)
 
 
 def register(

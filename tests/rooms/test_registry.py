@@ -12,7 +12,8 @@ from tests.rooms.room_clients import connect, create_room, rest
 async def go_live(app: RunningApp, room_id: str, user: str) -> None:
     """What api/media.py announces when a publisher's media connects."""
     await app.app[AIRWAVE].bus.publish(
-        "media", {"type": "publisher_started", "roomId": room_id, "sessionId": "s-" + room_id, "userId": user}
+        "media", {"type": "publisher_started", "roomId": room_id, "sessionId": "s-" + room_id, "userId": user},
+        local=True,
     )
 
 
