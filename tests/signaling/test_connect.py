@@ -29,19 +29,23 @@ async def _refusal(url: str, auth: object) -> dict:
     return errors[0]  # type: ignore[return-value]
 
 
-async def _metric(url: str, needle: str) -> float:
+async def _metric(url: str, name: str, **labels: str) -> float:
+    """The value of the sample of ``name`` whose labels include ``labels``."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
     async with aiohttp.ClientSession() as http:
         async with http.get(url + "/metrics") as r:
             for line in (await r.text()).splitlines():
-                if line.startswith(needle):
-                    return float(line.rsplit(" ", 1)[1])
+                head, _, value = line.rpartition(" ")
+                metric, _, label_text = head.partition("{")
+                if metric == name and wanted <= set(label_text.rstrip("}").split(",")):
+                    return float(value)
     return 0.0
 
 
 async def test_good_token_connects_and_polling_works_too(running: RunningApp) -> None:
     client = await _connect(running.url, {"token": running.token("alice")})
     assert client.connected
-    assert await _metric(running.url, "airwave_socketio_connections ") == 1.0
+    assert await _metric(running.url, "airwave_socketio_connections") == 1.0
     await client.disconnect()
     polling = socketio.AsyncClient(reconnection=False)
     await polling.connect(running.url, auth={"token": running.token("bob")}, transports=["polling"], wait_timeout=5)
@@ -54,7 +58,7 @@ async def test_missing_token_is_refused_with_a_reason(running: RunningApp) -> No
     for auth in (None, {}, {"token": ""}):
         err = await _refusal(running.url, auth)
         assert err["data"]["code"] == "missing_token"
-    assert await _metric(running.url, 'airwave_socketio_connects_total{result="missing_token"}') >= 3
+    assert await _metric(running.url, "airwave_socketio_connects_total", result="missing_token") >= 3
 
 
 async def test_bad_and_expired_tokens_are_refused(running: RunningApp) -> None:
