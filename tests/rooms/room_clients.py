@@ -25,12 +25,14 @@ class Listener:
     def __init__(self, client: socketio.AsyncClient) -> None:
         self.client = client
         self.events: dict[str, list[Any]] = defaultdict(list)
+        self.arrivals: dict[str, list[float]] = defaultdict(list)  # time.monotonic() of each event
         for name in EVENTS:
             client.on(name, self._recorder(name))
 
     def _recorder(self, name: str):  # type: ignore[no-untyped-def]
         async def record(data: Any) -> None:
             self.events[name].append(data)
+            self.arrivals[name].append(time.monotonic())
 
         return record
 
