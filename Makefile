@@ -14,7 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# The web app's one npm dependency (socket.io-client), installed once when missing.
+WEB_BUNDLE := web/node_modules/socket.io-client/dist/socket.io.esm.min.js
+
+$(WEB_BUNDLE):
+	cd web && npm ci --no-audit --no-fund
+
+run: $(STAMP) $(WEB_BUNDLE)
 	$(BIN)/airwave serve
 
 test: $(STAMP)
