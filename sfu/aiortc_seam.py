@@ -57,7 +57,10 @@ def tap_rtp(dtls: RTCDtlsTransport, handler: RtpHandler) -> None:
     instead of aiortc's parse-and-route (so no RTCRtpReceiver is involved)."""
 
     async def _handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
-        handler(data)
+        try:
+            handler(data)
+        except Exception:  # an exception here would end the transport's receive loop
+            logger.exception("RTP handler failed")
 
     dtls._handle_rtp_data = _handle_rtp_data  # type: ignore[method-assign]
 

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import RtcpByePacket, RtcpPsfbPacket, RtcpSdesPacket, RtcpSourceInfo, RtcpSrPacket
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RtcpPsfbPacket,
+    RtcpSdesPacket,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+)
 
 from . import aiortc_seam as seam
 from .codecs import answer_codec, match_subscriber_codec
@@ -386,8 +392,7 @@ class Session:
                 up.on_sender_report(
                     packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp
                 )
-        elif isinstance(packet, RtcpByePacket):
-            pass  # the transport closing ends the session
+        # RtcpByePacket: nothing to do, the transport closing ends the session
 
     def _handle_disconnect(self) -> None:
         pass
@@ -540,7 +545,11 @@ class _FirSink:
         self.session = session
 
     async def _handle_rtcp_packet(self, packet: Any) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == 4 and len(packet.fci) >= 8:
+        if (
+            isinstance(packet, RtcpPsfbPacket)
+            and packet.fmt == RTCP_PSFB_FIR
+            and len(packet.fci) >= 8
+        ):
             for i in range(0, len(packet.fci) - 7, 8):
                 ssrc = int.from_bytes(packet.fci[i : i + 4], "big")
                 for down in self.session.downtracks:

@@ -433,14 +433,21 @@ class DownTrack:
             ),
         )
 
-    # called by aiortc's RtpRouter for RTCP whose media SSRC is ours
+    # called by aiortc's RtpRouter for RTCP whose media SSRC is ours; an
+    # exception here would end the transport's receive loop
     async def _handle_rtcp_packet(self, packet: Any) -> None:
-        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-            self.nacks += 1
-            self.retransmit(packet.lost)
-        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-            self.keyframe_requests += 1
-            self.up.request_keyframe()
+        try:
+            if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                self.nacks += 1
+                self.retransmit(packet.lost)
+            elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (
+                RTCP_PSFB_PLI,
+                RTCP_PSFB_FIR,
+            ):
+                self.keyframe_requests += 1
+                self.up.request_keyframe()
+        except Exception:
+            logger.exception("RTCP feedback handling failed")
 
     def retransmit(self, lost: list[int]) -> None:
         target = self.target

@@ -10,29 +10,44 @@ import sys
 import time
 
 import av
-url, token, seconds, cert, key = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
-opts = {"authorization": token, "cert_file": cert, "key_file": key, "handshake_timeout": "10000"}
-out = av.open(url, "w", format="whip", options=opts)
-v = out.add_stream("libx264", rate=30)
-v.width, v.height, v.pix_fmt = 320, 240, "yuv420p"
-v.options = {"profile": "baseline", "tune": "zerolatency", "preset": "ultrafast", "bf": "0", "g": "30"}
-a = out.add_stream("libopus", rate=48000)
-a.layout = "stereo"
-start = time.monotonic(); i = 0; ai = 0
-while time.monotonic() - start < seconds:
-    frame = av.VideoFrame(320, 240, "yuv420p")
-    for n, plane in enumerate(frame.planes):
-        plane.update(bytes([(i * 3 + n * 40) % 255]) * plane.buffer_size)
-    frame.pts = i
-    for p in v.encode(frame): out.mux(p)
-    while ai * 960 < (i + 1) * 1600:
-        af = av.AudioFrame(format="s16", layout="stereo", samples=960)
-        af.planes[0].update(bytes(af.planes[0].buffer_size))
-        af.sample_rate = 48000; af.pts = ai * 960
-        for p in a.encode(af): out.mux(p)
-        ai += 1
-    i += 1
-    delay = start + i / 30 - time.monotonic()
-    if delay > 0: time.sleep(delay)
-out.close()
-print("published", i, "frames", flush=True)
+
+FPS = 30
+SAMPLES = 960  # 20 ms of Opus at 48 kHz
+
+
+def main(url: str, token: str, seconds: float, cert: str, key: str) -> int:
+    options = {"authorization": token, "cert_file": cert, "key_file": key, "handshake_timeout": "10000"}
+    out = av.open(url, "w", format="whip", options=options)
+    video = out.add_stream("libx264", rate=FPS)
+    video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+    video.options = {"profile": "baseline", "tune": "zerolatency", "preset": "ultrafast", "bf": "0", "g": "30"}
+    audio = out.add_stream("libopus", rate=48000)
+    audio.layout = "stereo"
+    start = time.monotonic()
+    frames = audio_frames = 0
+    while time.monotonic() - start < seconds:
+        frame = av.VideoFrame(320, 240, "yuv420p")
+        for n, plane in enumerate(frame.planes):
+            plane.update(bytes([(frames * 3 + n * 40) % 255]) * plane.buffer_size)
+        frame.pts = frames
+        for packet in video.encode(frame):
+            out.mux(packet)
+        while audio_frames * SAMPLES < (frames + 1) * 48000 // FPS:
+            silence = av.AudioFrame(format="s16", layout="stereo", samples=SAMPLES)
+            silence.planes[0].update(bytes(silence.planes[0].buffer_size))
+            silence.sample_rate = 48000
+            silence.pts = audio_frames * SAMPLES
+            for packet in audio.encode(silence):
+                out.mux(packet)
+            audio_frames += 1
+        frames += 1
+        delay = start + frames / FPS - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    out.close()
+    print("published", frames, "frames", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]))

@@ -9,6 +9,9 @@ import struct
 import time
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from pylibsrtp import Policy, Session
 
 from sfu.track import DownTrack, UpTrack
@@ -95,3 +98,25 @@ def test_keyframe_start_detection():
     assert not h264_keyframe_start(hdr + b"\x7c\x05\x00", 12)
     assert not h264_keyframe_start(hdr + b"\x78\x00\x02\x41\x9a", 12)
     assert not h264_keyframe_start(hdr, 12)
+
+
+@given(st.lists(st.binary(min_size=0, max_size=80), min_size=1, max_size=30))
+@hsettings(max_examples=300, deadline=None)
+def test_any_bytes_from_a_publisher_are_survived(packets):
+    """Whatever a publisher sends after SRTP, the forwarding path raises nothing."""
+
+    async def run() -> list[bytes]:
+        codec = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=96)
+        up = UpTrack(_Publisher(), kind="video", mid="0", codec=codec, ssrcs=[42], out_ssrc=7)
+        down = DownTrack(None, up, mid="0", payload_type=100)
+        sent: list[bytes] = []
+        down.start((bytes, lambda data, addr: sent.append(data), ("127.0.0.1", 9)))
+        for data in packets:
+            if len(data) >= 12:  # Session._on_rtp drops shorter ones
+                up.on_rtp(data)
+                down.retransmit([int.from_bytes(data[2:4], "big")])
+        up.close()
+        return sent
+
+    sent = asyncio.run(run())
+    assert all(p[1] & 0x7F == 100 and p[8:12] == b"\x00\x00\x00\x07" for p in sent)

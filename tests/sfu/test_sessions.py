@@ -330,3 +330,18 @@ async def test_engine_close_leaves_nothing(vp8_frames):
     assert (threading.active_count(), len(asyncio.all_tasks()), _udp_sockets()) == before
     with pytest.raises(AtCapacity):
         await engine.publish("y", await _offer())
+
+
+async def test_dtls_failure_ends_the_session(engine, vp8_frames):
+    pub = Publisher([PacketTrack("video", vp8_frames)])
+    offer = await pub.offer()
+    # the offer promises another certificate than the one the client will show
+    wrong = re.sub(
+        r"(a=fingerprint:sha-256 )(\S+)", lambda m: m.group(1) + ":".join(["AB"] * 32), offer
+    )
+    session = await engine.publish("d", wrong)
+    await pub.accept(session.answer_sdp)
+    await asyncio.wait_for(session.wait_closed(), 10)
+    assert session.close_reason in ("dtls_failed", "disconnected")
+    assert engine.session_count == 0
+    await pub.close()
