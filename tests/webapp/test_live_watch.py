@@ -76,13 +76,14 @@ async def test_go_live_and_watch_with_chat_and_gifts(make_settings: Callable[...
                 await viewer.wait_for_selector("#leaderboard li:has-text('5 coins')")
                 assert await _wallet(running.url, viewer) == {"coins": 95, "earnings": 0}
 
+                await screenshot(live, "go-live")
+                await screenshot(viewer, "watch")
+
                 # a gift the wallet cannot pay is refused in words, and moves nothing
                 await viewer.click("[data-gift='rocket']")
                 await viewer.wait_for_selector("#notice:not([hidden]):has-text('Not enough coins')")
                 assert await text_of(viewer, "#coins") == "95"
-
-                await screenshot(live, "go-live")
-                await screenshot(viewer, "watch")
+                await screenshot(viewer, "watch-not-enough-coins")
 
                 await live.click("#end-stream")
                 await viewer.wait_for_selector("#ended:has-text('This stream has ended')")

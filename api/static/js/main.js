@@ -13,6 +13,7 @@ const PAGES = {
 const root = document.getElementById("page");
 let current = null;
 let generation = 0;
+let callsHeard = false;  // call:incoming is listened to from any page once signed in
 
 function renderMe() {
   const me = document.getElementById("me");
@@ -20,7 +21,7 @@ function renderMe() {
   if (!session.token) return;
   me.append(
     h("span", { id: "me-name" }, `Signed in as ${session.name}`),
-    h("button", { class: "quiet", type: "button", onclick: () => { leaveCurrent(); disconnect(); signOut(); route(); } },
+    h("button", { class: "quiet", type: "button", onclick: () => { leaveCurrent(); disconnect(); signOut(); callsHeard = false; route(); } },
       "Sign out"),
   );
 }
@@ -79,6 +80,13 @@ async function route() {
     return;
   }
   renderMe();
+  if (!callsHeard) {
+    callsHeard = true;
+    import("./call.js").then((calls) => calls.listenForCalls()).catch((error) => {
+      callsHeard = false;
+      showError(error);
+    });
+  }
   const load = PAGES[name];
   if (!load) {
     homePage();

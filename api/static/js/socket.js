@@ -18,7 +18,7 @@ async function loadClient() {
 
 /** The connected socket (connecting on first use). */
 export async function connection() {
-  if (socket && socket.connected) return socket;
+  if (socket) return socket;  // connected, or reconnecting by itself (keeping its listeners)
   if (connecting) return connecting;
   connecting = (async () => {
     const { io } = await loadClient();
