@@ -16,7 +16,7 @@ from types import ModuleType
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api import dev, gifts, health, ice, media, nodes, rooms, webapp, webhooks
+from api import calls, dev, gifts, health, ice, media, nodes, rooms, webapp, webhooks
 from api.auth_http import TOKENS_KEY
 from api.components import AIRWAVE, Airwave
 from api.errors import error_middleware
@@ -33,7 +33,7 @@ from turn import IceServerProvider, StunServer
 
 log = logging.getLogger("airwave")
 
-FEATURES: list[ModuleType] = [health, ice, media, nodes, gifts, webhooks, rooms, dev, webapp]
+FEATURES: list[ModuleType] = [health, ice, media, nodes, gifts, webhooks, rooms, dev, webapp, calls]
 
 
 def airwave_version() -> str:

@@ -1,0 +1,506 @@
+"""The ``call:*`` Socket.IO events, and the media of calls.
+
+Client to server (all acknowledged; failures ack ``{"error": {code, message}}``):
+``call:initiate``, ``call:answer``, ``call:reject``, ``call:end``,
+``call:sdp_offer``, ``call:sdp_answer``, ``call:ice_candidate``,
+``call:extend_request``, ``call:upgrade_request``.
+
+Server to client: ``call:incoming``, ``call:answered``, ``call:rejected``,
+``call:ended``, ``call:timeout_warning``, ``call:extend_requested``,
+``call:extended``, ``call:upgrade_requested``, ``call:upgraded``,
+``call:peer_ready``, ``call:resumed``. Payloads are in docs/calls.md.
+
+The rules are :class:`rooms.calls.CallService`'s; this module turns its bus
+events (channel ``calls``) into socket events and owns the call's media
+sessions (:class:`CallMedia`), which it closes when the call ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from auth import Identity
+from rooms.bus import EventBus
+from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallError, CallService
+from rooms.social import SocialGraph
+from sfu import MediaEngine, MediaError, PublisherExists, SdpError, Session, SessionNotFound
+from sfu.sdp import parse_offer
+from turn import IceServerProvider
+
+from .server import SignalError, Signaling, call_audience, user_room
+
+log = logging.getLogger("airwave.calls")
+
+MAX_SDP_BYTES = 64 * 1024
+DIRECTIONS = ("send", "recv")
+SENDING = ("sendonly", "sendrecv")
+
+
+# ----------------------------------------------------------------------------- media
+
+
+class CallMedia:
+    """A call's media with the engine's publish/subscribe sessions.
+
+    Each party has up to two sessions: ``send`` publishes the party's tracks
+    into the SFU room ``call/{callId}/{userId}``; ``recv`` subscribes to the
+    other party's room. Tracks are forwarded as RTP, never transcoded. A party
+    that publishes again (new tracks, after an upgrade, after a reconnect)
+    replaces its publisher; the other party's ``recv`` session ends with it
+    and ``call:peer_ready`` tells it to subscribe again.
+
+    The SFU room name contains ``/`` so that no WHIP/WHEP URL can address it.
+    """
+
+    def __init__(self, engine: MediaEngine) -> None:
+        self.engine = engine
+        # call id -> (user id, direction) -> media session id
+        self._sessions: dict[str, dict[tuple[str, str], str]] = {}
+
+    @staticmethod
+    def room(call_id: str, user_id: str) -> str:
+        return f"call/{call_id}/{user_id}"
+
+    @staticmethod
+    def parse_room(room: str) -> tuple[str, str] | None:
+        """(call id, publishing user) of a call's SFU room, None for other rooms."""
+        parts = room.split("/", 2)
+        if len(parts) != 3 or parts[0] != "call":
+            return None
+        return parts[1], parts[2]
+
+    async def negotiate(self, call: Call, user_id: str, sdp: str, direction: str) -> Session:
+        if direction == "send":
+            if call.media == "audio" and _offers_video(sdp):
+                raise SignalError(
+                    "video_not_allowed", "this is an audio call: call:upgrade_request first, then send video"
+                )
+            room = self.room(call.id, user_id)
+            try:
+                session = await self.engine.publish(room, sdp, owner=user_id)
+            except PublisherExists:
+                # the engine checks the SDP before the room: a bad offer never gets here
+                await self.engine.close_room(room, "renegotiated")
+                session = await self.engine.publish(room, sdp, owner=user_id)
+        else:
+            session = await self.engine.subscribe(self.room(call.id, call.other(user_id)), sdp, owner=user_id)
+        previous = self._sessions.setdefault(call.id, {}).get((user_id, direction))
+        self._sessions[call.id][(user_id, direction)] = session.id
+        if previous is not None and previous != session.id and direction == "recv":
+            await self._close(previous, "renegotiated")
+        return session
+
+    async def add_candidate(self, call: Call, user_id: str, direction: str, candidate: str) -> None:
+        session_id = self._sessions.get(call.id, {}).get((user_id, direction))
+        if session_id is None:
+            raise SignalError("session_not_found", f"no {direction} media session: send call:sdp_offer first")
+        await self.engine.add_remote_candidate(session_id, candidate)
+
+    def sending(self, call: Call, user_id: str) -> bool:
+        """The party's publisher is connected."""
+        session_id = self._sessions.get(call.id, {}).get((user_id, "send"))
+        session = self.engine.session(session_id) if session_id else None
+        return session is not None and session.state == "connected"
+
+    def session_ids(self, call_id: str) -> list[str]:
+        return list(self._sessions.get(call_id, {}).values())
+
+    def forget(self, session_id: str) -> None:
+        for sessions in self._sessions.values():
+            for key, value in list(sessions.items()):
+                if value == session_id:
+                    del sessions[key]
+
+    async def close_call(self, call_id: str, parties: tuple[str, str]) -> None:
+        """Every media session of the call: both parties' rooms hold them all."""
+        self._sessions.pop(call_id, None)
+        for user_id in parties:
+            await self.engine.close_room(self.room(call_id, user_id), "call_ended")
+
+    async def _close(self, session_id: str, reason: str) -> None:
+        try:
+            await self.engine.close_session(session_id, reason)
+        except SessionNotFound:
+            pass
+
+
+def _offers_video(sdp: str) -> bool:
+    offer = parse_offer(sdp)  # SdpError for an unparseable offer
+    return any(m.kind == "video" and m.direction in SENDING for m in offer.media)
+
+
+# ------------------------------------------------------------------------- signaling
+
+
+def socket_host(signaling: Signaling, sid: str) -> str | None:
+    """The host name the socket's client used to reach us (for STUN URLs)."""
+    environ = signaling.sio.get_environ(sid) or {}
+    host = environ.get("HTTP_HOST")
+    if not isinstance(host, str) or not host:
+        return None
+    try:
+        return urlsplit("//" + host).hostname
+    except ValueError:
+        return None
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise SignalError("bad_request", "the payload must be an object")
+    return data
+
+
+def _string(data: dict[str, Any], name: str, limit: int = 128) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= limit:
+        raise SignalError("bad_request", f"'{name}' must be a non-empty string")
+    return value
+
+
+def _direction(data: dict[str, Any]) -> str:
+    direction = data.get("direction", "send")
+    if direction not in DIRECTIONS:
+        raise SignalError("bad_request", "'direction' must be 'send' or 'recv'")
+    return str(direction)
+
+
+def _candidate(data: dict[str, Any]) -> str:
+    """A trickled candidate: a ``candidate:...`` line, a browser's
+    ``RTCIceCandidate.toJSON()`` object, or null/"" for the end of candidates."""
+    value = data.get("candidate")
+    if isinstance(value, dict):
+        value = value.get("candidate")
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 1024:
+        raise SignalError("bad_request", "'candidate' must be a candidate line or an RTCIceCandidate")
+    return value
+
+
+Handler = Callable[[str, Identity, Any], Awaitable[Any]]
+
+
+class CallSignaling:
+    def __init__(
+        self,
+        signaling: Signaling,
+        calls: CallService,
+        engine: MediaEngine,
+        ice: IceServerProvider,
+        social: SocialGraph,
+        bus: EventBus,
+    ) -> None:
+        self.signaling = signaling
+        self.sio = signaling.sio
+        self.calls = calls
+        self.media = CallMedia(engine)
+        self.ice = ice
+        self.social = social
+        self.bus = bus
+        # sockets of this node in each call's audience: call id -> user id -> sids
+        self._members: dict[str, dict[str, set[str]]] = {}
+        # call id -> answered at (epoch), until both parties' media is connected
+        self._awaiting_media: dict[str, float] = {}
+        # at shutdown this node tells its sockets itself, before they close
+        self._shutting_down = False
+
+    # ------------------------------------------------------------------ wiring
+    def register(self) -> None:
+        on = self._on
+        on("call:initiate", self.initiate)
+        on("call:answer", self.answer)
+        on("call:reject", self.reject)
+        on("call:end", self.end)
+        on("call:sdp_offer", self.sdp_offer)
+        on("call:sdp_answer", self.sdp_answer)
+        on("call:ice_candidate", self.ice_candidate)
+        on("call:extend_request", self.extend_request)
+        on("call:upgrade_request", self.upgrade_request)
+        self.signaling.on_connect(self.connected)
+        self.signaling.on_disconnect(self.disconnected)
+        self.bus.subscribe(CALLS_CHANNEL, self.call_event)
+        self.bus.subscribe("media", self.media_event)
+
+    def _on(self, event: str, handler: Handler) -> None:
+        async def rules(sid: str, identity: Identity, data: Any) -> Any:
+            try:
+                return await handler(sid, identity, data)
+            except CallError as exc:
+                raise SignalError(exc.code, exc.message) from None
+            except MediaError as exc:
+                raise SignalError(exc.code, exc.message) from None
+
+        self.signaling.on(event)(rules)
+
+    def ice_servers(self, user_id: str, host: str | None) -> list[dict[str, Any]]:
+        try:
+            return self.ice.ice_servers(user_id, host)
+        except ValueError:  # a hostile Host header: no STUN URL rather than an error
+            return self.ice.ice_servers(user_id, None)
+
+    async def emit(self, event: str, payload: dict[str, Any], room: str | list[str]) -> None:
+        """To this node's sockets only: call events reach every node on the bus,
+        and each node tells its own sockets (no duplicates across nodes)."""
+        await self.sio.emit(event, payload, room=room, ignore_queue=True)
+
+    async def join(self, sid: str, call_id: str, user_id: str) -> None:
+        await self.sio.enter_room(sid, call_audience(call_id))
+        self._members.setdefault(call_id, {}).setdefault(user_id, set()).add(sid)
+
+    # --------------------------------------------------------- client requests
+    async def initiate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        payload = _object(data)
+        to = _string(payload, "to")
+        media = payload.get("media", "video")
+        host = socket_host(self.signaling, sid)
+        call = await self.calls.initiate(identity.user_id, to, media, stun_host=host)
+        ack: dict[str, Any] = {
+            "callId": call.id,
+            "iceServers": self.ice_servers(identity.user_id, host),
+            "ringsUntil": self.calls.rings_until(call),
+            "status": call.status,
+        }
+        if call.live:
+            await self.join(sid, call.id, identity.user_id)
+        else:
+            ack["endReason"] = call.end_reason
+        return ack
+
+    async def answer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        call_id = _string(_object(data), "callId")
+        call = await self.calls.answer(call_id, identity.user_id)
+        if call.answered_at is not None:
+            self._awaiting_media.setdefault(call.id, call.answered_at)
+        await self.join(sid, call.id, identity.user_id)
+        return {
+            "callId": call.id,
+            "media": call.media,
+            "endsAt": call.ends_at,
+            "iceServers": self.ice_servers(identity.user_id, socket_host(self.signaling, sid)),
+        }
+
+    async def reject(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        payload = _object(data)
+        call = await self.calls.reject(_string(payload, "callId"), identity.user_id, payload.get("reason"))
+        return {"callId": call.id, "status": call.status}
+
+    async def end(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        call = await self.calls.hang_up(_string(_object(data), "callId"), identity.user_id)
+        return {"callId": call.id, "reason": call.end_reason, "duration": call.duration}
+
+    async def sdp_offer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        payload = _object(data)
+        call_id = _string(payload, "callId")
+        sdp = _string(payload, "sdp", MAX_SDP_BYTES)
+        direction = _direction(payload)
+        call = await self._active(call_id, identity.user_id)
+        session = await self.media.negotiate(call, identity.user_id, sdp, direction)
+        latest = await self.calls.get(call.id)
+        if latest is None or not latest.live:  # ended while we negotiated
+            await self.media.close_call(call.id, call.parties)
+            raise SignalError("call_ended", "the call has ended")
+        await self.join(sid, call.id, identity.user_id)
+        return {
+            "callId": call.id,
+            "direction": direction,
+            "sessionId": session.id,
+            "sdp": session.answer_sdp,
+            "peerReady": self.media.sending(call, call.other(identity.user_id)),
+        }
+
+    async def sdp_answer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        payload = _object(data)
+        await self._active(_string(payload, "callId"), identity.user_id)
+        _string(payload, "sdp", MAX_SDP_BYTES)
+        # The engine cannot send offers yet: a party receives through its own
+        # offer (direction "recv") after call:peer_ready. Nothing to answer.
+        raise SignalError("no_offer_pending", "the server has not sent an offer to answer")
+
+    async def ice_candidate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        payload = _object(data)
+        call = await self._active(_string(payload, "callId"), identity.user_id)
+        candidate = _candidate(payload)
+        try:
+            await self.media.add_candidate(call, identity.user_id, _direction(payload), candidate)
+        except SdpError as exc:
+            raise SignalError("bad_candidate", exc.message) from None
+        return {"ok": True}
+
+    async def extend_request(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        call, extended = await self.calls.request_extension(_string(_object(data), "callId"), identity.user_id)
+        return {
+            "callId": call.id,
+            "extended": extended,
+            "endsAt": call.ends_at,
+            "extensionsLeft": max(0, self.calls.settings.call_max_extensions - call.extensions),
+        }
+
+    async def upgrade_request(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        call, upgraded = await self.calls.request_upgrade(_string(_object(data), "callId"), identity.user_id)
+        return {"callId": call.id, "upgraded": upgraded, "media": call.media}
+
+    async def _active(self, call_id: str, user_id: str) -> Call:
+        call = await self.calls.require(call_id, user_id)
+        if call.status == "ended":
+            raise SignalError("call_ended", "the call has ended")
+        if call.status != "active":
+            raise SignalError("not_active", "media starts once the call is answered")
+        return call
+
+    # ------------------------------------------------- connects and disconnects
+    async def connected(self, sid: str, identity: Identity) -> None:
+        """Mark the user seen; a party of a live call on a new socket resumes it."""
+        await self.social.seen(identity)
+        user_id = identity.user_id
+        for call in await self.calls.live_calls_of(user_id):
+            await self.calls.party_back(call.id, user_id)
+            host = socket_host(self.signaling, sid)
+            if call.status == "ringing" and user_id == call.callee_id:
+                await self.emit("call:incoming", self._incoming(call, host), sid)
+                continue
+            await self.join(sid, call.id, user_id)
+            resumed: dict[str, Any] = {
+                "callId": call.id,
+                "status": call.status,
+                "media": call.media,
+                "peerId": call.other(user_id),
+                "endsAt": call.ends_at,
+                "extensions": call.extensions,
+                "iceServers": self.ice_servers(user_id, host),
+                "sending": self.media.sending(call, user_id),
+                "peerReady": self.media.sending(call, call.other(user_id)),
+            }
+            if call.status == "ringing":
+                resumed["ringsUntil"] = self.calls.rings_until(call)
+            await self.emit("call:resumed", resumed, sid)
+
+    async def disconnected(self, sid: str, identity: Identity) -> None:
+        """The last socket of a party in a call's audience left: the grace starts."""
+        user_id = identity.user_id
+        for call_id, parties in list(self._members.items()):
+            sids = parties.get(user_id)
+            if not sids or sid not in sids:
+                continue
+            sids.discard(sid)
+            if sids:
+                continue
+            del parties[user_id]
+            call = await self.calls.get(call_id)
+            if call is not None and call.live:
+                await self.calls.party_away(call_id, user_id)
+
+    # ------------------------------------------------------------ domain events
+    def _incoming(self, call: Call, host: str | None) -> dict[str, Any]:
+        return {
+            "callId": call.id,
+            "from": call.caller_id,
+            "media": call.media,
+            "ringsUntil": self.calls.rings_until(call),
+            "iceServers": self.ice_servers(call.callee_id, host),
+        }
+
+    async def call_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        call_id = event["callId"]
+        caller, callee = event["callerId"], event["calleeId"]
+        parties = [user_room(caller), user_room(callee)]
+        audience = call_audience(call_id)
+        emit = self.emit
+        if kind == "call_ringing":
+            payload = {
+                "callId": call_id,
+                "from": caller,
+                "media": event["media"],
+                "ringsUntil": event["ringsUntil"],
+                "iceServers": self.ice_servers(callee, event.get("stunHost")),
+            }
+            await emit("call:incoming", payload, user_room(callee))
+        elif kind == "call_answered":
+            self._awaiting_media.setdefault(call_id, float(event["answeredAt"]))
+            payload = {"callId": call_id, "answeredAt": event["answeredAt"], "endsAt": event["endsAt"],
+                       "media": event["media"]}
+            await emit("call:answered", payload, parties)
+        elif kind == "call_ended":
+            if self._shutting_down:
+                await self._release(call_id, caller, callee)
+                return
+            if "rejectReason" in event:
+                await emit("call:rejected", {"callId": call_id, "reason": event["rejectReason"]},
+                           user_room(caller))
+            payload = {"callId": call_id, "reason": event["reason"], "duration": event["duration"]}
+            await emit("call:ended", payload, parties)
+            await self._release(call_id, caller, callee)
+        elif kind == "call_warning":
+            await emit("call:timeout_warning",
+                       {"callId": call_id, "remaining": event["remaining"], "endsAt": event["endsAt"]},
+                       audience)
+        elif kind == "call_extend_requested":
+            await emit("call:extend_requested", {"callId": call_id, "by": event["by"]}, audience)
+        elif kind == "call_extended":
+            await emit("call:extended",
+                       {"callId": call_id, "endsAt": event["endsAt"], "extensions": event["extensions"]},
+                       audience)
+        elif kind == "call_upgrade_requested":
+            await emit("call:upgrade_requested", {"callId": call_id, "by": event["by"]}, audience)
+        elif kind == "call_upgraded":
+            await emit("call:upgraded", {"callId": call_id, "media": event["media"]}, audience)
+
+    async def _release(self, call_id: str, caller: str, callee: str) -> None:
+        self._awaiting_media.pop(call_id, None)
+        self._members.pop(call_id, None)
+        await self.sio.close_room(call_audience(call_id))
+        await self.media.close_call(call_id, (caller, callee))
+
+    async def media_event(self, event: dict[str, Any]) -> None:
+        parsed = CallMedia.parse_room(str(event.get("roomId", "")))
+        if parsed is None:
+            return
+        call_id, user_id = parsed
+        kind = event.get("type")
+        if kind in ("publisher_ended", "subscriber_left"):
+            self.media.forget(str(event.get("sessionId", "")))
+            return
+        if kind != "publisher_started":
+            return
+        call = await self.calls.get(call_id)
+        if call is None or call.status != "active":
+            return
+        await self.sio.emit("call:peer_ready", {"callId": call_id, "userId": user_id},
+                            room=call_audience(call_id))
+        answered = self._awaiting_media.get(call_id)
+        if answered is not None and all(self.media.sending(call, u) for u in call.parties):
+            del self._awaiting_media[call_id]
+            CALL_SETUP_SECONDS.observe(max(0.0, time.time() - answered))
+
+    # ------------------------------------------------------------ server ends
+    async def end_calls_for_shutdown(self, *, all_calls: bool) -> None:
+        """At shutdown, while sockets are still open: end the calls this node
+        serves (every live call when it is the only node) as ``server_shutdown``."""
+        users = None if all_calls else {i.user_id for i in self.signaling.identities.values()}
+        self._shutting_down = True
+        # The bus may deliver call_ended later (Redis) than the sockets close:
+        # tell this node's sockets directly (other nodes hear it on the bus).
+        for call in await self.calls.end_live_calls("server_shutdown", users):
+            payload = {"callId": call.id, "reason": call.end_reason, "duration": call.duration}
+            await self.emit("call:ended", payload, [user_room(u) for u in call.parties])
+            await self._release(call.id, call.caller_id, call.callee_id)
+
+
+def register(
+    signaling: Signaling,
+    calls: CallService,
+    engine: MediaEngine,
+    ice: IceServerProvider,
+    social: SocialGraph,
+    bus: EventBus,
+) -> CallSignaling:
+    call_signaling = CallSignaling(signaling, calls, engine, ice, social, bus)
+    call_signaling.register()
+    return call_signaling
+
+
+__all__ = ["CallMedia", "CallSignaling", "register", "socket_host"]
