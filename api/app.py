@@ -33,7 +33,9 @@ from turn import IceServerProvider, StunServer
 
 log = logging.getLogger("airwave")
 
-FEATURES: list[ModuleType] = [health, ice, media, nodes, gifts, webhooks, rooms, dev, webapp, calls]
+SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
+
+FEATURES: list[ModuleType] = [health, ice, media, nodes, rooms, gifts, webhooks, dev, webapp, calls]
 
 
 def airwave_version() -> str:
@@ -43,7 +45,8 @@ def airwave_version() -> str:
         return "0.0.0"
 
 
-async def create_app(settings: Settings) -> web.Application:
+async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Application:
+    """``serve_stun=False`` for a worker whose supervisor runs the STUN server."""
     app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
     tokens = TokenService(settings)
     db = await Database.connect(settings)
@@ -63,6 +66,7 @@ async def create_app(settings: Settings) -> web.Application:
     )
     airwave.node_id = nodes.node_id_for(settings.node_id, settings.port)
     app[AIRWAVE] = airwave
+    app[SERVE_STUN] = serve_stun
     app[TOKENS_KEY] = tokens
     app[NODE_KEY] = airwave.node_id
     signaling.sio.attach(app)
@@ -104,7 +108,7 @@ async def _start(app: web.Application) -> None:
     await airwave.bus.start()
     if not await _try_migrate(airwave, 1.0):
         airwave.spawn(_migrate_until_done(airwave), "migrate")
-    if airwave.settings.stun_port:
+    if airwave.settings.stun_port and app[SERVE_STUN]:
         airwave.stun = StunServer.from_settings(airwave.settings)
         try:
             await airwave.stun.start("::", airwave.settings.stun_port)
@@ -114,8 +118,12 @@ async def _start(app: web.Application) -> None:
 
 
 async def _shutdown(app: web.Application) -> None:
-    """Runs first at shutdown, while connections are still open."""
+    """Runs first at shutdown, while connections are still open: the node drains
+    (features end what this node holds, e.g. calls as ``server_shutdown``), then
+    its media sessions and sockets close."""
     airwave = app[AIRWAVE]
+    airwave.draining = True
+    await airwave.bus.publish("node", {"type": "draining", "nodeId": airwave.node_id}, local=True)
     await airwave.media.close()
     await airwave.signaling.close()
 

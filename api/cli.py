@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -33,33 +34,47 @@ def _describe(settings: Settings) -> list[str]:
     return [f"database: {db}", f"event bus and timers: {bus}", f"ICE: {stun}, {turn}"]
 
 
-async def _serve(settings: Settings) -> None:
+async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
+    """One node: its own listening socket, or (as a worker) connections handed
+    over by the supervisor through ``worker_fd``."""
     from aiohttp import web
 
     from api.app import airwave_version, create_app
+    from api.workers import adopt_connections
 
-    log.info("airwave %s starting (%s)", airwave_version(), settings.env)
-    for line in _describe(settings):
-        log.info(line)
-    app = await create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
-        raise SystemExit(1) from None
-    shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    log.info("listening on http://%s:%s/ (bound to %s)", shown_host, settings.port, settings.host)
-
+    # Signals first: a SIGTERM that arrives during start-up still stops us cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    log.info("airwave %s starting (%s)", airwave_version(), settings.env)
+    for line in _describe(settings):
+        log.info(line)
+    # A worker's STUN server is the supervisor's.
+    app = await create_app(settings, serve_stun=worker_fd is None)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    adopting: asyncio.Task[None] | None = None
+    if worker_fd is None:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            log.error("cannot listen on %s:%s: %s", settings.host, settings.port, exc)
+            raise SystemExit(1) from None
+        log.info("listening on http://%s:%s/ (bound to %s)", shown_host, settings.port, settings.host)
+    else:
+        assert runner.server is not None
+        adopting = asyncio.get_running_loop().create_task(adopt_connections(worker_fd, runner.server))
+        log.info("worker %s serving http://%s:%s/", settings.node_id, shown_host, settings.port)
+
     await stop.wait()
     log.info("shutting down")
+    if adopting is not None:
+        adopting.cancel()
+        await asyncio.gather(adopting, return_exceptions=True)
     await runner.cleanup()
     log.info("stopped")
 
@@ -71,7 +86,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     import uvloop
 
-    uvloop.run(_serve(settings))
+    workers = args.workers
+    if workers is None:
+        workers = (os.cpu_count() or 1) if settings.redis_url and args.worker_fd is None else 1
+    if workers > 1:
+        if not settings.redis_url or settings.database_backend != "postgresql":
+            print(
+                "airwave: configuration error: --workers: several workers need AIRWAVE_REDIS_URL "
+                "and a PostgreSQL AIRWAVE_DATABASE_URL (they share the bus, timers and data)",
+                file=sys.stderr,
+            )
+            return 2
+        from api.workers import Supervisor
+
+        return uvloop.run(Supervisor(settings, workers, args.config).run())
+    uvloop.run(_serve(settings, args.worker_fd))
     return 0
 
 
@@ -118,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default 0.0.0.0, AIRWAVE_HOST)")
     serve.add_argument("--port", type=int, help="HTTP port (default 8080, AIRWAVE_PORT)")
     serve.add_argument("--config", help="TOML settings file (AIRWAVE_CONFIG)")
+    serve.add_argument(
+        "--workers", type=int,
+        help="node processes behind the one HTTP port (default: one per core with Redis, else 1)",
+    )
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print an access token")

@@ -228,7 +228,12 @@ class PostgresDatabase(Database):
     async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             conn = await self._pool.acquire(timeout=10)
-        except (TimeoutError, OSError, asyncpg.CannotConnectNowError) as exc:
+        except (
+            TimeoutError,
+            OSError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.InterfaceError,  # the pool is closed: shutting down
+        ) as exc:
             raise DatabaseUnavailable(f"cannot reach PostgreSQL: {exc or type(exc).__name__}") from exc
         try:
             yield conn
@@ -264,9 +269,11 @@ class PostgresDatabase(Database):
     @asynccontextmanager
     async def migration_lock(self) -> AsyncIterator[None]:
         async with self._acquire() as conn:
+            # The schema is created under the lock: CREATE SCHEMA IF NOT EXISTS
+            # races when two nodes start at once.
+            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
             if self.schema:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
             try:
                 yield
             finally:
