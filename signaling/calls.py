@@ -8,7 +8,7 @@ Client to server (all acknowledged; failures ack ``{"error": {code, message}}``)
 Server to client: ``call:incoming``, ``call:answered``, ``call:rejected``,
 ``call:ended``, ``call:timeout_warning``, ``call:extend_requested``,
 ``call:extended``, ``call:upgrade_requested``, ``call:upgraded``,
-``call:peer_ready``, ``call:resumed``. Payloads are in docs/calls.md.
+``call:sdp_offer`` (renegotiation), ``call:resumed``. Payloads are in docs/calls.md.
 
 The rules are :class:`rooms.calls.CallService`'s; this module turns its bus
 events (channel ``calls``) into socket events and owns the call's media
@@ -27,7 +27,7 @@ from auth import Identity
 from rooms.bus import EventBus
 from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallError, CallService
 from rooms.social import SocialGraph
-from sfu import MediaEngine, MediaError, PublisherExists, SdpError, Session, SessionNotFound
+from sfu import MediaEngine, MediaError, SdpError, Session, SessionNotFound
 from sfu.sdp import parse_offer
 from turn import IceServerProvider
 
@@ -36,7 +36,6 @@ from .server import SignalError, Signaling, call_audience, user_room
 log = logging.getLogger("airwave.calls")
 
 MAX_SDP_BYTES = 64 * 1024
-DIRECTIONS = ("send", "recv")
 SENDING = ("sendonly", "sendrecv")
 
 
@@ -44,93 +43,84 @@ SENDING = ("sendonly", "sendrecv")
 
 
 class CallMedia:
-    """A call's media with the engine's publish/subscribe sessions.
+    """A call's media on the engine's call shape: one sendrecv ``peer`` session
+    per party in the SFU room ``call/{callId}``. Each party's tracks are
+    forwarded to the other as RTP, never transcoded. When the other party's
+    tracks appear later, the engine asks for a renegotiation and the server
+    offers them to the party (``call:sdp_offer`` from the server, answered by
+    ``call:sdp_answer``).
 
-    Each party has up to two sessions: ``send`` publishes the party's tracks
-    into the SFU room ``call/{callId}/{userId}``; ``recv`` subscribes to the
-    other party's room. Tracks are forwarded as RTP, never transcoded. A party
-    that publishes again (new tracks, after an upgrade, after a reconnect)
-    replaces its publisher; the other party's ``recv`` session ends with it
-    and ``call:peer_ready`` tells it to subscribe again.
+    A party that offers again (after an upgrade to video, after its
+    connection was lost) gets a new session in place of its old one; the other
+    party keeps its session and is offered the new tracks.
 
-    The SFU room name contains ``/`` so that no WHIP/WHEP URL can address it.
+    The SFU room name contains ``/``, which no WHIP/WHEP URL or ``sfu:*``
+    roomId may hold: only the call's parties reach its media.
     """
 
     def __init__(self, engine: MediaEngine) -> None:
         self.engine = engine
-        # call id -> (user id, direction) -> media session id
-        self._sessions: dict[str, dict[tuple[str, str], str]] = {}
+        self._sessions: dict[str, dict[str, str]] = {}  # call id -> user id -> session id
 
     @staticmethod
-    def room(call_id: str, user_id: str) -> str:
-        return f"call/{call_id}/{user_id}"
+    def room(call_id: str) -> str:
+        return f"call/{call_id}"
 
     @staticmethod
-    def parse_room(room: str) -> tuple[str, str] | None:
-        """(call id, publishing user) of a call's SFU room, None for other rooms."""
-        parts = room.split("/", 2)
-        if len(parts) != 3 or parts[0] != "call":
-            return None
-        return parts[1], parts[2]
+    def call_of(room: str) -> str | None:
+        """The call id of a call's SFU room, None for other rooms."""
+        kind, _, call_id = room.partition("/")
+        return call_id if kind == "call" and call_id and "/" not in call_id else None
 
-    async def negotiate(self, call: Call, user_id: str, sdp: str, direction: str) -> Session:
-        if direction == "send":
-            if call.media == "audio" and _offers_video(sdp):
-                raise SignalError(
-                    "video_not_allowed", "this is an audio call: call:upgrade_request first, then send video"
-                )
-            room = self.room(call.id, user_id)
-            try:
-                session = await self.engine.publish(room, sdp, owner=user_id)
-            except PublisherExists:
-                # the engine checks the SDP before the room: a bad offer never gets here
-                await self.engine.close_room(room, "renegotiated")
-                session = await self.engine.publish(room, sdp, owner=user_id)
-        else:
-            session = await self.engine.subscribe(self.room(call.id, call.other(user_id)), sdp, owner=user_id)
-        previous = self._sessions.setdefault(call.id, {}).get((user_id, direction))
-        self._sessions[call.id][(user_id, direction)] = session.id
-        if previous is not None and previous != session.id and direction == "recv":
+    async def join(self, call: Call, user_id: str, sdp: str) -> Session:
+        offer = parse_offer(sdp)  # SdpError before anything changes
+        if call.media == "audio" and any(m.kind == "video" and m.direction in SENDING for m in offer.media):
+            raise SignalError(
+                "video_not_allowed", "this is an audio call: call:upgrade_request first, then send video"
+            )
+        previous = self._sessions.get(call.id, {}).get(user_id)
+        if previous is not None:
             await self._close(previous, "renegotiated")
+        session = await self.engine.join_call(self.room(call.id), sdp, owner=user_id)
+        self._sessions.setdefault(call.id, {})[user_id] = session.id
         return session
 
-    async def add_candidate(self, call: Call, user_id: str, direction: str, candidate: str) -> None:
-        session_id = self._sessions.get(call.id, {}).get((user_id, direction))
-        if session_id is None:
-            raise SignalError("session_not_found", f"no {direction} media session: send call:sdp_offer first")
-        await self.engine.add_remote_candidate(session_id, candidate)
+    def session_of(self, call: Call, user_id: str) -> Session | None:
+        session_id = self._sessions.get(call.id, {}).get(user_id)
+        return self.engine.session(session_id) if session_id else None
 
-    def sending(self, call: Call, user_id: str) -> bool:
-        """The party's publisher is connected."""
-        session_id = self._sessions.get(call.id, {}).get((user_id, "send"))
-        session = self.engine.session(session_id) if session_id else None
+    async def accept_answer(self, call: Call, user_id: str, sdp: str) -> None:
+        session = self.session_of(call, user_id)
+        if session is None:
+            raise SignalError("no_offer_pending", "the server has not sent an offer to answer")
+        await session.accept_answer(sdp)
+
+    async def add_candidate(self, call: Call, user_id: str, candidate: str) -> None:
+        session = self.session_of(call, user_id)
+        if session is None:
+            raise SignalError("session_not_found", "no media session: send call:sdp_offer first")
+        await self.engine.add_remote_candidate(session.id, candidate)
+
+    def connected(self, call: Call, user_id: str) -> bool:
+        session = self.session_of(call, user_id)
         return session is not None and session.state == "connected"
-
-    def session_ids(self, call_id: str) -> list[str]:
-        return list(self._sessions.get(call_id, {}).values())
 
     def forget(self, session_id: str) -> None:
         for sessions in self._sessions.values():
-            for key, value in list(sessions.items()):
+            for user_id, value in list(sessions.items()):
                 if value == session_id:
-                    del sessions[key]
+                    del sessions[user_id]
 
-    async def close_call(self, call_id: str, parties: tuple[str, str]) -> None:
-        """Every media session of the call: both parties' rooms hold them all."""
+    async def close_call(self, call_id: str) -> None:
+        """Every media session of the call: its SFU room holds them all."""
         self._sessions.pop(call_id, None)
-        for user_id in parties:
-            await self.engine.close_room(self.room(call_id, user_id), "call_ended")
+        await self.engine.close_room(self.room(call_id), "call_ended")
 
     async def _close(self, session_id: str, reason: str) -> None:
         try:
             await self.engine.close_session(session_id, reason)
         except SessionNotFound:
             pass
-
-
-def _offers_video(sdp: str) -> bool:
-    offer = parse_offer(sdp)  # SdpError for an unparseable offer
-    return any(m.kind == "video" and m.direction in SENDING for m in offer.media)
 
 
 # ------------------------------------------------------------------------- signaling
@@ -159,13 +149,6 @@ def _string(data: dict[str, Any], name: str, limit: int = 128) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= limit:
         raise SignalError("bad_request", f"'{name}' must be a non-empty string")
     return value
-
-
-def _direction(data: dict[str, Any]) -> str:
-    direction = data.get("direction", "send")
-    if direction not in DIRECTIONS:
-        raise SignalError("bad_request", "'direction' must be 'send' or 'recv'")
-    return str(direction)
 
 
 def _candidate(data: dict[str, Any]) -> str:
@@ -224,6 +207,7 @@ class CallSignaling:
         self.signaling.on_disconnect(self.disconnected)
         self.bus.subscribe(CALLS_CHANNEL, self.call_event)
         self.bus.subscribe("media", self.media_event)
+        self.media.engine.on_renegotiation_needed = self.renegotiate
 
     def _on(self, event: str, handler: Handler) -> None:
         async def rules(sid: str, identity: Identity, data: Any) -> Any:
@@ -296,39 +280,30 @@ class CallSignaling:
         payload = _object(data)
         call_id = _string(payload, "callId")
         sdp = _string(payload, "sdp", MAX_SDP_BYTES)
-        direction = _direction(payload)
         call = await self._active(call_id, identity.user_id)
-        session = await self.media.negotiate(call, identity.user_id, sdp, direction)
+        session = await self.media.join(call, identity.user_id, sdp)
         latest = await self.calls.get(call.id)
         if latest is None or not latest.live:  # ended while we negotiated
-            await self.media.close_call(call.id, call.parties)
+            await self.media.close_call(call.id)
             raise SignalError("call_ended", "the call has ended")
         await self.join(sid, call.id, identity.user_id)
-        return {
-            "callId": call.id,
-            "direction": direction,
-            "sessionId": session.id,
-            "sdp": session.answer_sdp,
-            "peerReady": self.media.sending(call, call.other(identity.user_id)),
-        }
+        return {"callId": call.id, "sessionId": session.id, "sdp": session.answer_sdp}
 
     async def sdp_answer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
-        await self._active(_string(payload, "callId"), identity.user_id)
-        _string(payload, "sdp", MAX_SDP_BYTES)
-        # The engine cannot send offers yet: a party receives through its own
-        # offer (direction "recv") after call:peer_ready. Nothing to answer.
-        raise SignalError("no_offer_pending", "the server has not sent an offer to answer")
+        call = await self._active(_string(payload, "callId"), identity.user_id)
+        await self.media.accept_answer(call, identity.user_id, _string(payload, "sdp", MAX_SDP_BYTES))
+        return {"callId": call.id}
 
     async def ice_candidate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
         call = await self._active(_string(payload, "callId"), identity.user_id)
         candidate = _candidate(payload)
         try:
-            await self.media.add_candidate(call, identity.user_id, _direction(payload), candidate)
+            await self.media.add_candidate(call, identity.user_id, candidate)
         except SdpError as exc:
             raise SignalError("bad_candidate", exc.message) from None
-        return {"ok": True}
+        return {"callId": call.id}
 
     async def extend_request(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         call, extended = await self.calls.request_extension(_string(_object(data), "callId"), identity.user_id)
@@ -371,8 +346,7 @@ class CallSignaling:
                 "endsAt": call.ends_at,
                 "extensions": call.extensions,
                 "iceServers": self.ice_servers(user_id, host),
-                "sending": self.media.sending(call, user_id),
-                "peerReady": self.media.sending(call, call.other(user_id)),
+                "mediaConnected": self.media.connected(call, user_id),
             }
             if call.status == "ringing":
                 resumed["ringsUntil"] = self.calls.rings_until(call)
@@ -453,28 +427,39 @@ class CallSignaling:
         self._awaiting_media.pop(call_id, None)
         self._members.pop(call_id, None)
         await self.sio.close_room(call_audience(call_id))
-        await self.media.close_call(call_id, (caller, callee))
+        await self.media.close_call(call_id)
 
     async def media_event(self, event: dict[str, Any]) -> None:
-        parsed = CallMedia.parse_room(str(event.get("roomId", "")))
-        if parsed is None:
+        """This node's media sessions (local events): forget closed ones, and
+        time the setup once both parties' media is connected."""
+        call_id = CallMedia.call_of(str(event.get("roomId", "")))
+        if call_id is None:
             return
-        call_id, user_id = parsed
         kind = event.get("type")
-        if kind in ("publisher_ended", "subscriber_left"):
+        if kind == "publisher_ended":
             self.media.forget(str(event.get("sessionId", "")))
+        elif kind == "publisher_started" and call_id in self._awaiting_media:
+            call = await self.calls.get(call_id)
+            if call is None or call.status != "active":
+                return
+            if all(self.media.connected(call, u) for u in call.parties):
+                answered = self._awaiting_media.pop(call_id, None)
+                if answered is not None:
+                    CALL_SETUP_SECONDS.observe(max(0.0, time.time() - answered))
+
+    async def renegotiate(self, session: Session) -> None:
+        """The engine has the other party's new tracks for ``session``: offer
+        them to its party's sockets in the call (``call:sdp_offer``)."""
+        call_id = CallMedia.call_of(session.room)
+        if call_id is None or session.closed:
             return
-        if kind != "publisher_started":
+        try:
+            offer = session.create_offer()
+        except SessionNotFound:
             return
-        call = await self.calls.get(call_id)
-        if call is None or call.status != "active":
-            return
-        await self.sio.emit("call:peer_ready", {"callId": call_id, "userId": user_id},
-                            room=call_audience(call_id))
-        answered = self._awaiting_media.get(call_id)
-        if answered is not None and all(self.media.sending(call, u) for u in call.parties):
-            del self._awaiting_media[call_id]
-            CALL_SETUP_SECONDS.observe(max(0.0, time.time() - answered))
+        sids = sorted(self._members.get(call_id, {}).get(session.owner, ()))
+        payload = {"callId": call_id, "sdp": offer, "sessionId": session.id}
+        await self.emit("call:sdp_offer", payload, sids or user_room(session.owner))
 
     # ------------------------------------------------------------ server ends
     async def end_calls_for_shutdown(self, *, all_calls: bool) -> None:
