@@ -280,6 +280,12 @@ class CallSignaling:
         payload = _object(data)
         call_id = _string(payload, "callId")
         sdp = _string(payload, "sdp", MAX_SDP_BYTES)
+        if payload.get("direction") is not None:
+            raise SignalError(
+                "unsupported_direction",
+                "one sendrecv connection per party: offer without 'direction' and answer the server's "
+                "call:sdp_offer with call:sdp_answer (docs/calls.md)",
+            )
         call = await self._active(call_id, identity.user_id)
         session = await self.media.join(call, identity.user_id, sdp)
         latest = await self.calls.get(call.id)

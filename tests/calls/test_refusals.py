@@ -105,6 +105,7 @@ async def test_bad_input_gets_error_acks_and_changes_nothing(call_app: RunningAp
         (bob, "call:reject", {"callId": call_id}, "already_answered"),
         (alice, "call:sdp_offer", {"callId": call_id, "sdp": "not sdp at all"}, "bad_sdp"),
         (alice, "call:sdp_offer", {"callId": call_id, "sdp": ""}, "bad_request"),
+        (alice, "call:sdp_offer", {"callId": call_id, "sdp": "v=0", "direction": "recv"}, "unsupported_direction"),
         (alice, "call:ice_candidate", {"callId": call_id, "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"},
          "session_not_found"),
         (alice, "call:sdp_answer", {"callId": call_id, "sdp": "v=0"}, "no_offer_pending"),
