@@ -37,8 +37,8 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-async def _until(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
+async def _until(predicate, within: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
     while True:
         try:
             if predicate():
