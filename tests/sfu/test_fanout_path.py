@@ -1,12 +1,12 @@
-"""CPU per forwarded packet on the fan-out path (header rewrite, SRTP protect,
-UDP send), measured with real SRTP sessions and a real loopback socket."""
+"""The fan-out path (header rewrite, SRTP protect, UDP send) with 150 viewers on
+real SRTP sessions and a real loopback socket. Its speed is measured by
+bench/ (bench/RESULTS.md), never asserted here."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import struct
-import time
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from hypothesis import given
@@ -18,7 +18,6 @@ from sfu.track import DownTrack, UpTrack
 
 VIEWERS = 150
 PACKETS = 400  # about 3 s of a 1.5 Mbit/s stream
-BUDGET_US = 25.0
 
 
 class _Publisher:
@@ -38,7 +37,7 @@ def _srtp() -> Session:
     return Session(policy)
 
 
-async def test_forwarding_cost_per_packet():
+async def test_every_waiting_viewer_gets_every_packet_after_a_keyframe():
     loop = asyncio.get_running_loop()
     sink, _ = await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
     out, _ = await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
@@ -59,20 +58,9 @@ async def test_forwarding_cost_per_packet():
     # a VP8 keyframe's first packet: the waiting subscribers become active
     up.on_rtp(packets[0][:20] + b"\x10\x00" + packets[0][22:])
     assert len(up.down) == VIEWERS
-    start_cpu = time.process_time()
-    start = time.perf_counter()
     for data in packets[1:]:
         up.on_rtp(data)
-    wall = time.perf_counter() - start
-    cpu = time.process_time() - start_cpu
-    forwarded = (PACKETS - 1) * VIEWERS
-    assert up.forwarded == forwarded + VIEWERS
-    per_packet_us = cpu / forwarded * 1e6
-    print(
-        f"\nforwarding: {per_packet_us:.2f} us CPU ({wall / forwarded * 1e6:.2f} us wall) "
-        f"per forwarded packet, {VIEWERS} viewers"
-    )
-    assert per_packet_us < BUDGET_US
+    assert up.forwarded == PACKETS * VIEWERS
     sink.close()
     out.close()
     up.close()
