@@ -1,11 +1,9 @@
-"""Fixtures for sfu/ tests: loopback only, an engine, media, client peers."""
+"""Fixtures for sfu/ tests: an engine and media (loopback-only ICE comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 
-import aioice.ice
 import pytest
 
 from config.settings import Settings
@@ -14,39 +12,6 @@ from sfu import MediaEngine
 from .sfu_media import encoded_h264, encoded_opus, encoded_vp8
 
 LOOPBACK_SETTINGS = Settings(ice_addresses=("127.0.0.1",))
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch):
-    """Client peers gather 127.0.0.1 (aioice never does by itself), use no STUN
-    server, and nothing aioice sends may leave the loopback interface."""
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    blocked: list[tuple[str, int]] = []
-
-    def allowed(addr) -> bool:
-        try:
-            return ipaddress.ip_address(addr[0]).is_loopback
-        except ValueError:
-            return False
-
-    send_stun = aioice.ice.StunProtocol.send_stun
-    send_data = aioice.ice.StunProtocol.send_data
-
-    def guarded_send_stun(self, message, addr):
-        if not allowed(addr):
-            blocked.append(addr)
-            return
-        send_stun(self, message, addr)
-
-    async def guarded_send_data(self, data, addr):
-        if not allowed(addr):
-            blocked.append(addr)
-            return
-        await send_data(self, data, addr)
-
-    monkeypatch.setattr(aioice.ice.StunProtocol, "send_stun", guarded_send_stun)
-    monkeypatch.setattr(aioice.ice.StunProtocol, "send_data", guarded_send_data)
-    yield blocked
 
 
 @pytest.fixture
