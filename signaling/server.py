@@ -141,4 +141,12 @@ class Signaling:
         return [sid for sid, ident in self.identities.items() if ident.user_id == user_id]
 
     async def close(self) -> None:
+        """Disconnect this node's sockets (their disconnect hooks run while the
+        database is still open), then stop the server. Engine.IO's shutdown
+        alone leaves sockets to time out on their pings."""
+        for sid in list(self.identities):
+            try:
+                await self.sio.disconnect(sid, ignore_queue=True)
+            except Exception:  # a socket that is already gone
+                log.debug("disconnect at shutdown failed", extra={"sid": sid})
         await self.sio.shutdown()

@@ -6,7 +6,6 @@ import pytest
 
 from api.components import AIRWAVE
 from tests.conftest import RunningApp
-from tests.sfu.conftest import loopback_only  # noqa: F401 - autouse: loopback-only ICE for client peers
 from tests.sfu.sfu_media import encoded_vp8
 from tests.sfu.sfu_peers import wait_for
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import aiohttp
@@ -70,3 +71,16 @@ async def test_bad_and_expired_tokens_are_refused(running: RunningApp) -> None:
     )
     err = await _refusal(running.url, {"token": expired})
     assert err["data"]["code"] == "token_expired" and "expired" in err["message"]
+
+
+async def test_shutdown_disconnects_sockets_at_once(settings) -> None:
+    from tests.conftest import start_app
+
+    app = await start_app(settings)
+    client = await _connect(app.url, {"token": app.token("dora")})
+    gone = asyncio.Event()
+    client.on("disconnect", lambda *args: gone.set())
+    await app.server.close()
+    # The server says goodbye: no waiting out the 25 s ping interval.
+    await asyncio.wait_for(gone.wait(), 10)
+    await client.disconnect()
