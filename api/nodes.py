@@ -28,7 +28,6 @@ routes = ApiRoutes("nodes")
 
 HEARTBEAT_SECONDS = 2.0
 NODE_TTL_SECONDS = 6
-KEY_PREFIX = "airwave:node:"
 
 NODE_SCHEMA = {
     "type": "object",
@@ -54,6 +53,10 @@ NODE_SCHEMA = {
 }
 
 
+def node_key(airwave: Airwave) -> str:
+    return f"{airwave.settings.redis_prefix}:node:{airwave.node_id}"
+
+
 def node_id_for(settings_node_id: str, port: int) -> str:
     return settings_node_id or f"{socket.gethostname()}:{port}:{os.getpid()}"
 
@@ -75,7 +78,7 @@ def describe(airwave: Airwave, started_at: float, draining: bool) -> dict[str, A
 
 async def _heartbeat(airwave: Airwave, started_at: float) -> None:
     assert airwave.redis is not None
-    key = KEY_PREFIX + airwave.node_id
+    key = node_key(airwave)
     while True:
         try:
             await airwave.redis.set(
@@ -90,7 +93,7 @@ async def live_nodes(airwave: Airwave, started_at: float) -> list[dict[str, Any]
     if airwave.redis is None:
         return [describe(airwave, started_at, airwave.draining)]
     nodes = []
-    async for key in airwave.redis.scan_iter(match=KEY_PREFIX + "*", count=100):
+    async for key in airwave.redis.scan_iter(match=f"{airwave.settings.redis_prefix}:node:*", count=100):
         raw = await airwave.redis.get(key)
         if raw:
             nodes.append(json.loads(raw))
@@ -118,7 +121,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
     async def stop(app: web.Application) -> None:
         if airwave.redis is not None:
             try:
-                await airwave.redis.delete(KEY_PREFIX + airwave.node_id)
+                await airwave.redis.delete(node_key(airwave))
             except Exception:  # Redis may be gone at shutdown
                 pass
 

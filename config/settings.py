@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -66,6 +67,8 @@ class Settings:
     database_pool_size: int = 10
     database_schema: str = ""  # PostgreSQL schema to use; empty = the server's search_path
     redis_url: str = ""  # empty = in-process bus
+    redis_prefix: str = "airwave"  # namespace of every Redis key and channel of one cluster
+    internal_url: str = ""  # how other nodes reach this node's HTTP; empty = http://<host>:<port>
 
     # --- tokens ---------------------------------------------------------------
     jwt_secret: str = ""  # HS256; empty in development = generated under data_dir
@@ -288,6 +291,10 @@ def _validate(s: Settings) -> Settings:
     url = s.effective_database_url
     if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
         fail("database_url", f"unknown scheme in {url!r} (use sqlite:///PATH or postgresql://...)")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", s.redis_prefix):
+        fail("redis_prefix", f"letters, digits and _ . - only, got {s.redis_prefix!r}")
+    if s.internal_url and not s.internal_url.startswith(("http://", "https://")):
+        fail("internal_url", f"expected an http:// or https:// URL, got {s.internal_url!r}")
     if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
         fail("redis_url", f"unknown scheme in {s.redis_url!r} (use redis://host:port/db)")
     if s.jwt_algorithm not in ("HS256", "RS256", "ES256"):

@@ -76,10 +76,10 @@ class RedisBus(InProcessBus):
     lives in the database and in Redis keys, never only on the bus.
     """
 
-    def __init__(self, url: str, prefix: str = "airwave:bus:") -> None:
+    def __init__(self, url: str, prefix: str = "airwave") -> None:
         super().__init__()
         self._url = url
-        self._prefix = prefix
+        self._prefix = f"{prefix}:bus:"
         self._redis: aioredis.Redis = aioredis.from_url(url)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()

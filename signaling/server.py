@@ -58,7 +58,9 @@ class Signaling:
         self.tokens = tokens
         manager = None
         if settings.redis_url:
-            manager = socketio.AsyncRedisManager(settings.redis_url, channel="airwave-socketio")
+            manager = socketio.AsyncRedisManager(
+                settings.redis_url, channel=f"{settings.redis_prefix}:socketio"
+            )
         cors: Any = list(settings.cors_origins)
         if cors == ["*"]:
             cors = "*"

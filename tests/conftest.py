@@ -131,6 +131,7 @@ async def make_settings(
                 AIRWAVE_DATABASE_URL=PG_URL,
                 AIRWAVE_DATABASE_SCHEMA=schema,
                 AIRWAVE_REDIS_URL=REDIS_URL,
+                AIRWAVE_REDIS_PREFIX=f"test-{schema}",
             )
         values.update({f"AIRWAVE_{k.upper()}": str(v) for k, v in env.items()})
         return load_settings(values)
