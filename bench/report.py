@@ -114,7 +114,8 @@ def chart_latency(path: str | Path, series: dict[str, list[tuple[float, float]]]
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend()
+    if any(series.values()):
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,5 +1,5 @@
-"""What the server spends: CPU seconds and RSS from ``/proc/<pid>`` (when the
-server runs on this machine) or from the Prometheus process collector on
+"""What the server spends: CPU seconds and RSS from ``/proc/<pid>`` and its
+child processes (when the server runs on this machine) or from the Prometheus process collector on
 ``/metrics`` (``process_cpu_seconds_total``, ``process_resident_memory_bytes``),
 plus the SFU's own forwarded-packet counter for a cross-check."""
 
@@ -33,6 +33,39 @@ def proc_cpu_seconds(pid: int) -> float:
 def proc_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * PAGE_SIZE
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (``airwave serve --workers N`` runs a
+    supervisor and N worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and RSS bytes of ``pid`` and its descendants (those alive now)."""
+    cpu, rss = 0.0, 0
+    for member in process_tree(pid):
+        try:
+            cpu += proc_cpu_seconds(member)
+            rss += proc_rss_bytes(member)
+        except OSError:
+            continue  # it just ended
+    return cpu, rss
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -75,8 +108,9 @@ class ServerProbe:
         metrics = await self.metrics()
         at = time.monotonic()
         if self.pid is not None:
-            cpu: float | None = proc_cpu_seconds(self.pid)
-            rss: int | None = proc_rss_bytes(self.pid)
+            tree_cpu, tree_rss = tree_usage(self.pid)
+            cpu: float | None = tree_cpu
+            rss: int | None = tree_rss
         else:
             cpu = metrics.get("process_cpu_seconds_total")
             rss_value = metrics.get("process_resident_memory_bytes")

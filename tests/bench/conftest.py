@@ -3,12 +3,14 @@ loopback, as an operator runs it; tokens minted with its secret."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from auth import Grants, TokenService
 from config import load_settings
-from tests.conftest import free_port
+from tests.conftest import PG_URL, REDIS_URL, drop_schema, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "bench-test-secret-" + "x" * 32
@@ -82,6 +84,33 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+WEBHOOK_SECRET = "bench-webhook-secret"
+RING_TIMEOUT = 2
+CALL_DURATION = 6
+
+
+@pytest.fixture(scope="module")
+def production_like_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchServer]:
+    """PostgreSQL and Redis, a webhook secret and short call timers (ring 2 s, calls 6 s)."""
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    proc, server = start_server(
+        tmp_path_factory.mktemp("bench-pg-server"),
+        AIRWAVE_DATABASE_URL=PG_URL,
+        AIRWAVE_DATABASE_SCHEMA=schema,
+        AIRWAVE_REDIS_URL=REDIS_URL,
+        AIRWAVE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        AIRWAVE_RING_TIMEOUT=str(RING_TIMEOUT),
+        AIRWAVE_CALL_DURATION=str(CALL_DURATION),
+        AIRWAVE_CALL_WARNING_BEFORE="1",
+    )
+    server.env["schema"] = schema
+    try:
+        yield server
+    finally:
+        stop_server(proc)
+        asyncio.run(drop_schema(schema))
 
 
 @pytest.fixture(scope="module")
