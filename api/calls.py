@@ -24,7 +24,8 @@ from api.errors import ApiError
 from api.ice import ice_servers_for
 from api.routing import ApiRoutes
 from rooms.calls import CallError, CallService
-from rooms.timers import InProcessTimers
+from rooms.redis_state import RedisCallLocks, RedisPartySockets
+from rooms.timers import InProcessTimers, RedisTimers, TimerService
 from signaling.calls import CallSignaling
 from signaling.calls import register as register_call_events
 from signaling.server import user_room
@@ -252,8 +253,19 @@ async def delete_match(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    timers = InProcessTimers()
-    calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers)
+    prefix = airwave.settings.redis_prefix
+    if airwave.redis is not None:  # deadlines, busy locks and grace counts shared by every node
+        redis_timers = RedisTimers(airwave.redis, prefix, "calls")
+        timers: TimerService = redis_timers
+        calls = CallService(
+            airwave.db, airwave.bus, airwave.social, airwave.settings, timers,
+            locks=RedisCallLocks(airwave.redis, prefix),
+            party_sockets=RedisPartySockets(airwave.redis, prefix, airwave.node_id),
+        )
+        app.on_startup.append(lambda app: _start_polling(redis_timers))
+    else:
+        timers = InProcessTimers()
+        calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers)
     call_signaling = register_call_events(
         airwave.signaling, calls, airwave.media, airwave.ice, airwave.social, airwave.bus
     )
@@ -278,6 +290,10 @@ def install(airwave: Airwave, app: web.Application) -> None:
     app.on_startup.append(end_stale_calls)
     app.on_shutdown.append(end_calls)
     app.on_cleanup.append(close_timers)
+
+
+async def _start_polling(timers: RedisTimers) -> None:
+    timers.start()
 
 
 async def _end_for_shutdown(call_signaling: CallSignaling, single_node: bool) -> None:

@@ -19,7 +19,10 @@ from auth import Identity
 from rooms.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
 from rooms.presence import PresenceService
 from rooms.rate_limit import InProcessTokenBucket
+from rooms.redis_state import RedisSocketCounter, RedisTokenBucket, RedisViewerCounter
 from rooms.rooms import InProcessTimers, RoomError, RoomRegistry
+from rooms.timers import InProcessTimers as InProcessDeadlines
+from rooms.timers import RedisTimers, TimerService
 from signaling.rooms import RoomSignals, register
 
 routes = ApiRoutes("rooms")
@@ -364,11 +367,27 @@ async def presence(request: web.Request) -> web.Response:
 def install(airwave: Airwave, app: web.Application) -> None:
     settings = airwave.settings
     timers = InProcessTimers(airwave.spawn)
-    registry = RoomRegistry(airwave.db, airwave.bus, settings, timers)
-    chat = ChatService(
-        airwave.db, registry, airwave.social, settings, InProcessTokenBucket(settings.chat_rate)
+    redis, prefix = airwave.redis, settings.redis_prefix
+    deadlines: TimerService = RedisTimers(redis, prefix, "rooms") if redis else InProcessDeadlines()
+    registry = RoomRegistry(
+        airwave.db, airwave.bus, settings, timers,
+        viewers=RedisViewerCounter(redis, prefix) if redis else None, deadlines=deadlines,
     )
-    presence_service = PresenceService(airwave.db)
+    limiter = RedisTokenBucket(redis, prefix, settings.chat_rate) if redis else InProcessTokenBucket(settings.chat_rate)
+    chat = ChatService(airwave.db, registry, airwave.social, settings, limiter)
+    presence_service = PresenceService(
+        airwave.db, RedisSocketCounter(redis, prefix, airwave.node_id) if redis else None
+    )
+
+    async def start_deadlines(app: web.Application) -> None:
+        if isinstance(deadlines, RedisTimers):
+            deadlines.start()
+
+    async def close_deadlines(app: web.Application) -> None:
+        await deadlines.close()
+
+    app.on_startup.append(start_deadlines)
+    app.on_cleanup.append(close_deadlines)
     signals = register(
         airwave.signaling, registry, chat, presence_service, airwave.social, airwave.bus, timers
     )

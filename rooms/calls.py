@@ -6,6 +6,10 @@ two things race for it (a timer and a hang-up; later, two nodes). Timers carry
 the call's ``extensions`` count as the version of its deadline: a timer set
 before an extension finds a different count and does nothing.
 
+Busy is atomic: a call takes a :class:`CallLocks` entry for both parties at
+once ("in call X"; in Redis across nodes), so two simultaneous calls to one
+callee cannot both ring; the entry goes when the call ends.
+
 What happened goes on the bus, channel ``calls`` (see :data:`CALLS_CHANNEL`);
 the faces tell the clients and close the media. rooms/ knows nothing of
 sockets or media sessions.
@@ -18,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -46,6 +50,79 @@ CALL_SETUP_SECONDS = Histogram(
 )
 for _reason in END_REASONS:
     CALLS_ENDED.labels(_reason)
+
+
+class CallLocks(Protocol):
+    """Which call each user is in, taken for both parties of a call at once."""
+
+    async def holder(self, user_id: str) -> str | None:
+        """The call id the user's entry names, if any."""
+        ...
+
+    async def take(self, call_id: str, caller_id: str, callee_id: str, stale: dict[str, str]) -> int:
+        """Both entries for ``call_id``, or neither: 0 taken, 1 the caller holds
+        another, 2 the callee does. ``stale`` maps a user to a call id that is
+        over: an entry naming it may be taken over."""
+        ...
+
+    async def release(self, call_id: str, *users: str) -> None:
+        """Drop the users' entries that name ``call_id``."""
+        ...
+
+
+class InProcessCallLocks:
+    def __init__(self) -> None:
+        self._held: dict[str, str] = {}
+
+    async def holder(self, user_id: str) -> str | None:
+        return self._held.get(user_id)
+
+    async def take(self, call_id: str, caller_id: str, callee_id: str, stale: dict[str, str]) -> int:
+        for code, user in ((1, caller_id), (2, callee_id)):
+            held = self._held.get(user)
+            if held is not None and held != stale.get(user):
+                return code
+        self._held[caller_id] = self._held[callee_id] = call_id
+        return 0
+
+    async def release(self, call_id: str, *users: str) -> None:
+        for user in users:
+            if self._held.get(user) == call_id:
+                del self._held[user]
+
+
+class PartySockets(Protocol):
+    """How many sockets each party has in a call's audience, on every node."""
+
+    async def joined(self, call_id: str, user_id: str) -> int: ...
+    async def left(self, call_id: str, user_id: str) -> int:
+        """One socket fewer; the party's sockets left in the audience on any node."""
+        ...
+
+    async def clear(self, call_id: str, *users: str) -> None: ...
+
+
+class InProcessPartySockets:
+    def __init__(self) -> None:
+        self._sockets: dict[tuple[str, str], int] = {}
+
+    async def joined(self, call_id: str, user_id: str) -> int:
+        key = (call_id, user_id)
+        self._sockets[key] = self._sockets.get(key, 0) + 1
+        return self._sockets[key]
+
+    async def left(self, call_id: str, user_id: str) -> int:
+        key = (call_id, user_id)
+        left = self._sockets.get(key, 0) - 1
+        if left <= 0:
+            self._sockets.pop(key, None)
+            return 0
+        self._sockets[key] = left
+        return left
+
+    async def clear(self, call_id: str, *users: str) -> None:
+        for user in users:
+            self._sockets.pop((call_id, user), None)
 
 
 class CallError(Exception):
@@ -159,6 +236,8 @@ class CallService:
         settings: Settings,
         timers: TimerService,
         *,
+        locks: CallLocks | None = None,
+        party_sockets: PartySockets | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
@@ -166,6 +245,8 @@ class CallService:
         self.social = social
         self.settings = settings
         self.timers = timers
+        self.locks: CallLocks = locks or InProcessCallLocks()
+        self.party_sockets: PartySockets = party_sockets or InProcessPartySockets()
         self.clock = clock
         timers.on_fire(self.timer_fired)
 
@@ -246,6 +327,20 @@ class CallService:
         now = self.clock()
         call_id = uuid.uuid4().hex
         busy = bool(await self.live_calls_of(callee_id))
+        if not busy:
+            row = await self.db.fetchrow(
+                "INSERT INTO calls (id, caller_id, callee_id, media, status, created_at) "
+                "VALUES ($1, $2, $3, $4, 'ringing', $5) RETURNING *",
+                call_id, caller_id, callee_id, media, now,
+            )
+            assert row is not None
+            taken = await self._lock_parties(call_id, caller_id, callee_id)
+            if taken == 1:
+                await self.db.execute("DELETE FROM calls WHERE id = $1", call_id)
+                raise CallError("caller_busy", "you are already in a call")
+            busy = taken == 2
+            if busy:  # lost the race for the callee: this call is over before it rang
+                await self.db.execute("DELETE FROM calls WHERE id = $1", call_id)
         if busy:
             row = await self.db.fetchrow(
                 "INSERT INTO calls (id, caller_id, callee_id, media, status, end_reason, created_at, ended_at) "
@@ -257,12 +352,6 @@ class CallService:
             CALLS_ENDED.labels("busy").inc()
             await self._announce_ended(call)
             return call
-        row = await self.db.fetchrow(
-            "INSERT INTO calls (id, caller_id, callee_id, media, status, created_at) "
-            "VALUES ($1, $2, $3, $4, 'ringing', $5) RETURNING *",
-            call_id, caller_id, callee_id, media, now,
-        )
-        assert row is not None
         call = Call.from_row(row)
         await self.timers.schedule(
             _ring_key(call.id), self.rings_until(call), {"type": "ring_timeout", "callId": call.id}
@@ -271,6 +360,24 @@ class CallService:
             "call_ringing", call, media=call.media, ringsUntil=self.rings_until(call), stunHost=stun_host
         )
         return call
+
+    async def _lock_parties(self, call_id: str, caller_id: str, callee_id: str) -> int:
+        """Take both parties' call locks; an entry naming a call that is over is taken over."""
+        stale: dict[str, str] = {}
+        taken = 0
+        for _ in range(3):
+            taken = await self.locks.take(call_id, caller_id, callee_id, stale)
+            if taken == 0:
+                return 0
+            user = caller_id if taken == 1 else callee_id
+            held = await self.locks.holder(user)
+            if held is None:
+                continue  # released meanwhile
+            other = await self.get(held)
+            if other is not None and other.live:
+                return taken
+            stale[user] = held
+        return taken
 
     async def answer(self, call_id: Any, user_id: str) -> Call:
         call = await self.require(call_id, user_id)
@@ -408,6 +515,14 @@ class CallService:
     async def party_back(self, call_id: str, user_id: str) -> None:
         await self.timers.cancel(_grace_key(call_id, user_id))
 
+    async def party_socket_joined(self, call_id: str, user_id: str) -> None:
+        """A socket of the party (on any node) joined the call's audience."""
+        await self.party_sockets.joined(call_id, user_id)
+
+    async def party_socket_left(self, call_id: str, user_id: str) -> int:
+        """A socket of the party left; how many it still has there on any node."""
+        return await self.party_sockets.left(call_id, user_id)
+
     # ----------------------------------------------------------------- endings
     async def end(self, call_id: str, reason: str) -> Call | None:
         """End a live call for ``reason`` (server side: shutdown, moderation).
@@ -508,6 +623,8 @@ class CallService:
         if row is None:
             return None
         ended = Call.from_row(row)
+        await self.locks.release(call.id, call.caller_id, call.callee_id)
+        await self.party_sockets.clear(call.id, call.caller_id, call.callee_id)
         for key in (_ring_key(call.id), _warning_key(call.id), _timeout_key(call.id),
                     _grace_key(call.id, call.caller_id), _grace_key(call.id, call.callee_id)):
             await self.timers.cancel(key)
@@ -553,5 +670,9 @@ __all__ = [
     "MEDIA_KINDS",
     "Call",
     "CallError",
+    "CallLocks",
     "CallService",
+    "InProcessCallLocks",
+    "InProcessPartySockets",
+    "PartySockets",
 ]

@@ -13,8 +13,11 @@ react (api/media.py closes media, signaling/rooms.py tells the sockets):
 - ``{"type": "viewer_kicked", "roomId", "userId", "until"}``
 - ``{"type": "viewers_changed", "roomId", "count"}`` (at most once a second a room)
 
-Per-process state (viewer counts, timers) sits behind small interfaces
-(:class:`ViewerCounter`, :class:`Timers`) so Redis versions can replace them.
+Per-process state sits behind small interfaces so Redis versions replace it
+across nodes: viewer counts (:class:`ViewerCounter`; rooms/redis_state.py) and
+the publisher grace, a deadline on :class:`rooms.timers.TimerService` (in
+Redis it outlives the node that set it). :class:`Timers` (closures on this
+process's loop) only debounces this node's own announcements.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any, Protocol
 from auth import Identity
 from config import Settings
 from rooms.bus import Event, EventBus
+from rooms.timers import InProcessTimers as InProcessDeadlines
+from rooms.timers import TimerEvent, TimerService
 from store import Database
 from store.database import Row
 
@@ -116,7 +121,8 @@ class Room:
 
 
 class Timers(Protocol):
-    """Named one-shot timers: scheduling a key again replaces its timer."""
+    """Named one-shot timers of this process: scheduling a key again replaces
+    its timer. For debouncing only; deadlines go on a :class:`TimerService`."""
 
     def schedule(self, key: str, delay: float, action: Callable[[], Awaitable[None]]) -> None: ...
     def cancel(self, key: str) -> bool: ...
@@ -259,12 +265,15 @@ class RoomRegistry:
         settings: Settings,
         timers: Timers,
         viewers: ViewerCounter | None = None,
+        deadlines: TimerService | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
         self.settings = settings
         self.timers = timers
         self.viewers: ViewerCounter = viewers or InProcessViewerCounter()
+        self.deadlines: TimerService = deadlines or InProcessDeadlines()
+        self.deadlines.on_fire(self.deadline_fired)
         self.viewer_counts = ViewerCountAnnouncer(self.viewers, timers, self._announce_viewers)
 
     # -- reading ---------------------------------------------------------------------
@@ -403,7 +412,7 @@ class RoomRegistry:
             raise RoomError("forbidden", "forbidden", "only the room's owner or an admin may end it")
         if room.type not in ("live", "group"):
             raise RoomError("invalid", "not_endable", f"a {room.type} room cannot be ended")
-        self.timers.cancel(f"grace:{room_id}")
+        await self.deadlines.cancel(_grace_key(room_id))
         ended = await self.db.execute(
             "UPDATE rooms SET status = 'ended', ended_at = $2 WHERE id = $1 AND status <> 'ended'",
             room_id, time.time(),
@@ -458,7 +467,7 @@ class RoomRegistry:
         """Bus channel ``rooms``, from any node: forget the viewers of an ended room."""
         if event.get("type") == "room_ended":
             room_id = str(event.get("roomId") or "")
-            self.timers.cancel(f"grace:{room_id}")
+            await self.deadlines.cancel(_grace_key(room_id))
             await self.viewers.clear(room_id)
             self.viewer_counts.forget(room_id)
 
@@ -493,7 +502,7 @@ class RoomRegistry:
 
     async def publisher_started(self, room_id: str, user_id: str) -> None:
         """A publisher is up: create the room if unknown, make it live (a new stream)."""
-        resumed = self.timers.cancel(f"grace:{room_id}")
+        resumed = await self.deadlines.cancel(_grace_key(room_id))
         room = await self.get(room_id)
         if room is None:
             now = time.time()
@@ -534,16 +543,27 @@ class RoomRegistry:
         if room is None or room.type != "live" or room.status != "live":
             return
         grace = self.settings.room_publisher_grace
-
-        async def gone() -> None:
-            current = await self.get(room_id)
-            if current is not None and current.status == "live":
-                await self.end(room_id, None, reason="publisher_gone")
-
         if grace <= 0:
-            await gone()
+            await self._publisher_gone(room_id, room.stream_id)
         else:
-            self.timers.schedule(f"grace:{room_id}", grace, gone)
+            await self.deadlines.schedule(
+                _grace_key(room_id), time.time() + grace,
+                {"type": "publisher_grace", "roomId": room_id, "streamId": room.stream_id},
+            )
+
+    async def deadline_fired(self, event: TimerEvent) -> None:
+        if event.get("type") == "publisher_grace":
+            await self._publisher_gone(str(event.get("roomId", "")), event.get("streamId"))
+
+    async def _publisher_gone(self, room_id: str, stream_id: Any) -> None:
+        """The grace ran out: end the room if it is still live on the same stream."""
+        current = await self.get(room_id)
+        if current is not None and current.status == "live" and current.stream_id == stream_id:
+            await self.end(room_id, None, reason="publisher_gone")
+
+
+def _grace_key(room_id: str) -> str:
+    return f"grace:{room_id}"
 
 
 def _check_settings(title: Any, max_viewers: Any, ttl: Any) -> None:

@@ -233,7 +233,10 @@ class CallSignaling:
 
     async def join(self, sid: str, call_id: str, user_id: str) -> None:
         await self.sio.enter_room(sid, call_audience(call_id))
-        self._members.setdefault(call_id, {}).setdefault(user_id, set()).add(sid)
+        sids = self._members.setdefault(call_id, {}).setdefault(user_id, set())
+        if sid not in sids:
+            sids.add(sid)
+            await self.calls.party_socket_joined(call_id, user_id)
 
     # --------------------------------------------------------- client requests
     async def initiate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
@@ -359,16 +362,20 @@ class CallSignaling:
             await self.emit("call:resumed", resumed, sid)
 
     async def disconnected(self, sid: str, identity: Identity) -> None:
-        """The last socket of a party in a call's audience left: the grace starts."""
+        """The last socket of a party in a call's audience, on any node, left:
+        the grace starts."""
         user_id = identity.user_id
         for call_id, parties in list(self._members.items()):
             sids = parties.get(user_id)
             if not sids or sid not in sids:
                 continue
             sids.discard(sid)
+            elsewhere = await self.calls.party_socket_left(call_id, user_id)
             if sids:
                 continue
             del parties[user_id]
+            if elsewhere > 0:
+                continue
             call = await self.calls.get(call_id)
             if call is not None and call.live:
                 await self.calls.party_away(call_id, user_id)
