@@ -139,6 +139,11 @@ async def _authorize(request: web.Request, kind: str, room: str) -> Identity | N
     return identity
 
 
+def _is_node(owner: str) -> bool:
+    """An edge node pulling the room (api/edge.py): not a viewer of its own."""
+    return owner.startswith("node:")
+
+
 async def announce(airwave: Airwave, event: str, session: Session, **extra: Any) -> None:
     # Only this node holds the session: its handlers turn it into shared state.
     await airwave.bus.publish(
@@ -161,12 +166,15 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         if kind == "whip":
             session = await airwave.media.publish(room, offer, owner=owner)
         else:
+            edge = airwave.services.get("edge")  # api/edge.py, with Redis
+            if edge is not None:
+                await edge.ensure_copy(room)  # the room's origin is elsewhere: pull it here once
             session = await airwave.media.subscribe(room, offer, owner=owner)
     except MediaError as exc:
         raise media_error(exc) from None
     record = SessionRecord(session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer))
     request.app[SESSIONS_KEY][session.id] = record
-    if kind == "whep":
+    if kind == "whep" and not _is_node(owner):
         await announce(airwave, "subscriber_joined", session)
     response = web.Response(
         status=201, body=session.answer_sdp.encode(), headers={"Content-Type": SDP}
@@ -339,7 +347,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
     async def session_closed(session: Session, reason: str) -> None:
         sessions.pop(session.id, None)
         socket_sessions.forget(session.id)
-        if session.role == "subscriber":
+        if session.role == "subscriber" and not _is_node(session.owner):
             await announce(airwave, "subscriber_left", session, reason=reason)
 
     engine.on_publisher_started = publisher_started

@@ -13,6 +13,8 @@ import copy
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 from aiortc.sdp import parse_h264_profile_level_id
 
+from .sdp import AnswerSection
+
 # profile_idc + profile_iop (the first four hex digits of profile-level-id)
 # accepted from publishers: constrained baseline, baseline, main, high.
 H264_PROFILES = frozenset({"42e0", "42c0", "4200", "4d00", "6400"})
@@ -106,7 +108,35 @@ def answer_codec(
     return codec
 
 
+def pull_codecs(kind: str) -> list[RTCRtpCodecParameters]:
+    """Every codec a publisher may send us, as an edge offers them to its origin."""
+    if kind == "audio":
+        return [RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)]
+    feedback = [RTCRtcpFeedback(type=t, parameter=p) for t, p in VIDEO_FEEDBACK]
+    codecs = [RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96,
+                                    rtcpFeedback=list(feedback))]
+    for pt, profile in enumerate(sorted(H264_PROFILES), start=97):
+        codecs.append(
+            RTCRtpCodecParameters(
+                mimeType="video/H264", clockRate=90000, payloadType=pt, rtcpFeedback=list(feedback),
+                parameters={"packetization-mode": "1", "profile-level-id": profile + "1f"},
+            )
+        )
+    return codecs
+
+
+def pull_sections() -> list[AnswerSection]:
+    """An edge's offer to its origin: receive one audio and one video track."""
+    return [
+        AnswerSection(kind=kind, mid=str(i), protocol="UDP/TLS/RTP/SAVPF", direction="recvonly",
+                      codecs=pull_codecs(kind))
+        for i, kind in enumerate(("audio", "video"))
+    ]
+
+
 __all__ = [
+    "pull_codecs",
+    "pull_sections",
     "H264_PROFILES",
     "answer_codec",
     "choose_publish_codec",

@@ -19,7 +19,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from config.settings import Settings
 
 from . import metrics
-from .codecs import choose_publish_codec, match_subscriber_codec
+from .codecs import choose_publish_codec, match_subscriber_codec, pull_sections
 from .errors import (
     AtCapacity,
     NothingAcceptable,
@@ -38,6 +38,7 @@ PublisherStarted = Callable[[str, Session], None | Awaitable[None]]
 PublisherEnded = Callable[[str, Session, str], None | Awaitable[None]]
 SessionClosed = Callable[[Session, str], None | Awaitable[None]]
 RenegotiationNeeded = Callable[[Session], None | Awaitable[None]]
+OfferExchange = Callable[[str], Awaitable[str]]  # our offer -> the remote's answer
 
 SENDING = ("sendonly", "sendrecv")
 RECEIVING = ("recvonly", "sendrecv")
@@ -167,6 +168,40 @@ class MediaEngine:
                 self._notify(self.on_renegotiation_needed, other)
         return session
 
+    async def pull(self, room: str, exchange: OfferExchange, *, owner: str = "") -> Session:
+        """Be an edge for ``room``: offer to receive audio and video from a
+        remote origin (``exchange`` sends our offer, e.g. as a WHEP client, and
+        returns the origin's answer) and publish what arrives into the local
+        room, as its publisher. The RTP is forwarded as it arrives (no
+        decoding); local subscribers subscribe as usual. No
+        ``on_publisher_started``/``ended`` for a pulled session: the stream's
+        publisher is on the origin."""
+        self._check_open()
+        self._check_sessions()
+        r = self._rooms.get(room)
+        if r is not None and r.publishers:
+            raise PublisherExists(f"room {room!r} already has a publisher")
+        session = Session(self, "publisher", room, owner)
+        session.pulled = True
+        self._add(session, publisher=True)
+        try:
+            offer_sdp = await session.pull_offer(pull_sections())
+            answer = parse_offer(await exchange(offer_sdp))
+            plan = _publish_plan(answer)  # the origin's answer sends what we will publish
+            if not any(codec is not None for _, codec in plan):
+                raise NothingAcceptable("the origin sends no forwardable track")
+        except BaseException:
+            await session.close("setup_failed")
+            raise
+        lines = []
+        for media, codec in plan:
+            line = MediaLine(media)
+            if codec is not None:
+                line.up = session.new_uptrack(media, codec)
+            lines.append(line)
+        await self._set_up(session, session.start_pulled(answer, lines))
+        return session
+
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
@@ -277,7 +312,7 @@ class MediaEngine:
             self._spawn(_awaited(result))
 
     def _session_connected(self, session: Session) -> None:
-        if session.role in ("publisher", "peer") and session.uptracks:
+        if session.role in ("publisher", "peer") and session.uptracks and not session.pulled:
             self._started.add(session.id)
             self._notify(self.on_publisher_started, session.room, session)
 

@@ -80,6 +80,9 @@ class Session:
         self.consent = None
         self.lines: list[MediaLine] = []
         self._offer_pending = False
+        # pulled from a remote origin (we offered, the origin answered): an
+        # edge's local copy of a room, not a publisher of its own
+        self.pulled = False
 
         settings = engine.settings
         self._gatherer = RTCIceGatherer(iceServers=[])
@@ -133,9 +136,9 @@ class Session:
 
     # -- set-up -------------------------------------------------------------------------
 
-    async def _prepare(self, offer: Offer) -> None:
+    async def _prepare(self, offer: Offer, *, controlling: bool | None = None) -> None:
         self._offer = offer
-        seam.set_ice_controlling(self.ice, offer.ice.iceLite)
+        seam.set_ice_controlling(self.ice, offer.ice.iceLite if controlling is None else controlling)
         # offer actpass -> we are the DTLS client, as aiortc and browsers do
         seam.set_dtls_role(self.dtls, "server" if offer.dtls.role == "client" else "client")
         await self._gatherer.gather()
@@ -179,6 +182,28 @@ class Session:
             if line.down is not None:
                 self.downtracks.append(line.down)
         self.answer_sdp = self._write([line.section() for line in lines])
+        if self._by_ssrc:
+            seam.register_rtcp_source(self.dtls, list(self._by_ssrc), self)
+        self._start()
+
+    # -- pulling (an edge: we offer to a remote origin and receive its tracks) ---------------
+
+    async def pull_offer(self, sections: list[AnswerSection]) -> str:
+        """Gather, then write our own offer (``actpass``) with ``sections``."""
+        await self._gatherer.gather()
+        return self._write(sections, setup="actpass")
+
+    async def start_pulled(self, answer: Offer, lines: list[MediaLine]) -> None:
+        """The origin's answer to :meth:`pull_offer`: we are the ICE controlling
+        side (the origin never is), DTLS as the answer's ``setup`` says."""
+        self.pulled = True
+        await self._prepare(answer, controlling=True)
+        self.lines = lines
+        for line in lines:
+            if line.up is not None:
+                self.uptracks.append(line.up)
+                if line.up.in_ssrc is not None:
+                    self._by_ssrc[line.up.in_ssrc] = line.up
         if self._by_ssrc:
             seam.register_rtcp_source(self.dtls, list(self._by_ssrc), self)
         self._start()
