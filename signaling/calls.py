@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from auth import Identity
@@ -167,6 +167,19 @@ def _candidate(data: dict[str, Any]) -> str:
 Handler = Callable[[str, Identity, Any], Awaitable[Any]]
 
 
+class RemoteCallMedia(Protocol):
+    """Where a call's media lives when several nodes serve (api/edge.py)."""
+
+    async def media_node(self, call_id: str) -> str | None:
+        """None when this node holds the call's media, else that node's URL."""
+
+    async def forward(self, url: str, call_id: str, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Send a party's media request there; its ack (or ``{"error"}``)."""
+
+    async def forget(self, call_id: str) -> None:
+        """The call ended."""
+
+
 class CallSignaling:
     def __init__(
         self,
@@ -190,6 +203,8 @@ class CallSignaling:
         self._awaiting_media: dict[str, float] = {}
         # at shutdown this node tells its sockets itself, before they close
         self._shutting_down = False
+        # several nodes: a call's media is on one of them (set by api/edge.py)
+        self.remote_media: RemoteCallMedia | None = None
 
     # ------------------------------------------------------------------ wiring
     def register(self) -> None:
@@ -290,29 +305,65 @@ class CallSignaling:
                 "call:sdp_offer with call:sdp_answer (docs/calls.md)",
             )
         call = await self._active(call_id, identity.user_id)
-        session = await self.media.join(call, identity.user_id, sdp)
-        latest = await self.calls.get(call.id)
-        if latest is None or not latest.live:  # ended while we negotiated
-            await self.media.close_call(call.id)
-            raise SignalError("call_ended", "the call has ended")
+        ack = await self._media_request(call, identity.user_id, {"kind": "offer", "sdp": sdp})
         await self.join(sid, call.id, identity.user_id)
-        return {"callId": call.id, "sessionId": session.id, "sdp": session.answer_sdp}
+        return ack
 
     async def sdp_answer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
         call = await self._active(_string(payload, "callId"), identity.user_id)
-        await self.media.accept_answer(call, identity.user_id, _string(payload, "sdp", MAX_SDP_BYTES))
-        return {"callId": call.id}
+        sdp = _string(payload, "sdp", MAX_SDP_BYTES)
+        return await self._media_request(call, identity.user_id, {"kind": "answer", "sdp": sdp})
 
     async def ice_candidate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
         call = await self._active(_string(payload, "callId"), identity.user_id)
-        candidate = _candidate(payload)
+        request = {"kind": "candidate", "candidate": _candidate(payload)}
+        return await self._media_request(call, identity.user_id, request)
+
+    async def _media_request(self, call: Call, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """Here, or on the call's media node when that is another node."""
+        remote = self.remote_media
+        url = await remote.media_node(call.id) if remote is not None else None
+        if remote is None or url is None:
+            return await self._local_media(call, user_id, request)
+        ack = await remote.forward(url, call.id, user_id, request)
+        error = ack.get("error")
+        if isinstance(error, dict):
+            raise SignalError(str(error.get("code", "media_error")), str(error.get("message", "")))
+        return ack
+
+    async def local_media_request(self, call_id: str, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """A party's media request forwarded by its node to this one (the
+        call's media node): the ack, or ``{"error": {code, message}}``."""
         try:
-            await self.media.add_candidate(call, identity.user_id, candidate)
-        except SdpError as exc:
-            raise SignalError("bad_candidate", exc.message) from None
-        return {"callId": call.id}
+            call = await self._active(call_id, user_id)
+            return await self._local_media(call, user_id, request)
+        except (SignalError, CallError, MediaError) as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+
+    async def _local_media(self, call: Call, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        kind = request.get("kind")
+        if kind == "offer":
+            session = await self.media.join(call, user_id, _string(request, "sdp", MAX_SDP_BYTES))
+            latest = await self.calls.get(call.id)
+            if latest is None or not latest.live:  # ended while we negotiated
+                await self.media.close_call(call.id)
+                raise SignalError("call_ended", "the call has ended")
+            return {"callId": call.id, "sessionId": session.id, "sdp": session.answer_sdp}
+        if kind == "answer":
+            await self.media.accept_answer(call, user_id, _string(request, "sdp", MAX_SDP_BYTES))
+            return {"callId": call.id}
+        if kind == "candidate":
+            candidate = request.get("candidate")
+            if not isinstance(candidate, str) or len(candidate) > 1024:
+                raise SignalError("bad_request", "'candidate' must be a candidate line")
+            try:
+                await self.media.add_candidate(call, user_id, candidate)
+            except SdpError as exc:
+                raise SignalError("bad_candidate", exc.message) from None
+            return {"callId": call.id}
+        raise SignalError("bad_request", "'kind' must be offer, answer or candidate")
 
     async def extend_request(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         call, extended = await self.calls.request_extension(_string(_object(data), "callId"), identity.user_id)
@@ -441,6 +492,11 @@ class CallSignaling:
         self._members.pop(call_id, None)
         await self.sio.close_room(call_audience(call_id))
         await self.media.close_call(call_id)
+        if self.remote_media is not None:
+            try:
+                await self.remote_media.forget(call_id)
+            except Exception as exc:  # Redis down: the record expires on its own
+                log.warning("call %s: media node record not cleared: %s", call_id, exc)
 
     async def media_event(self, event: dict[str, Any]) -> None:
         """This node's media sessions (local events): forget closed ones, and
@@ -472,7 +528,10 @@ class CallSignaling:
             return
         sids = sorted(self._members.get(call_id, {}).get(session.owner, ()))
         payload = {"callId": call_id, "sdp": offer, "sessionId": session.id}
-        await self.emit("call:sdp_offer", payload, sids or user_room(session.owner))
+        if sids:
+            await self.emit("call:sdp_offer", payload, sids)
+        else:  # the party's sockets are on other nodes (or none): Socket.IO's manager carries it
+            await self.sio.emit("call:sdp_offer", payload, room=user_room(session.owner))
 
     # ------------------------------------------------------------ server ends
     async def end_calls_for_shutdown(self, *, all_calls: bool) -> None:
