@@ -68,6 +68,40 @@ async def test_call_between_nodes_carries_media_both_ways() -> None:
             await on_b.close()
 
 
+async def test_server_offer_reaches_a_party_whose_socket_moved_to_another_node() -> None:
+    """Alice negotiates first through node A (the media node), then her socket
+    moves to node B; bob's tracks are offered to her by A through Socket.IO's
+    Redis manager, and her answer goes back through B to A."""
+    async with Cluster(2, ring_timeout=5, call_duration=30, reconnect_grace=10) as cluster:
+        a, b = cluster.nodes
+        on_a, on_b = Parties(NodeApp(cluster, a)), Parties(NodeApp(cluster, b))  # type: ignore[arg-type]
+        alice_party, bob_party = await on_a("alice"), await on_b("bob")
+        call_id = await answered(alice_party, bob_party)
+        alice = CallPeer(alice_party, call_id, encoded_vp8(60, seed=1))
+        bob = CallPeer(bob_party, call_id, encoded_vp8(60, seed=2))
+        try:
+            await alice.join()
+            moved = await on_b("alice")
+            moved.client.on("call:sdp_offer", alice._server_offer)
+            await moved.wait("call:resumed", call_id)
+            await alice_party.close()
+            alice.party = moved
+            await bob.join()
+            await wait_for(lambda: alice.offers_answered == 1, 5)
+            await wait_for(lambda: len(alice.frames) >= 10 and len(bob.frames) >= 10, 15)
+            assert set(alice.frames) <= set(bob.track.sent)
+            assert set(bob.frames) <= set(alice.track.sent)
+            assert [e for e, _ in alice_party.events].count("call:sdp_offer") == 0
+        except BaseException:
+            print(cluster.logs())
+            raise
+        finally:
+            await alice.close()
+            await bob.close()
+            await on_a.close()
+            await on_b.close()
+
+
 async def test_internal_routes_take_node_tokens_only() -> None:
     async with Cluster(1) as cluster, aiohttp.ClientSession() as http:
         (a,) = cluster.nodes
