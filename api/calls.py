@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from api.auth_http import require_admin, require_identity
+from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.ice import ice_servers_for
@@ -83,16 +84,6 @@ def _refused(exc: CallError) -> ApiError:
     return ApiError(_STATUS.get(exc.code, 400), exc.code, exc.message)
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "bad_json", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "the body must be a JSON object")
-    return body
-
-
 def _user_id(value: Any, name: str) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 128:
         raise ApiError(400, "bad_request", f"'{name}' must be a user id")
@@ -114,7 +105,7 @@ def _user_id(value: Any, name: str) -> str:
 async def create_call(request: web.Request) -> web.Response:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
-    body = await _json_object(request)
+    body = await json_object(request)
     await airwave.social.seen(identity)
     host = request.url.host or None
     try:
@@ -213,7 +204,7 @@ _MATCH_BODY = {_JSON: {"type": "object", "required": ["userA", "userB"],
 
 async def _pair(request: web.Request) -> tuple[str, str]:
     require_admin(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     user_a, user_b = _user_id(body.get("userA"), "userA"), _user_id(body.get("userB"), "userB")
     if user_a == user_b:
         raise ApiError(400, "bad_request", "a match needs two different users")

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from api.auth_http import require_identity
+from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.routing import ApiRoutes
@@ -112,11 +113,7 @@ async def welcome_coins(airwave: Airwave, user_id: str) -> int:
 )
 async def dev_token(request: web.Request) -> web.Response:
     airwave = request.app[AIRWAVE]
-    try:
-        data = await request.json()
-    except ValueError:
-        raise ApiError(400, "bad_json", "the body must be JSON: {\"name\": \"...\"}") from None
-    name = demo_name(data)
+    name = demo_name(await json_object(request))
     user_id = demo_user_id(name)
     token = airwave.tokens.mint(user_id, name=name, grants=DEMO_GRANTS, ttl=DEMO_TOKEN_TTL)
     coins = await welcome_coins(airwave, user_id)

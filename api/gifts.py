@@ -5,13 +5,12 @@ caller's wallet and ledger, and the leaderboards. ``gift:send`` over Socket.IO
 
 from __future__ import annotations
 
-import json
 import logging
-from typing import Any
 
 from aiohttp import web
 
 from api.auth_http import require_admin, require_identity
+from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.routing import ApiRoutes
@@ -149,13 +148,6 @@ def _services(request: web.Request) -> tuple[GiftService, GiftCatalog, WalletLed
     return services[GIFTS_KEY], services[CATALOG_KEY], services[WALLETS_KEY]
 
 
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except ValueError:
-        raise ApiError(400, "bad_json", "the body must be JSON") from None
-
-
 def _limit(request: web.Request, default: int, maximum: int = 100) -> int:
     raw = request.query.get("limit", "")
     if not raw:
@@ -195,7 +187,7 @@ async def create_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
     try:
-        gift = await catalog.create(await _json_body(request))
+        gift = await catalog.create(await json_object(request))
     except GiftRefused as exc:
         raise api_error(exc) from None
     return web.json_response(gift.as_json(), status=201)
@@ -213,7 +205,7 @@ async def update_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
     try:
-        gift = await catalog.update(request.match_info["gift_id"], await _json_body(request))
+        gift = await catalog.update(request.match_info["gift_id"], await json_object(request))
     except GiftRefused as exc:
         raise api_error(exc) from None
     return web.json_response({**gift.as_json(), "active": gift.active})
@@ -257,7 +249,7 @@ async def send_gift(request: web.Request) -> web.Response:
     airwave = request.app[AIRWAVE]
     gifts, _, _ = _services(request)
     try:
-        sent = await gifts.send(identity.user_id, SendGift.parse(await _json_body(request)))
+        sent = await gifts.send(identity.user_id, SendGift.parse(await json_object(request)))
     except GiftRefused as exc:
         raise api_error(exc) from None
     await gift_events.announce_gift(airwave.signaling, sent)

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from api.auth_http import require_identity
+from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.routing import ApiRoutes
@@ -78,16 +79,6 @@ def _signals(request: web.Request) -> RoomSignals:
     return request.app[AIRWAVE].services["room_signals"]
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ApiError(400, "bad_json", "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_json", "the body must be a JSON object")
-    return body
-
-
 def _int_param(request: web.Request, name: str, default: int | None = None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
@@ -131,7 +122,7 @@ def _room_settings(body: dict[str, Any]) -> dict[str, Any]:
 )
 async def create_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     settings = _room_settings(body)
     registry = _registry(request)
     try:
@@ -183,7 +174,7 @@ async def get_room(request: web.Request) -> web.Response:
 )
 async def patch_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    changes = _room_settings(await _json_object(request))
+    changes = _room_settings(await json_object(request))
     registry = _registry(request)
     try:
         room = await registry.patch(request.match_info["id"], identity, changes)
@@ -238,7 +229,7 @@ async def participants(request: web.Request) -> web.Response:
 )
 async def kick(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     user_id = body.get("userId")
     if not isinstance(user_id, str) or not user_id:
         raise ApiError(400, "bad_user", "userId must be a user id")
@@ -257,7 +248,7 @@ async def kick(request: web.Request) -> web.Response:
 )
 async def add_member(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     user_id = body.get("userId")
     if not isinstance(user_id, str) or not user_id:
         raise ApiError(400, "bad_user", "userId must be a user id")
@@ -336,7 +327,7 @@ async def delete_message(request: web.Request) -> web.Response:
 )
 async def open_chat(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     try:
         room, created = await _chat(request).open_direct(identity, body.get("userId"))
     except RoomError as exc:
