@@ -38,7 +38,7 @@ from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.routing import ApiRoutes
 from auth import Grants, Identity
-from sfu import MediaError, RoomNotLive, Session
+from sfu import RoomNotLive, Session
 from signaling.calls import CallSignaling
 
 log = logging.getLogger("airwave.edge")
@@ -270,7 +270,7 @@ class EdgeService:
             await self._delete_resource(pull)
 
 
-class RemoteCallMedia:
+class CallMediaRouter:
     """Routes a call party's media requests to the call's media node."""
 
     def __init__(self, registry: MediaRegistry, client: NodeClient) -> None:
@@ -379,7 +379,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
 
     call_signaling: CallSignaling | None = airwave.services.get("call_signaling")
     if call_signaling is not None:
-        call_signaling.remote_media = RemoteCallMedia(registry, client)
+        call_signaling.remote_media = CallMediaRouter(registry, client)
 
     async def stop(app: web.Application) -> None:
         await edge.close()
@@ -388,4 +388,4 @@ def install(airwave: Airwave, app: web.Application) -> None:
     app.on_cleanup.insert(0, stop)
 
 
-__all__ = ["EdgeService", "MediaError", "MediaRegistry", "NodeAddress", "is_node", "require_node"]
+__all__ = ["CallMediaRouter", "EdgeService", "MediaRegistry", "NodeAddress", "is_node", "require_node"]
