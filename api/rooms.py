@@ -67,6 +67,14 @@ def _api_error(exc: RoomError) -> ApiError:
     return ApiError(_STATUS.get(exc.kind, 400), exc.code, exc.message)
 
 
+async def _user_field(request: web.Request) -> str:
+    """``userId`` from a JSON body, or 400 ``bad_user``."""
+    user_id = (await json_object(request)).get("userId")
+    if not isinstance(user_id, str) or not user_id:
+        raise ApiError(400, "bad_user", "userId must be a user id")
+    return user_id
+
+
 def _registry(request: web.Request) -> RoomRegistry:
     return request.app[AIRWAVE].services["rooms"]
 
@@ -229,10 +237,7 @@ async def participants(request: web.Request) -> web.Response:
 )
 async def kick(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    body = await json_object(request)
-    user_id = body.get("userId")
-    if not isinstance(user_id, str) or not user_id:
-        raise ApiError(400, "bad_user", "userId must be a user id")
+    user_id = await _user_field(request)
     try:
         until = await _registry(request).kick(request.match_info["id"], identity, user_id)
     except RoomError as exc:
@@ -248,10 +253,7 @@ async def kick(request: web.Request) -> web.Response:
 )
 async def add_member(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    body = await json_object(request)
-    user_id = body.get("userId")
-    if not isinstance(user_id, str) or not user_id:
-        raise ApiError(400, "bad_user", "userId must be a user id")
+    user_id = await _user_field(request)
     try:
         await _registry(request).add_member(request.match_info["id"], identity, user_id)
     except RoomError as exc:

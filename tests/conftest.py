@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aioice.ice
 import asyncpg
 import pytest
@@ -164,6 +165,16 @@ class RunningApp:
 
     def token(self, user: str = "alice", *, name: str = "", ttl: float = 600, **grants: Any) -> str:
         return self.tokens.mint(user, name=name or user, grants=Grants(**grants), ttl=ttl)
+
+
+async def rest(
+    app: RunningApp, method: str, path: str, user: str | None = "alice", json: Any = None, **grants: Any
+) -> tuple[int, Any]:
+    """One REST call as ``user`` (None: no token); returns (status, JSON body)."""
+    headers = {"Authorization": f"Bearer {app.token(user, **grants)}"} if user else {}
+    async with aiohttp.ClientSession() as http:
+        async with http.request(method, app.url + path, json=json, headers=headers) as r:
+            return r.status, await r.json()
 
 
 async def start_app(settings: Settings) -> RunningApp:

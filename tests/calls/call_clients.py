@@ -6,10 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
 import socketio
 
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, rest  # noqa: F401 - rest is re-exported to the tests
 
 # The short timings every calls test runs with (seconds).
 TIMINGS = {
@@ -88,15 +87,6 @@ class Parties:
     async def close(self) -> None:
         for party in self.all:
             await party.close()
-
-
-async def rest(
-    app: RunningApp, method: str, path: str, user: str | None = "alice", json: Any = None, **grants: Any
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {app.token(user, **grants)}"} if user else {}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, app.url + path, json=json, headers=headers) as r:
-            return r.status, await r.json()
 
 
 async def record(app: RunningApp, call_id: str, user: str = "alice") -> dict[str, Any]:

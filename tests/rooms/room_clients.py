@@ -7,10 +7,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import aiohttp
 import socketio
 
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, rest  # noqa: F401 - rest is re-exported to the tests
 
 EVENTS = (
     "chat:message", "chat:deleted", "chat:read", "chat:typing",
@@ -58,15 +57,6 @@ async def connect(app: RunningApp, user: str, **grants: Any) -> Listener:
     listener = Listener(client)
     await client.connect(app.url, auth={"token": app.token(user, **grants)}, transports=["websocket"], wait_timeout=5)
     return listener
-
-
-async def rest(
-    app: RunningApp, method: str, path: str, user: str | None = "alice", json: Any = None, **grants: Any
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {app.token(user, **grants)}"} if user else {}
-    async with aiohttp.ClientSession() as http:
-        async with http.request(method, app.url + path, json=json, headers=headers) as r:
-            return r.status, await r.json()
 
 
 async def create_room(app: RunningApp, owner: str = "alice", **body: Any) -> dict[str, Any]:
