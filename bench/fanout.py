@@ -52,6 +52,7 @@ COLUMNS = [
     ("server_cpu_us_per_packet", "us/pkt"),
     ("cpu_pct_per_viewer", "cpu%/viewer"),
     ("loss_pct", "loss%"),
+    ("dtls_p95_ms", "dtls p95"),
     ("first_packet_p95_ms", "1st pkt p95"),
     ("join_p50_ms", "kf p50"),
     ("join_p95_ms", "kf p95"),
@@ -186,6 +187,8 @@ def _step_result(
     keyframe = [j[4] if j[1] and j[4] is not None else math.inf for j in joins]
     first = [j[3] if j[1] and j[3] is not None else math.inf for j in joins]
     failures = sum(1 for j in joins if not j[1] or j[4] is None)
+    ice = [j[5] if j[1] and j[5] is not None else math.inf for j in joins]
+    dtls = [j[6] if j[1] and j[6] is not None else math.inf for j in joins]
     return {
         "viewers": viewers,
         "connected_viewers": _sum(b.viewers, "viewers"),
@@ -201,7 +204,12 @@ def _step_result(
         "join_p95_ms": finite(percentile(keyframe, 95), 1),
         "first_packet_p50_ms": finite(percentile(first, 50), 1),
         "first_packet_p95_ms": finite(percentile(first, 95), 1),
+        "ice_p50_ms": finite(percentile(ice, 50), 1),
+        "ice_p95_ms": finite(percentile(ice, 95), 1),
+        "dtls_p50_ms": finite(percentile(dtls, 50), 1),
+        "dtls_p95_ms": finite(percentile(dtls, 95), 1),
         "join_failures": failures,
+        "join_keyframe_ms": sorted(round(v) if v != math.inf else -1 for v in keyframe),
         "join_errors": joined.get("errors", []),
         "server_rss_mb": round(rss / 2**20, 1) if rss is not None else None,
         "server_rss_mb_per_viewer": (
@@ -333,9 +341,17 @@ async def reference_relay(args: argparse.Namespace) -> AsyncIterator[tuple[str, 
 
 
 def _per_viewer(steps: list[dict[str, Any]], capacity: int) -> float | None:
-    """Server CPU % per viewer at the capacity step (else the first step)."""
-    chosen = [s for s in steps if s["viewers"] == capacity] or steps[:1]
-    return chosen[0]["cpu_pct_per_viewer"] if chosen else None
+    """Server CPU % per viewer at the last good step that still delivered each
+    viewer at least 90% of the packets one viewer got (a saturated relay that
+    degrades its stream looks cheaper per viewer than it is); else the first step."""
+    if not steps:
+        return None
+    full = steps[0]["delivered_pps"] / max(1, steps[0]["viewers"])
+    chosen = [
+        s for s in steps
+        if s["viewers"] <= capacity and s["delivered_pps"] / s["viewers"] >= 0.9 * full
+    ] or steps[:1]
+    return chosen[-1]["cpu_pct_per_viewer"]
 
 
 # ----------------------------------------------------------------------------- main

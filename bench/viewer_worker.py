@@ -79,7 +79,7 @@ class ViewerPool:
         joins = []
         for step, v in self.viewers:
             joins.append([step, v.error is None, v.times.post_ms, v.times.first_video_ms,
-                          v.times.keyframe_ms])
+                          v.times.keyframe_ms, v.times.ice_ms, v.times.dtls_ms])
             if v.error is not None:
                 continue
             c = v.counters

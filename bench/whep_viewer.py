@@ -99,9 +99,12 @@ def vp8_keyframe_start(packet: bytes) -> bool:
 
 @dataclass
 class JoinTimes:
-    """Milliseconds from the POST to the first video packet and to the first keyframe."""
+    """Milliseconds from the POST to: its answer, ICE connected, DTLS connected,
+    the first video packet and the first keyframe."""
 
     post_ms: float | None = None
+    ice_ms: float | None = None
+    dtls_ms: float | None = None
     first_video_ms: float | None = None
     keyframe_ms: float | None = None
 
@@ -208,7 +211,9 @@ class CheapViewer:
             await self._ice.addRemoteCandidate(None)
             self._dtls._set_role("server" if media.dtls.role == "client" else "client")
             await self._ice.start(media.ice)
+            self.times.ice_ms = (time.monotonic() - self._t0) * 1000
             await self._dtls.start(media.dtls)
+            self.times.dtls_ms = (time.monotonic() - self._t0) * 1000
         if self._dtls.state != "connected":
             raise ConnectionError(f"DTLS {self._dtls.state}")
         self._unprotect = self._dtls._rx_srtp.unprotect
