@@ -1,18 +1,24 @@
 // Call: who is online, call them; the callee answers or rejects; both see the remaining time,
 // the warning, Extend (works when both press it), and why the call ended.
 //
-// Media as the calls feature does it: each party publishes its camera with
-// call:sdp_offer {direction: "send"} and, once the other party's media is up
-// (peerReady in that ack, or call:peer_ready), receives it with
-// call:sdp_offer {direction: "recv"}. Two one-way connections per party.
+// Media as the calls feature does it (docs/calls.md): one sendrecv RTCPeerConnection per party,
+// in callmedia.js. Each party offers its camera and microphone once the call is answered
+// (call:sdp_offer, the ack is the server's answer); the other party's tracks arrive in that answer
+// or in a later call:sdp_offer from the server, which the page answers with call:sdp_answer.
 import { api, displayName } from "./api.js";
+import { CallConnection } from "./callmedia.js";
 import { AppError } from "./errors.js";
 import { session } from "./session.js";
 import { listen, request } from "./socket.js";
 import { action, expose, formatSeconds, h, showError, showInfo } from "./ui.js";
 
 const ONLINE_REFRESH_MS = 3000;
-const GATHERING_LIMIT_MS = 3000;
+// No track from the other party this long after our connection was negotiated: offer again
+// (a new session on the server picks up their tracks; theirs is offered ours). The two roles wait
+// differently so both parties never offer again at the same moment. This recovers from the server
+// missing the other party's tracks when both offer at once (the SFU's join_call race).
+const REMOTE_MEDIA_WAIT_MS = { caller: 5000, callee: 8000 };
+const MEDIA_ATTEMPTS = 3;
 const END_REASONS = {
   hangup: "hung up",
   rejected: "declined",
@@ -38,41 +44,9 @@ export async function listenForCalls() {
   });
 }
 
-function gatheringComplete(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const check = () => { if (pc.iceGatheringState === "complete") resolve(); };
-    pc.addEventListener("icegatheringstatechange", check);
-    setTimeout(resolve, GATHERING_LIMIT_MS);
-  });
-}
-
-/** One direction of a call's media: an RTCPeerConnection negotiated with call:sdp_offer. */
-async function callConnection(callId, direction, iceServers, { stream, onTrack }) {
-  const pc = new RTCPeerConnection({ iceServers });
-  if (direction === "send") {
-    for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
-  } else {
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.addTransceiver("audio", { direction: "recvonly" });
-    const remote = new MediaStream();
-    pc.addEventListener("track", (event) => { remote.addTrack(event.track); onTrack(remote); });
-  }
-  try {
-    await pc.setLocalDescription(await pc.createOffer());
-    await gatheringComplete(pc);
-    const ack = await request("call:sdp_offer", { callId, direction, sdp: pc.localDescription.sdp });
-    await pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
-    return { pc, ack };
-  } catch (error) {
-    pc.close();
-    throw error;
-  }
-}
-
 export async function mount(root) {
   callPageOpen = true;
-  let call = null;  // {id, peerId, role, endsAt, iceServers, camera, send, recv}
+  let call = null;  // {id, peerId, peerName, role, media, endsAt, iceServers, camera, connection (a CallConnection)}
   let tick = null;
   let onlineTimer = null;
   let stopListening = [];
@@ -89,6 +63,7 @@ export async function mount(root) {
   const hangup = h("button", { type: "button", class: "danger", id: "call-hangup", hidden: true }, "Hang up");
   const ended = h("p", { id: "call-ended", hidden: true });
   const incoming = h("section", { class: "panel incoming", id: "incoming", hidden: true });
+  remoteVideo.addEventListener("playing", () => { if (call) overlay.hidden = true; });
   const online = h("ul", { class: "list", id: "online-users" }, h("li", { class: "muted" }, "Looking…"));
 
   root.replaceChildren(h("div", { class: "stage", id: "call-page" },
@@ -121,18 +96,20 @@ export async function mount(root) {
   }
 
   // ---------------------------------------------------------------- call states
-  async function camera() {
+  async function camera(media) {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       throw new AppError("insecure_page",
         "This browser gives no camera to this page: open it as http://localhost:8080 or over HTTPS.");
     }
-    const stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+    // an audio call sends no video: the server refuses video until both agree to upgrade
+    const video = media === "audio" ? false : { width: 640, height: 480 };
+    const stream = await navigator.mediaDevices.getUserMedia({ video, audio: true });
     localVideo.srcObject = stream;
     return stream;
   }
 
   function begin(details) {
-    call = { send: null, recv: null, endsAt: null, ...details };
+    call = { connection: null, endsAt: null, media: "video", ...details };
     expose("call", call);
     ended.hidden = true;
     warning.hidden = true;
@@ -143,7 +120,7 @@ export async function mount(root) {
 
   async function placeCall(userId, name) {
     if (call) throw new AppError("in_call", "You are already in a call.");
-    const stream = await camera();
+    const stream = await camera("video");
     begin({ peerId: userId, peerName: name, role: "caller", camera: stream });
     state.textContent = `Calling ${name}…`;
     overlay.hidden = false;
@@ -169,12 +146,12 @@ export async function mount(root) {
       h("p", { id: "incoming-from" }, `${displayName(offer.from)} is calling you (${offer.media}).`),
       h("div", { class: "row" }, answer, reject));
     action(answer, async () => {
-      const stream = await camera();
+      const stream = await camera(offer.media);
       const ack = await request("call:answer", { callId: offer.callId });
       waitingCall = null;
       incoming.hidden = true;
       begin({ id: offer.callId, peerId: offer.from, peerName: displayName(offer.from), role: "callee",
-        camera: stream, iceServers: ack.iceServers || offer.iceServers || [] });
+        media: ack.media || offer.media, camera: stream, iceServers: ack.iceServers || offer.iceServers || [] });
       await connected(ack.endsAt);
     });
     action(reject, async () => {
@@ -191,21 +168,36 @@ export async function mount(root) {
     setEnd(endsAt);
     extend.hidden = !endsAt;
     tick = setInterval(showRemaining, 250);
-    const { pc, ack } = await callConnection(call.id, "send", call.iceServers, { stream: call.camera });
-    call.send = pc;
-    if (ack.peerReady) await receive();
+    await joinMedia();
   }
 
-  async function receive() {
+  /** Our one sendrecv connection (a new one replaces the old: after a reconnect that lost the media). */
+  async function joinMedia() {
     if (!call || !call.id) return;
-    if (call.recv) call.recv.close();
-    const { pc } = await callConnection(call.id, "recv", call.iceServers, {
-      onTrack: (stream) => {
-        remoteVideo.srcObject = stream;
-        remoteVideo.addEventListener("playing", () => { overlay.hidden = true; }, { once: true });
+    if (call.connection) call.connection.close();
+    const connection = new CallConnection(call.id, call.iceServers, {
+      stream: call.camera,
+      onRemote: (stream) => {
+        if (remoteVideo.srcObject !== stream) remoteVideo.srcObject = stream;
       },
     });
-    call.recv = pc;
+    call.connection = connection;
+    call.mediaAttempts = (call.mediaAttempts || 0) + 1;
+    await connection.start();
+    watchRemoteMedia(connection);
+  }
+
+  function watchRemoteMedia(connection) {
+    if (!call || call.connection !== connection) return;  // the call ended while we negotiated
+    setTimeout(() => {
+      if (!call || call.connection !== connection || connection.closed) return;
+      if (connection.remote.getTracks().length) return;
+      if (call.mediaAttempts >= MEDIA_ATTEMPTS) {
+        showInfo(`No picture or sound from ${call.peerName} yet: their connection may be blocked.`);
+        return;
+      }
+      joinMedia().catch(showError);
+    }, REMOTE_MEDIA_WAIT_MS[call.role] || REMOTE_MEDIA_WAIT_MS.caller);
   }
 
   function setEnd(endsAt) {
@@ -227,7 +219,7 @@ export async function mount(root) {
     clearInterval(tick);
     tick = null;
     if (call) {
-      for (const pc of [call.send, call.recv]) if (pc) pc.close();
+      if (call.connection) call.connection.close();
       if (call.camera) for (const track of call.camera.getTracks()) track.stop();
     }
     call = null;
@@ -279,8 +271,16 @@ export async function mount(root) {
     listen("call:rejected", (event) => {
       if (mine(event)) showInfo(`${call.peerName} declined the call.`);
     }),
-    listen("call:peer_ready", (event) => {
-      if (mine(event) && event.userId !== session.userId && call.send) receive().catch(showError);
+    listen("call:sdp_offer", (event) => {
+      // the server offers the other party's tracks: answer on our connection
+      if (mine(event) && call.connection) call.connection.answerServer(event).catch(showError);
+    }),
+    listen("call:resumed", (event) => {
+      // this tab's socket reconnected; if our media did not survive, offer again
+      if (mine(event) && event.status === "active" && !event.mediaConnected && call.connection) {
+        call.iceServers = event.iceServers || call.iceServers;
+        joinMedia().catch(showError);
+      }
     }),
     listen("call:timeout_warning", (event) => {
       if (!mine(event)) return;

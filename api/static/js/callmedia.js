@@ -1,0 +1,121 @@
+// A call's media: ONE sendrecv RTCPeerConnection per party, negotiated with the server (docs/calls.md).
+//
+//  1. We offer: our camera and microphone as sendrecv, call:sdp_offer {callId, sdp}; the ack
+//     {callId, sessionId, sdp} is the server's answer.
+//  2. When the other party's tracks reach the server after our offer, the server offers them to us:
+//     call:sdp_offer {callId, sessionId, sdp} from the server; we answer with call:sdp_answer {callId, sdp}.
+//  3. Candidates: the offer carries the ones gathered within GATHERING_LIMIT_MS; any later one is
+//     trickled with call:ice_candidate {callId, candidate} (null ends them). The server does not trickle.
+//
+// Offering again replaces our session on the server: that takes a new CallConnection (no ICE restart).
+import { AppError } from "./errors.js";
+import { request } from "./socket.js";
+
+const GATHERING_LIMIT_MS = 3000;
+
+function gatheringComplete(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(done, GATHERING_LIMIT_MS);
+  });
+}
+
+export class CallConnection {
+  /** @param onRemote called with the MediaStream of the other party's tracks (once it has a track). */
+  constructor(callId, iceServers, { stream, onRemote }) {
+    this.callId = callId;
+    this.sessionId = null;
+    this.closed = false;
+    this.pc = new RTCPeerConnection({ iceServers });
+    this.remote = new MediaStream();
+    for (const track of stream.getTracks()) {
+      this.pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
+    }
+    this.pc.addEventListener("track", (event) => {
+      if (!this.remote.getTracks().includes(event.track)) this.remote.addTrack(event.track);
+      onRemote(this.remote);
+    });
+    // Candidates found after the offer left: trickled once the ack names our session.
+    this.offerSent = false;
+    this.lateCandidates = [];
+    this.pc.addEventListener("icecandidate", (event) => {
+      if (!this.offerSent) return;  // already in the offer's SDP
+      this.lateCandidates.push(event.candidate ? event.candidate.toJSON() : null);
+      this.trickle();
+    });
+    // Server offers wait for our own offer's answer: one negotiation at a time.
+    this.negotiation = Promise.resolve();
+  }
+
+  /** Step 1: offer our tracks; resolves once the server's answer is set. */
+  start() {
+    this.negotiation = this.offer();
+    return this.negotiation;
+  }
+
+  async offer() {
+    try {
+      await this.pc.setLocalDescription(await this.pc.createOffer());
+      await gatheringComplete(this.pc);
+      if (this.closed) return;
+      const sdp = this.pc.localDescription.sdp;
+      this.offerSent = true;
+      const ack = await request("call:sdp_offer", { callId: this.callId, sdp });
+      if (this.closed) return;
+      this.sessionId = ack.sessionId;
+      await this.pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
+      this.trickle();
+    } catch (error) {
+      this.close();
+      throw mediaError(error);
+    }
+  }
+
+  /** Step 2: the server's call:sdp_offer (the other party's tracks). */
+  answerServer(event) {
+    const run = async () => {
+      if (this.closed || (event.sessionId && this.sessionId && event.sessionId !== this.sessionId)) return;
+      try {
+        await this.pc.setRemoteDescription({ type: "offer", sdp: event.sdp });
+        await this.pc.setLocalDescription(await this.pc.createAnswer());
+        if (this.closed) return;
+        await request("call:sdp_answer", { callId: this.callId, sdp: this.pc.localDescription.sdp });
+      } catch (error) {
+        if (!this.closed) throw mediaError(error);
+      }
+    };
+    // after our own offer's answer; a failed offer has already been reported
+    this.negotiation = this.negotiation.catch(() => {}).then(run);
+    return this.negotiation;
+  }
+
+  /** Send the late candidates in order, once the ack has named our session. */
+  trickle() {
+    if (!this.sessionId || this.closed) return;
+    const pending = this.lateCandidates.splice(0);
+    if (!pending.length) return;
+    this.trickling = (this.trickling || Promise.resolve()).then(async () => {
+      for (const candidate of pending) {
+        if (this.closed) return;
+        try {
+          await request("call:ice_candidate", { callId: this.callId, candidate });
+        } catch { /* the offer's own candidates may still connect; a lost call shows as its end reason */ }
+      }
+    });
+  }
+
+  close() {
+    this.closed = true;
+    this.pc.close();
+  }
+}
+
+/** A browser SDP failure in words (server refusals are AppErrors already). */
+function mediaError(error) {
+  if (error instanceof AppError) return error;
+  return new AppError("media_failed",
+    `The call's media could not be set up (${error && error.message ? error.message : error}).`);
+}
