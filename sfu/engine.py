@@ -163,9 +163,18 @@ class MediaEngine:
                 line.down_codec = peer_codec
             lines.append(line)
         await self._set_up(session, session.start(offer, lines))
-        for other in others:
-            if not other.closed and other.offer_tracks(session.uptracks):
+        # Both parties may have offered at once: whoever finishes setting up
+        # second completes both directions with every party already set up (a
+        # party still setting up does the same when it finishes).
+        r = self._rooms.get(room)
+        current = list(r.publishers.values()) if r is not None else []
+        for other in current:
+            if other is session or other.closed or not other.answer_sdp:
+                continue
+            if other.offer_tracks(session.uptracks):
                 self._notify(self.on_renegotiation_needed, other)
+            if not session.closed and session.offer_tracks(other.uptracks):
+                self._notify(self.on_renegotiation_needed, session)
         return session
 
     async def pull(self, room: str, exchange: OfferExchange, *, owner: str = "") -> Session:

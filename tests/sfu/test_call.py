@@ -95,3 +95,27 @@ async def test_call_party_with_nothing_to_send_or_receive(engine):
         await engine.join_call("c2", pc.localDescription.sdp)
     await pc.close()
     await asyncio.sleep(0)
+
+
+async def test_both_parties_offering_at_once_get_each_others_media(engine, vp8_frames):
+    """Apps send their offers together on call:answered: neither may miss the other."""
+    renegotiate: list = []
+    engine.on_renegotiation_needed = renegotiate.append
+    alice, bob = CallParty(vp8_frames), CallParty(encoded_vp8(45, seed=2))
+    a, b = await asyncio.gather(
+        engine.join_call("both", await alice.offer(), owner="alice"),
+        engine.join_call("both", await bob.offer(), owner="bob"),
+    )
+    await alice.accept(a.answer_sdp)
+    await bob.accept(b.answer_sdp)
+    # Whoever could not be given the other's track in its answer is offered it now.
+    for session, party in ((a, alice), (b, bob)):
+        if session in renegotiate:
+            await session.accept_answer(await party.answer(session.create_offer()))
+    assert renegotiate, "one of the two needed a server offer"
+    await wait_for(lambda: len(alice.frames) >= 10 and len(bob.frames) >= 10, 10)
+    assert set(alice.frames) <= set(bob.track.sent)
+    assert set(bob.frames) <= set(alice.track.sent)
+    await alice.pc.close()
+    await bob.pc.close()
+    await wait_for(lambda: engine.session_count == 0, 5)
