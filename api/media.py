@@ -33,6 +33,7 @@ from api.ice import request_host
 from api.routing import ApiRoutes
 from auth import Identity
 from sfu import MediaError, Session, SessionNotFound
+from signaling import SignalError
 from signaling import media as socket_media
 
 log = logging.getLogger("airwave.media")
@@ -144,6 +145,14 @@ def _is_node(owner: str) -> bool:
     return owner.startswith("node:")
 
 
+async def local_copy(airwave: Airwave, room: str) -> None:
+    """Before a viewer subscribes here: when the room's origin is another node,
+    this node pulls it once (api/edge.py, with Redis)."""
+    edge = airwave.services.get("edge")
+    if edge is not None:
+        await edge.ensure_copy(room)
+
+
 async def announce(airwave: Airwave, event: str, session: Session, **extra: Any) -> None:
     # Only this node holds the session: its handlers turn it into shared state.
     await airwave.bus.publish(
@@ -166,9 +175,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         if kind == "whip":
             session = await airwave.media.publish(room, offer, owner=owner)
         else:
-            edge = airwave.services.get("edge")  # api/edge.py, with Redis
-            if edge is not None:
-                await edge.ensure_copy(room)  # the room's origin is elsewhere: pull it here once
+            await local_copy(airwave, room)
             session = await airwave.media.subscribe(room, offer, owner=owner)
     except MediaError as exc:
         raise media_error(exc) from None
@@ -336,7 +343,15 @@ def install(airwave: Airwave, app: web.Application) -> None:
     async def announce_session(event: str, session: Session) -> None:
         await announce(airwave, event, session)
 
-    socket_sessions = socket_media.register(airwave.signaling, engine, airwave.bus, announce_session)
+    async def prepare_subscribe(room: str) -> None:
+        try:
+            await local_copy(airwave, room)
+        except ApiError as exc:  # the origin refused or is unreachable
+            raise SignalError(exc.code, exc.message) from None
+
+    socket_sessions = socket_media.register(
+        airwave.signaling, engine, airwave.bus, announce_session, prepare_subscribe
+    )
 
     async def publisher_started(room: str, session: Session) -> None:
         await announce(airwave, "publisher_started", session)

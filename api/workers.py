@@ -156,12 +156,17 @@ class Supervisor:
         return 0 if all(code == 0 for code in codes) else 1
 
     def _stop_workers(self) -> list[int]:
-        for worker in self.workers:
-            if worker.process is not None and worker.process.poll() is None:
-                worker.process.send_signal(signal.SIGTERM)
+        """SIGTERM every running worker and collect how they stopped. A worker
+        that had already died (and been logged) before the stop, e.g. during
+        its restart delay, does not count."""
+        running = [w for w in self.workers if w.process is not None and w.process.poll() is None]
+        for worker in running:
+            worker.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         codes = []
         for worker in self.workers:
-            if worker.process is None:
+            if worker.process is None or worker not in running:
+                if worker.channel is not None:
+                    worker.channel.close()
                 continue
             try:
                 code = worker.process.wait(timeout=STOP_TIMEOUT)

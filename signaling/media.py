@@ -26,6 +26,7 @@ ROOM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_SDP_CHARS = 64 * 1024
 
 Announce = Callable[[str, Session], Awaitable[None]]
+PrepareSubscribe = Callable[[str], Awaitable[None]]
 
 
 def _field(data: Any, name: str, limit: int = 256) -> str:
@@ -48,8 +49,14 @@ class SocketSessions:
 
 
 def register(
-    signaling: Signaling, engine: MediaEngine, bus: EventBus, announce: Announce
+    signaling: Signaling,
+    engine: MediaEngine,
+    bus: EventBus,
+    announce: Announce,
+    prepare_subscribe: PrepareSubscribe,
 ) -> SocketSessions:
+    """``prepare_subscribe(room)`` runs before a subscription: in a cluster it
+    makes this node pull a room whose origin is another node."""
     sessions = SocketSessions()
     by_socket = sessions.by_socket
 
@@ -71,6 +78,7 @@ def register(
             if role == "publish":
                 session = await engine.publish(room, sdp, owner=identity.user_id)
             else:
+                await prepare_subscribe(room)
                 session = await engine.subscribe(room, sdp, owner=identity.user_id)
         except MediaError as exc:
             raise SignalError(exc.code, str(exc)) from None

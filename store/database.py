@@ -13,7 +13,9 @@ transaction is never interleaved with another coroutine's statements.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +25,8 @@ import aiosqlite
 import asyncpg
 
 from config import Settings
+
+log = logging.getLogger("airwave.store")
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
@@ -148,14 +152,23 @@ class SqliteDatabase(Database):
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteQueries]:
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
             try:
+                await self._conn.execute("BEGIN IMMEDIATE")
                 yield _SqliteQueries(self._conn)
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            else:
                 await self._conn.execute("COMMIT")
+            except BaseException:
+                # aiosqlite runs statements in order on its own thread, and a
+                # cancelled await does not stop them: a BEGIN (or COMMIT) whose
+                # waiter was cancelled still runs. Always queue a ROLLBACK behind
+                # it, shielded, so the one connection never stays in a transaction.
+                await self._rollback()
+                raise
+
+    async def _rollback(self) -> None:
+        try:
+            await asyncio.shield(self._conn.execute("ROLLBACK"))
+        except sqlite3.OperationalError:
+            pass  # no transaction was open
 
     @asynccontextmanager
     async def migration_lock(self) -> AsyncIterator[None]:
@@ -167,9 +180,16 @@ class SqliteDatabase(Database):
             await self._conn.execute("SELECT 1")
 
     async def close(self) -> None:
+        """Flush the WAL into the database file and close, whatever state the
+        connection is in."""
         async with self._lock:
-            await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await self._conn.close()
+            try:
+                await self._rollback()
+                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.warning("SQLite checkpoint at close failed: %s", exc)
+            finally:
+                await self._conn.close()
 
 
 # ----------------------------------------------------------------------- PostgreSQL

@@ -102,6 +102,18 @@ async def test_stream_on_a_is_watched_on_b_and_c_through_one_pull_per_edge() -> 
             viewers.append(await watch(http, b, token))
             await wait_for(lambda: len(viewers[-1][0].frames["video"]) >= 10, 10)
             assert await metric(http, a, "airwave_sfu_subscribers") == 2
+
+            # an app viewer over Socket.IO (sfu:subscribe) on an edge uses the same pull
+            socket = await cluster.socket(c, "app-viewer", room=ROOM, subscribe=True)
+            app_viewer = Viewer(("audio", "video"))
+            viewers.append((app_viewer, ""))
+            ack = await socket.call("sfu:subscribe", {"roomId": ROOM, "sdp": await app_viewer.offer()}, timeout=10)
+            assert "sdp" in ack, ack
+            await app_viewer.accept(ack["sdp"])
+            await wait_for(lambda: len(app_viewer.frames["video"]) >= 10, 10)
+            assert _digest(f for _, f in app_viewer.frames["video"]) <= _digest(video.sent)
+            assert await metric(http, a, "airwave_sfu_subscribers") == 2
+            await socket.disconnect()
         except BaseException:
             print(cluster.logs())
             raise

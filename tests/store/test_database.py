@@ -127,3 +127,24 @@ async def test_two_processes_migrating_at_once_on_postgres(tmp_path: Path, backe
         assert sorted(applied, key=len) == [[], [], every]
     finally:
         await drop_schema(schema)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_a_transaction_cancelled_at_any_await_leaves_the_connection_usable(db: Database) -> None:
+    """Shutdown cancels handlers mid-transaction; the next transaction must still work."""
+    await migrate(db)
+
+    async def write(n: int) -> None:
+        async with db.transaction() as tx:
+            await tx.execute("INSERT INTO users (id, name, created_at) VALUES ($1, '', 0)", f"u{n}")
+            await asyncio.sleep(0)
+
+    for delay_steps in range(6):
+        task = asyncio.ensure_future(write(delay_steps))
+        for _ in range(delay_steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        async with db.transaction() as tx:  # would fail "within a transaction" if one leaked
+            await tx.execute("INSERT INTO users (id, name, created_at) VALUES ($1, '', 0)", f"ok{delay_steps}")
+    assert await db.fetchval("SELECT count(*) FROM users WHERE id LIKE 'ok%'") == 6
