@@ -39,9 +39,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .client_ice import use_host_addresses
 from .media_clip import VideoSpec, audio_clip, video_clip
-from .report import chart_latency, finite, format_table, percentile, write_json
+from .report import chart_latency, finite, format_table, percentile, run_script
 from .server_probe import ServerProbe
-from .user_tokens import TokensUnavailable, UserToken, user_tokens
+from .user_tokens import UserToken, user_tokens
 from .whip_publisher import LoopedClipTrack
 
 CALL_VIDEO = VideoSpec(width=320, height=240, fps=30, bitrate=300_000, seconds=4, gop=60)
@@ -303,14 +303,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import uvloop
-
-    try:
-        result = uvloop.run(run(args))
-    except TokensUnavailable as exc:
-        raise SystemExit(f"bench.calls: {exc}") from None
-    write_json(args.out, result)
-    chart = args.chart or args.out.rsplit(".", 1)[0] + ".png"
+    result, chart = run_script("calls", args, run)
     series = {
         "set-up (ms)": [(50, result["setup_p50_ms"]), (95, result["setup_p95_ms"])],
         "ring timeout late (ms)": [(50, result["ring_timeout_late_p50_ms"]),

@@ -36,9 +36,9 @@ import aiohttp
 
 from .client_ice import use_host_addresses
 from .media_clip import audio_clip
-from .report import chart_bars, finite, format_table, percentile, write_json
+from .report import chart_bars, finite, format_table, percentile, run_script
 from .server_probe import ServerProbe
-from .user_tokens import TokensUnavailable, UserToken, user_tokens
+from .user_tokens import UserToken, user_tokens
 from .whip_publisher import LoopedClipTrack, WhipPublisher
 
 
@@ -252,14 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import uvloop
-
-    try:
-        result = uvloop.run(run(args))
-    except TokensUnavailable as exc:
-        raise SystemExit(f"bench.gifts: {exc}") from None
-    write_json(args.out, result)
-    chart = args.chart or args.out.rsplit(".", 1)[0] + ".png"
+    result, chart = run_script("gifts", args, run)
     drawn = chart_bars(chart, {"p50": result["latency_p50_ms"], "p99": result["latency_p99_ms"]},
                        "ms", f"bench.gifts: {result['gifts_per_s']} gifts/s")
     row = {**result, "books_ok": result["books"]["ok"],

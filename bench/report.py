@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,23 @@ def finite(value: float | None, digits: int = 2) -> float | None:
     if value is None or math.isinf(value) or math.isnan(value):
         return None
     return round(value, digits)
+
+
+def run_script(
+    name: str, args: Any, run: Callable[[Any], Awaitable[dict[str, Any]]]
+) -> tuple[dict[str, Any], str]:
+    """Run a script's coroutine on uvloop, write its JSON to ``args.out``;
+    returns the result and the chart's path (``--chart`` or ``--out`` as .png)."""
+    import uvloop
+
+    from .user_tokens import TokensUnavailable
+
+    try:
+        result = uvloop.run(run(args))
+    except TokensUnavailable as exc:
+        raise SystemExit(f"bench.{name}: {exc}") from None
+    write_json(args.out, result)
+    return result, args.chart or args.out.rsplit(".", 1)[0] + ".png"
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:

@@ -29,9 +29,9 @@ from typing import Any
 import aiohttp
 import socketio
 
-from .report import chart_latency, finite, format_table, percentile, write_json
+from .report import chart_latency, finite, format_table, percentile, run_script
 from .server_probe import ServerProbe
-from .user_tokens import TokensUnavailable, UserToken, user_tokens
+from .user_tokens import UserToken, user_tokens
 
 
 class ChatSocket:
@@ -210,14 +210,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import uvloop
-
-    try:
-        result = uvloop.run(run(args))
-    except TokensUnavailable as exc:
-        raise SystemExit(f"bench.signaling: {exc}") from None
-    write_json(args.out, result)
-    chart = args.chart or args.out.rsplit(".", 1)[0] + ".png"
+    result, chart = run_script("signaling", args, run)
     cdf = result.pop("delivery_cdf_ms")
     drawn = chart_latency(chart, {"delivery": [(v, p) for p, v in zip(range(0, 101, 5), cdf, strict=True)
                                                if v is not None]},

@@ -92,12 +92,7 @@ class MediaEngine:
             raise PublisherExists(f"room {room!r} already has a publisher")
         session = Session(self, "publisher", room, owner)
         self._add(session, publisher=True)
-        lines = []
-        for media, codec in plan:
-            line = MediaLine(media)
-            if codec is not None:
-                line.up = session.new_uptrack(media, codec)
-            lines.append(line)
+        lines = _publisher_lines(session, plan)
         await self._set_up(session, session.start(offer, lines))
         return session
 
@@ -202,12 +197,7 @@ class MediaEngine:
         except BaseException:
             await session.close("setup_failed")
             raise
-        lines = []
-        for media, codec in plan:
-            line = MediaLine(media)
-            if codec is not None:
-                line.up = session.new_uptrack(media, codec)
-            lines.append(line)
+        lines = _publisher_lines(session, plan)
         await self._set_up(session, session.start_pulled(answer, lines))
         return session
 
@@ -364,6 +354,17 @@ class MediaEngine:
 
 async def _awaited(result: Awaitable[Any]) -> None:
     await result
+
+
+def _publisher_lines(session: Session, plan: list[tuple[OfferedMedia, Any]]) -> list[MediaLine]:
+    """One line per offered media section; an UpTrack where there is a codec."""
+    lines = []
+    for media, codec in plan:
+        line = MediaLine(media)
+        if codec is not None:
+            line.up = session.new_uptrack(media, codec)
+        lines.append(line)
+    return lines
 
 
 def _publish_plan(offer: Offer) -> list[tuple[OfferedMedia, Any]]:
