@@ -538,13 +538,13 @@ class CallService:
                 return ended
         return None
 
-    async def end_live_calls(self, reason: str, users: set[str] | None = None) -> list[Call]:
-        """End every live call (or those with a party in ``users``)."""
+    async def end_live_calls(self, reason: str, call_ids: set[str] | None = None) -> list[Call]:
+        """End every live call (or those in ``call_ids``)."""
         rows = await self.db.fetch("SELECT * FROM calls WHERE status IN ('ringing', 'active')")
         ended = []
         for row in rows:
             call = Call.from_row(row)
-            if users is not None and not (set(call.parties) & users):
+            if call_ids is not None and call.id not in call_ids:
                 continue
             done = await self.end(call.id, reason)
             if done is not None:

@@ -535,13 +535,17 @@ class CallSignaling:
 
     # ------------------------------------------------------------ server ends
     async def end_calls_for_shutdown(self, *, all_calls: bool) -> None:
-        """At shutdown, while sockets are still open: end the calls this node
-        serves (every live call when it is the only node) as ``server_shutdown``."""
-        users = None if all_calls else {i.user_id for i in self.signaling.identities.values()}
+        """At shutdown, while sockets are still open: end as ``server_shutdown``
+        every live call when this is the only node, else the calls whose media
+        this node holds. Other calls go on: their parties' sockets reconnect to
+        another node within the grace, and their timers live in Redis."""
+        call_ids = None
+        if not all_calls:
+            call_ids = {c for room in self.media.engine.rooms() if (c := CallMedia.call_of(room))}
         self._shutting_down = True
         # The bus may deliver call_ended later (Redis) than the sockets close:
         # tell this node's sockets directly (other nodes hear it on the bus).
-        for call in await self.calls.end_live_calls("server_shutdown", users):
+        for call in await self.calls.end_live_calls("server_shutdown", call_ids):
             payload = {"callId": call.id, "reason": call.end_reason, "duration": call.duration}
             await self.emit("call:ended", payload, [user_room(u) for u in call.parties])
             await self._release(call.id, call.caller_id, call.callee_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from tests.conftest import RunningApp
 
 from .call_clients import Parties, answered, record
@@ -57,7 +59,9 @@ async def test_a_caller_gone_while_ringing_ends_the_call(make_call_app, backend:
         await group.close()
 
 
+@pytest.mark.parametrize("backend", ["embedded"])
 async def test_server_shutdown_ends_calls(make_call_app, backend: str) -> None:  # type: ignore[no-untyped-def]
+    """The only node stops: every live call ends as server_shutdown."""
     app = await make_call_app()
     group = Parties(app)
     try:
@@ -74,3 +78,33 @@ async def test_server_shutdown_ends_calls(make_call_app, backend: str) -> None: 
         await asyncio.wait_for(closing, 10)
     finally:
         await group.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_stopping_node_leaves_calls_whose_media_it_does_not_hold(  # type: ignore[no-untyped-def]
+    make_call_app, backend: str
+) -> None:
+    """With Redis, other nodes carry on: a call without media on the stopping
+    node is not ended (its parties reconnect elsewhere; its timers are in Redis)."""
+    app = await make_call_app(reconnect_grace=30, call_duration=60)
+    group = Parties(app)
+    try:
+        alice, bob = await group("alice"), await group("bob")
+        call_id = await answered(alice, bob)
+        # Both parties' sockets are on this node while it stops.
+        await asyncio.wait_for(app.server.close(), 15)
+        row = await _call_row(app, call_id)
+        assert row["status"] == "active" and row["end_reason"] is None, row
+    finally:
+        await group.close()
+
+
+async def _call_row(app, call_id: str) -> dict:  # type: ignore[no-untyped-def]
+    """Read the record straight from the store: the app itself is closed."""
+    from store import Database
+
+    db = await Database.connect(app.settings)
+    try:
+        return await db.fetchrow("SELECT status, end_reason FROM calls WHERE id = $1", call_id)
+    finally:
+        await db.close()
