@@ -4,24 +4,13 @@
 //     {callId, sessionId, sdp} is the server's answer.
 //  2. When the other party's tracks reach the server after our offer, the server offers them to us:
 //     call:sdp_offer {callId, sessionId, sdp} from the server; we answer with call:sdp_answer {callId, sdp}.
-//  3. Candidates: the offer carries the ones gathered within GATHERING_LIMIT_MS; any later one is
+//  3. Candidates: the offer carries the ones gathered within whip.js GATHERING_LIMIT_MS; any later one is
 //     trickled with call:ice_candidate {callId, candidate} (null ends them). The server does not trickle.
 //
 // Offering again replaces our session on the server: that takes a new CallConnection (no ICE restart).
 import { AppError } from "./errors.js";
 import { request } from "./socket.js";
-
-const GATHERING_LIMIT_MS = 3000;
-
-function gatheringComplete(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
-    const check = () => { if (pc.iceGatheringState === "complete") done(); };
-    pc.addEventListener("icegatheringstatechange", check);
-    setTimeout(done, GATHERING_LIMIT_MS);
-  });
-}
+import { gatheringComplete } from "./whip.js";
 
 export class CallConnection {
   /** @param onRemote called with the MediaStream of the other party's tracks (once it has a track). */

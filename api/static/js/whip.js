@@ -16,7 +16,8 @@ export async function iceServers() {
   return [];
 }
 
-function gatheringComplete(pc) {
+/** Resolves when ICE gathering completes, or after GATHERING_LIMIT_MS whatever it gathered. */
+export function gatheringComplete(pc) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
