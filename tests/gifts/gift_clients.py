@@ -172,3 +172,8 @@ async def assert_ledger_consistent(running: RunningApp) -> LedgerAudit:
     assert audit.unbalanced_transfers == []
     assert audit.wrong_balances == []
     return audit
+
+
+def gift(gift_id: str, to: str, quantity: int = 1, **target: str) -> dict[str, Any]:
+    """A send request with a fresh idempotency key."""
+    return {"giftId": gift_id, "to": to, "quantity": quantity, "idempotencyKey": uuid.uuid4().hex, **target}

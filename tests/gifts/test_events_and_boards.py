@@ -4,7 +4,6 @@ the leaderboards."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import aiohttp
@@ -15,16 +14,13 @@ from tests.gifts.gift_clients import (
     connect,
     fund,
     get_json,
+    gift,
     join_room_audience,
     make_live_room,
     send_http,
     set_room,
     wallet,
 )
-
-
-def gift(gift_id: str, to: str, quantity: int = 1, **target: str) -> dict[str, Any]:
-    return {"giftId": gift_id, "to": to, "quantity": quantity, "idempotencyKey": uuid.uuid4().hex, **target}
 
 
 async def test_gift_received_reaches_every_socket_in_the_room(running: RunningApp) -> None:

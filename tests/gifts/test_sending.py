@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from typing import Any
 
 import aiohttp
 
@@ -16,16 +14,13 @@ from tests.gifts.gift_clients import (
     assert_ledger_consistent,
     fund,
     get_json,
+    gift,
     make_call,
     make_live_room,
     send_http,
     set_room,
     wallet,
 )
-
-
-def gift(gift_id: str, to: str, quantity: int = 1, **target: str) -> dict[str, Any]:
-    return {"giftId": gift_id, "to": to, "quantity": quantity, "idempotencyKey": uuid.uuid4().hex, **target}
 
 
 async def test_split_rounds_the_creator_down_for_odd_prices(running: RunningApp) -> None:
