@@ -80,14 +80,10 @@ class ChatMessage:
         }
 
     def to_history(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "seq": self.seq,
-            "roomId": self.room_id,
-            "userId": self.user_id,
-            "text": self.text,
-            "createdAt": self.created_at,
-        }
+        """A message in history pages: the ``chat:message`` payload without ``clientId``."""
+        history = self.to_json()
+        del history["clientId"]
+        return history
 
 
 class _AlreadyStored(Exception):

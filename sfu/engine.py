@@ -116,10 +116,7 @@ class MediaEngine:
         for media, up, peer_codec in plan:
             line = MediaLine(media)
             if up is not None:
-                line.down = DownTrack(
-                    session, up, mid=media.mid, payload_type=peer_codec.payloadType
-                )
-                line.down_codec = peer_codec
+                _send_on(line, session, up, peer_codec)
             lines.append(line)
         await self._set_up(session, session.start(offer, lines))
         return session
@@ -152,10 +149,7 @@ class MediaEngine:
             if codec is not None:
                 line.up = session.new_uptrack(media, codec)
             if up is not None:
-                line.down = DownTrack(
-                    session, up, mid=media.mid, payload_type=peer_codec.payloadType
-                )
-                line.down_codec = peer_codec
+                _send_on(line, session, up, peer_codec)
             lines.append(line)
         await self._set_up(session, session.start(offer, lines))
         # Both parties may have offered at once: whoever finishes setting up
@@ -354,6 +348,12 @@ class MediaEngine:
 
 async def _awaited(result: Awaitable[Any]) -> None:
     await result
+
+
+def _send_on(line: MediaLine, session: Session, up: UpTrack, peer_codec: Any) -> None:
+    """``line`` forwards ``up`` to ``session`` with the peer's payload type."""
+    line.down = DownTrack(session, up, mid=line.media.mid, payload_type=peer_codec.payloadType)
+    line.down_codec = peer_codec
 
 
 def _publisher_lines(session: Session, plan: list[tuple[OfferedMedia, Any]]) -> list[MediaLine]:

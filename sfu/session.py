@@ -173,6 +173,12 @@ class Session:
         """Gather, then answer ``offer`` with ``lines`` (one per media section:
         what we receive on it, what we send on it)."""
         await self._prepare(offer)
+        self._take(lines)
+        self.answer_sdp = self._write([line.section() for line in lines])
+        self._begin()
+
+    def _take(self, lines: list[MediaLine]) -> None:
+        """Make ``lines`` this session's: the tracks it receives and sends."""
         self.lines = lines
         for line in lines:
             if line.up is not None:
@@ -181,7 +187,9 @@ class Session:
                     self._by_ssrc[line.up.in_ssrc] = line.up
             if line.down is not None:
                 self.downtracks.append(line.down)
-        self.answer_sdp = self._write([line.section() for line in lines])
+
+    def _begin(self) -> None:
+        """Route our publishers' RTCP to us and start connecting."""
         if self._by_ssrc:
             seam.register_rtcp_source(self.dtls, list(self._by_ssrc), self)
         self._start()
@@ -198,15 +206,8 @@ class Session:
         side (the origin never is), DTLS as the answer's ``setup`` says."""
         self.pulled = True
         await self._prepare(answer, controlling=True)
-        self.lines = lines
-        for line in lines:
-            if line.up is not None:
-                self.uptracks.append(line.up)
-                if line.up.in_ssrc is not None:
-                    self._by_ssrc[line.up.in_ssrc] = line.up
-        if self._by_ssrc:
-            seam.register_rtcp_source(self.dtls, list(self._by_ssrc), self)
-        self._start()
+        self._take(lines)
+        self._begin()
 
     def new_uptrack(self, media: OfferedMedia, codec: RTCRtpCodecParameters) -> UpTrack:
         fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
