@@ -23,6 +23,8 @@ from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 from yarl import URL
 
+from .session_url import delete_session
+
 VIDEO_PT = 96
 AUDIO_PT = 111
 CONNECT_TIMEOUT = 15.0
@@ -271,14 +273,7 @@ class CheapViewer:
         if self._closed:
             return
         self._closed = True
-        if http is not None and self.location:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            try:
-                async with asyncio.timeout(5):
-                    async with http.delete(self.location, headers=headers) as response:
-                        await response.read()
-            except (aiohttp.ClientError, TimeoutError):
-                pass
+        await delete_session(http, self.location, token)
         for stop in (self._dtls.stop, self._ice.stop):
             try:
                 async with asyncio.timeout(5):

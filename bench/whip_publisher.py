@@ -17,6 +17,7 @@ from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
 from yarl import URL
 
 from .media_clip import EncodedFrame
+from .session_url import delete_session
 
 
 class LoopedClipTrack(MediaStreamTrack):
@@ -106,12 +107,5 @@ class WhipPublisher:
             _relay_keyframe_requests(sender, track)
 
     async def stop(self, http: aiohttp.ClientSession | None, token: str | None) -> None:
-        if http is not None and self.location:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            try:
-                async with asyncio.timeout(5):
-                    async with http.delete(self.location, headers=headers) as response:
-                        await response.read()
-            except (aiohttp.ClientError, TimeoutError):
-                pass
+        await delete_session(http, self.location, token)
         await self.pc.close()
