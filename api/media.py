@@ -75,7 +75,8 @@ SESSIONS_KEY: web.AppKey[dict[str, SessionRecord]] = web.AppKey("whip_sessions",
 # ------------------------------------------------------------------------ helpers
 
 
-def _check_origin_headers(request: web.Request, response: web.StreamResponse) -> None:
+def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
+    """Allow the request's origin when it is one of AIRWAVE_CORS_ORIGINS."""
     origins = request.app[AIRWAVE].settings.cors_origins
     origin = request.headers.get("Origin")
     if not origin:
@@ -195,7 +196,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         links = airwave.ice.link_headers(owner or session.id, None)
     for link in links:
         response.headers.add("Link", link)
-    _check_origin_headers(request, response)
+    _add_cors(request, response)
     log.info("%s session %s in room %s for %s", kind, session.id, room, owner or "anonymous")
     return response
 
@@ -233,7 +234,7 @@ async def _patch(request: web.Request, kind: str) -> web.Response:
         raise media_error(exc) from None
     response = web.Response(status=204)
     response.headers["ETag"] = record.etag
-    _check_origin_headers(request, response)
+    _add_cors(request, response)
     return response
 
 
@@ -246,7 +247,7 @@ async def _delete(request: web.Request, kind: str) -> web.Response:
         pass  # it ended on its own a moment ago
     request.app[SESSIONS_KEY].pop(record.session.id, None)
     response = web.Response(status=200)
-    _check_origin_headers(request, response)
+    _add_cors(request, response)
     return response
 
 
@@ -254,9 +255,7 @@ async def _options(request: web.Request) -> web.Response:
     response = web.Response(status=204)
     response.headers.update(CORS_HEADERS)
     response.headers["Accept-Post"] = SDP
-    _check_origin_headers(request, response)
-    # Preflight answers may not repeat Expose-Headers only: keep the full set.
-    response.headers["Access-Control-Expose-Headers"] = CORS_HEADERS["Access-Control-Expose-Headers"]
+    _add_cors(request, response)
     airwave = request.app[AIRWAVE]
     if bearer_token(request) is not None:
         identity = require_identity(request)
