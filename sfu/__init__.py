@@ -7,9 +7,11 @@ forwarded as bytes (no decoding, no re-encoding). See docs/media.md.
 from .engine import MediaEngine, RoomInfo
 from .errors import (
     AtCapacity,
+    IceRestartRefused,
     MediaError,
     NothingAcceptable,
     PublisherExists,
+    RestartTooSoon,
     RoomNotLive,
     SdpError,
     SessionNotFound,
@@ -18,10 +20,12 @@ from .session import Session
 
 __all__ = [
     "AtCapacity",
+    "IceRestartRefused",
     "MediaEngine",
     "MediaError",
     "NothingAcceptable",
     "PublisherExists",
+    "RestartTooSoon",
     "RoomInfo",
     "RoomNotLive",
     "SdpError",

@@ -56,6 +56,13 @@ def _check_ice_credentials(ice: RTCIceParameters) -> None:
         raise SdpError("invalid ice-pwd")
 
 
+def ice_parameters(ufrag: str, pwd: str) -> RTCIceParameters:
+    """Validated ICE credentials (from an SDP fragment); SdpError otherwise."""
+    parameters = RTCIceParameters(usernameFragment=ufrag, password=pwd)
+    _check_ice_credentials(parameters)
+    return parameters
+
+
 def parse_offer(text: str) -> Offer:
     """Parse and validate an offer; raise :class:`SdpError` on anything unusable."""
     if not isinstance(text, str) or not text.strip():

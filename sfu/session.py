@@ -16,7 +16,12 @@ import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from aiortc.rtcicetransport import (
+    RTCIceCandidate,
+    RTCIceGatherer,
+    RTCIceParameters,
+    RTCIceTransport,
+)
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
@@ -28,7 +33,7 @@ from aiortc.rtp import (
 
 from . import aiortc_seam as seam
 from .codecs import answer_codec, match_subscriber_codec
-from .errors import SdpError, SessionNotFound
+from .errors import IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
 from .sdp import AnswerSection, Offer, OfferedMedia, Transport, parse_offer, write_description
 from .track import DownTrack, UpTrack, receiver_report
 
@@ -39,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 Role = Literal["publisher", "subscriber", "peer"]
 RTCP_INTERVAL = 1.0
+RESTART_SPACING = 1.0  # seconds between two ICE restarts of a session
 
 
 def random_ssrc() -> int:
@@ -83,6 +89,10 @@ class Session:
         # pulled from a remote origin (we offered, the origin answered): an
         # edge's local copy of a room, not a publisher of its own
         self.pulled = False
+        self._restart: seam.IceRestart | None = None  # new ICE path being checked
+        self._restart_task: asyncio.Task[None] | None = None
+        self._restart_lock = asyncio.Lock()
+        self._restarted_at = -RESTART_SPACING
 
         settings = engine.settings
         self._gatherer = RTCIceGatherer(iceServers=[])
@@ -110,6 +120,9 @@ class Session:
             or candidate.protocol.lower() != "udp"
             or candidate.ip.endswith(".local")
         ):
+            return
+        if self._restart is not None:  # a candidate of the restart's generation
+            await self._restart.add_remote_candidate(candidate)
             return
         await self.ice.addRemoteCandidate(candidate)
 
@@ -155,8 +168,13 @@ class Session:
             candidates=self._gatherer.getLocalCandidates(),
         )
 
-    def _write(self, sections: list[AnswerSection], setup: str | None = None) -> str:
-        transport = self._transport_description()
+    def _write(
+        self,
+        sections: list[AnswerSection],
+        setup: str | None = None,
+        transport: Transport | None = None,
+    ) -> str:
+        transport = transport or self._transport_description()
         if setup is not None:
             transport.setup = setup
         text = write_description(
@@ -501,6 +519,7 @@ class Session:
                     await task
                 except BaseException:  # noqa: BLE001
                     pass
+        await self._drop_restart()
         seam.unregister_rtcp(self.dtls, self)
         for down in self.downtracks:
             seam.unregister_rtcp(self.dtls, down)
@@ -516,6 +535,111 @@ class Session:
         self.state = "closed"
         self._closed.set()
         self._engine._session_closed(self, reason)
+
+    # -- ICE restart ----------------------------------------------------------------------------
+
+    async def restart_ice(
+        self,
+        remote: RTCIceParameters,
+        candidates: list[RTCIceCandidate],
+        complete: bool = False,
+    ) -> tuple[RTCIceParameters, list[RTCIceCandidate]]:
+        """The peer restarts ICE with ``remote`` credentials (and candidates):
+        gather with new credentials of ours and return them with our
+        candidates. Checks run in the background; once a new pair is nominated
+        it replaces the old path under the same DTLS association (no new
+        handshake), and media follows. Tracks, state and the session's place
+        in its room stay; until then media keeps the old path."""
+        async with self._restart_lock:
+            if self._closing:
+                raise SessionNotFound(self.id)
+            if self.state != "connected" or self.pulled:
+                raise IceRestartRefused("ICE restarts only on a connected session")
+            now = time.monotonic()
+            if now - self._restarted_at < RESTART_SPACING:
+                raise RestartTooSoon("at most one ICE restart a second")
+            self._restarted_at = now
+            await self._drop_restart()
+            settings = self._engine.settings
+            restart = seam.IceRestart(
+                self.ice, tuple(settings.ice_addresses), settings.udp_ports, self.consent
+            )
+            restart.set_remote(remote)
+            self._restart = restart
+            self.consent.hold = True  # the old path may be dead: no expiry while we look
+            await restart.gather()
+            for candidate in candidates:
+                await self.add_remote_candidate(candidate)
+            if complete:
+                await self.add_remote_candidate(None)
+            self._restart_task = asyncio.create_task(
+                self._finish_restart(restart), name=f"sfu-ice-restart-{self.id}"
+            )
+            return restart.local_parameters(), restart.local_candidates()
+
+    def is_ice_restart(self, offer: Offer) -> bool:
+        """Whether a new offer from the peer restarts ICE: new credentials."""
+        current = self._restart.remote_username if self._restart else seam.remote_username(self.ice)
+        return offer.ice.usernameFragment != current
+
+    async def restart_offer(self, offer: Offer) -> str:
+        """A new offer restarting ICE (same DTLS fingerprint and media sections,
+        new credentials): restart and answer with our new credentials."""
+        if self._offer is None or self._offer_pending or any(line.pending for line in self.lines):
+            raise IceRestartRefused("a renegotiation is under way")
+        if [m.mid for m in offer.media] != [line.media.mid for line in self.lines]:
+            raise IceRestartRefused("an ICE restart keeps the media sections")
+        if _fingerprints(offer) != _fingerprints(self._offer):
+            raise IceRestartRefused("an ICE restart keeps the DTLS certificate")
+        parameters, candidates = await self.restart_ice(
+            offer.ice, offer.candidates, offer.candidates_complete
+        )
+        transport = self._transport_description()
+        transport.ice, transport.candidates = parameters, candidates
+        self.answer_sdp = self._write([line.section() for line in self.lines], transport=transport)
+        return self.answer_sdp
+
+    async def _finish_restart(self, restart: seam.IceRestart) -> None:
+        try:
+            async with asyncio.timeout(self._engine.connect_timeout):
+                await restart.connect()
+        except (TimeoutError, ConnectionError) as exc:
+            logger.info("session %s: ICE restart failed (%s); the old path stays", self.id, exc)
+            if self._restart is restart:
+                self._restart = None
+                self.consent.hold = False
+                await restart.abandon()
+            return
+        if self._restart is not restart or self._closing:
+            return
+        self._restart = None
+        await restart.install(self._on_new_path)
+        self.consent.hold = False
+        logger.info("session %s: ICE restarted", self.id)
+
+    def _on_new_path(self) -> None:
+        """Send on the new path now, not at the next RTCP tick, and ask for a
+        keyframe so that pictures resume without waiting for the viewer's PLI."""
+        if self.sender is None:
+            return
+        self.sender.refresh()
+        target = self._target()
+        for down in self.downtracks:
+            down.retarget(target)
+            down.up.request_keyframe()
+
+    async def _drop_restart(self) -> None:
+        restart, task = self._restart, self._restart_task
+        self._restart = self._restart_task = None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - cancelled, it is gone either way
+                pass
+        if restart is not None:
+            self.consent.hold = False
+            await restart.abandon()
 
     def __repr__(self) -> str:
         return f"Session({self.role} {self.id[:8]} room={self.room!r} {self.state})"
@@ -582,6 +706,10 @@ class _FirSink:
                     if down.ssrc == ssrc:
                         down.keyframe_requests += 1
                         down.up.request_keyframe()
+
+
+def _fingerprints(offer: Offer) -> set[tuple[str, str]]:
+    return {(f.algorithm.lower(), f.value.upper()) for f in offer.dtls.fingerprints}
 
 
 def _unused_section(media: Any) -> AnswerSection:
