@@ -3,7 +3,10 @@
 POST an SDP offer, get ``201 Created`` with the answer, a ``Location`` for the
 session (an unguessable id), a strong ``ETag`` and ``Link`` headers for the
 ICE servers. ``PATCH`` the session with ``application/trickle-ice-sdpfrag``
-to trickle candidates; ``DELETE`` ends it.
+to trickle candidates, or with new ICE credentials to restart ICE (RFC 9725
+section 4.4.1: ``200`` with the server's new credentials and candidates and a
+new ``ETag``; the session, its tracks and its DTLS association stay);
+``DELETE`` ends it.
 
 The session URL is the capability to PATCH or DELETE it (128 random bits, as
 RFC 9725 section 4.3 allows); a request that also carries a token must carry
@@ -33,6 +36,7 @@ from api.ice import request_host
 from api.routing import ApiRoutes
 from auth import Identity
 from sfu import MediaError, Session, SessionNotFound
+from sfu.sdp import write_ice_fragment
 from signaling import SignalError
 from signaling import media as socket_media
 
@@ -110,6 +114,11 @@ async def _read_sdp(request: web.Request, content_type: str) -> str:
 
 def _ufrag(sdp: str) -> str:
     match = re.search(r"^a=ice-ufrag:(\S+)", sdp, flags=re.M)
+    return match.group(1) if match else ""
+
+
+def _attribute(fragment: str, pattern: str) -> str:
+    match = re.search(pattern, fragment, flags=re.M)
     return match.group(1) if match else ""
 
 
@@ -219,12 +228,11 @@ async def _patch(request: web.Request, kind: str) -> web.Response:
         raise ApiError(412, "precondition_failed", "If-Match does not match the session's ETag")
     fragment = await _read_sdp(request, SDPFRAG)
     ufrag = _ufrag(fragment)
-    if ufrag and ufrag != record.remote_ufrag:
-        # aiortc's ICE agent cannot restart; the session keeps running as it is.
-        raise ApiError(422, "ice_restart_unsupported", "ICE restart is not supported by this server")
-    airwave = request.app[AIRWAVE]
     lines = [line.strip() for line in fragment.splitlines()]
     candidates = [line[2:] for line in lines if line.startswith("a=candidate:")]
+    if ufrag and ufrag != record.remote_ufrag:
+        return await _restart(request, record, if_match, fragment, candidates)
+    airwave = request.app[AIRWAVE]
     try:
         for candidate in candidates:
             await airwave.media.add_remote_candidate(record.session.id, candidate)
@@ -235,6 +243,50 @@ async def _patch(request: web.Request, kind: str) -> web.Response:
     response = web.Response(status=204)
     response.headers["ETag"] = record.etag
     _add_cors(request, response)
+    return response
+
+
+async def _restart(
+    request: web.Request,
+    record: SessionRecord,
+    if_match: str | None,
+    fragment: str,
+    candidates: list[str],
+) -> web.Response:
+    """ICE restart (RFC 9725 section 4.4.1): new credentials in, ours out."""
+    if if_match is None:
+        raise ApiError(428, "precondition_required", "an ICE restart needs If-Match: \"*\"")
+    if record.user_id:  # the session was opened with a token: only its owner restarts it
+        require_identity(request)
+    ufrag = _ufrag(fragment)
+    pwd = _attribute(fragment, r"^a=ice-pwd:(\S+)")
+    if not pwd:
+        raise ApiError(400, "bad_sdp", "an ICE restart needs a=ice-ufrag and a=ice-pwd")
+    if "a=end-of-candidates" in [line.strip() for line in fragment.splitlines()]:
+        candidates = [*candidates, "end-of-candidates"]
+    session = record.session
+    try:
+        parameters, ours = await request.app[AIRWAVE].media.restart_ice(
+            session.id, ufrag, pwd, candidates
+        )
+    except MediaError as exc:
+        error = media_error(exc)
+        if exc.status == 429:
+            error.headers["Retry-After"] = "1"
+        raise error from None
+    record.remote_ufrag = ufrag
+    record.etag = _etag(session, ufrag)
+    first = session.lines[0].media if session.lines else None
+    body = write_ice_fragment(
+        parameters,
+        ours,
+        kind=_attribute(fragment, r"^m=(\w+) ") or (first.kind if first else "audio"),
+        mid=_attribute(fragment, r"^a=mid:(\S+)") or (first.mid if first else "0"),
+    )
+    response = web.Response(status=200, body=body.encode(), headers={"Content-Type": SDPFRAG})
+    response.headers["ETag"] = record.etag
+    _add_cors(request, response)
+    log.info("%s session %s restarted ICE", record.kind, session.id)
     return response
 
 
@@ -291,21 +343,27 @@ async def whep_create(request: web.Request) -> web.Response:
 
 
 _PATCH_RESPONSES = {
+    200: "ICE restarted: the server's new credentials and candidates, a new ETag",
     204: "candidates added",
+    400: "malformed fragment or candidate",
+    401: "an ICE restart without the owner's token",
+    403: "another user's token",
     404: "no such session",
+    409: "the session cannot restart ICE now (not connected yet)",
     412: "If-Match does not match",
     415: "wrong content type",
-    422: "ICE restart is not supported",
+    428: "an ICE restart without If-Match",
+    429: "a second ICE restart within a second",
 }
 
 
-@routes.patch(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE",
+@routes.patch(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whip_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whip")
 
 
-@routes.patch(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE",
+@routes.patch(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whep_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whep")

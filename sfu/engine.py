@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
 
 from config.settings import Settings
 
@@ -22,13 +23,14 @@ from . import metrics
 from .codecs import choose_publish_codec, match_subscriber_codec, pull_sections
 from .errors import (
     AtCapacity,
+    IceRestartRefused,
     NothingAcceptable,
     PublisherExists,
     RoomNotLive,
     SdpError,
     SessionNotFound,
 )
-from .sdp import Offer, OfferedMedia, parse_candidate, parse_offer
+from .sdp import Offer, OfferedMedia, ice_parameters, parse_candidate, parse_offer
 from .session import MediaLine, Session
 from .track import DownTrack, UpTrack
 
@@ -208,6 +210,30 @@ class MediaEngine:
             await session.add_remote_candidate(parsed)
         except (ValueError, TypeError) as exc:
             raise SdpError(f"unusable candidate: {exc}") from None
+
+    async def restart_ice(
+        self, session_id: str, ufrag: str, pwd: str, candidates: list[str]
+    ) -> tuple[RTCIceParameters, list[RTCIceCandidate]]:
+        """The peer's ICE restart with new credentials and trickled ``candidate:...``
+        lines (``end-of-candidates`` ends them): our new credentials and
+        candidates. The session stays the same; see :meth:`Session.restart_ice`."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        remote = ice_parameters(ufrag, pwd)
+        parsed = [parse_candidate(line) for line in candidates]
+        usable = [c for c in parsed if c is not None]
+        return await session.restart_ice(remote, usable, complete=None in parsed)
+
+    async def restart_offer(self, session_id: str, offer_sdp: str) -> str:
+        """A new offer that restarts the session's ICE: the answer with our new credentials."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        offer = parse_offer(offer_sdp)
+        if not session.is_ice_restart(offer):
+            raise IceRestartRefused("the offer keeps the ICE credentials: nothing to restart")
+        return await session.restart_offer(offer)
 
     async def close_session(self, session_id: str, reason: str = "closed") -> None:
         session = self._sessions.get(session_id)

@@ -276,12 +276,35 @@ def write_description(
     return "\r\n".join(lines) + "\r\n"
 
 
+def write_ice_fragment(
+    parameters: RTCIceParameters,
+    candidates: list[RTCIceCandidate],
+    *,
+    kind: str,
+    mid: str,
+) -> str:
+    """An ``application/trickle-ice-sdpfrag`` body (RFC 8840) with our ICE
+    credentials and candidates, for the media section ``kind``/``mid`` (the
+    first of the bundle), as the answer to an ICE restart (RFC 9725 4.4.1)."""
+    lines = [
+        f"a=ice-ufrag:{parameters.usernameFragment}",
+        f"a=ice-pwd:{parameters.password}",
+        f"m={kind} 9 UDP/TLS/RTP/SAVPF 0",
+        f"a=mid:{mid}",
+    ]
+    lines += ["a=candidate:" + aiortc_sdp.candidate_to_sdp(c) for c in candidates]
+    lines.append("a=end-of-candidates")
+    return "\r\n".join(lines) + "\r\n"
+
+
 __all__ = [
     "AnswerSection",
     "Offer",
     "OfferedMedia",
     "Transport",
+    "ice_parameters",
     "parse_candidate",
     "parse_offer",
     "write_description",
+    "write_ice_fragment",
 ]
