@@ -2,6 +2,10 @@
 
 ``sfu:publish {roomId, sdp}`` and ``sfu:subscribe {roomId, sdp}`` ack
 ``{sessionId, sdp}``; ``sfu:ice_candidate {sessionId, candidate}`` trickles;
+``sfu:restart {sessionId, sdp}`` restarts ICE with a new offer from the same
+connection (``pc.restartIce()``) and acks ``{sessionId, sdp}``, the answer
+with the server's new credentials: the session, its tracks and its DTLS
+association stay;
 ``sfu:unpublish`` / ``sfu:unsubscribe {sessionId}`` end a session. Grants,
 limits and errors are WHIP's and WHEP's, as ack errors. A socket's sessions
 end when the socket is gone.
@@ -111,6 +115,16 @@ def register(
         except MediaError as exc:
             raise SignalError(exc.code, str(exc)) from None
         return {"ok": True}
+
+    @signaling.on("sfu:restart")
+    async def restart(sid: str, identity: Identity, data: Any) -> dict[str, str]:
+        session_id = owned(sid, data)
+        sdp = _field(data, "sdp", MAX_SDP_CHARS)
+        try:
+            answer = await engine.restart_offer(session_id, sdp)
+        except MediaError as exc:
+            raise SignalError(exc.code, str(exc)) from None
+        return {"sessionId": session_id, "sdp": answer}
 
     async def end(sid: str, data: Any) -> dict[str, bool]:
         session_id = owned(sid, data)

@@ -10,8 +10,10 @@ from aiortc.rtcicetransport import RTCIceParameters
 from sfu import IceRestartRefused, RestartTooSoon, SessionNotFound
 from sfu import aiortc_seam as seam
 
+from .sfu_media import encoded_vp8
 from .sfu_peers import PacketTrack, Publisher, Viewer, vp8_keyframe, wait_for
-from .sfu_restart import ClientRestart, dtls_of, nominated_pair
+from .sfu_restart import ClientRestart, answer_parameters, dtls_of, nominated_pair
+from .test_call import CallParty
 
 
 @pytest.fixture
@@ -129,3 +131,48 @@ async def test_restart_refused_before_connected_and_after_close(engine, vp8_fram
     await engine.close_session(session.id)
     with pytest.raises(SessionNotFound):
         await session.restart_ice(remote, [])
+
+
+async def test_call_party_restarts_through_a_new_offer_and_keeps_the_call(
+    engine, vp8_frames, handshakes
+):
+    renegotiate: list = []
+    engine.on_renegotiation_needed = renegotiate.append
+    alice, bob = CallParty(vp8_frames), CallParty(encoded_vp8(45, seed=2))
+    a = await engine.join_call("call", await alice.offer(), owner="alice")
+    await alice.accept(a.answer_sdp)
+    b = await engine.join_call("call", await bob.offer(), owner="bob")
+    await bob.accept(b.answer_sdp)
+    assert renegotiate == [a]
+    await a.accept_answer(await alice.answer(a.create_offer()))
+    try:
+        await wait_for(lambda: len(alice.frames) >= 10 and len(bob.frames) >= 10, 10)
+        dtls, shaken = a.dtls, len(handshakes)
+        # alice's last description is her answer to the server: a restart is a new offer
+        client = ClientRestart(alice.pc, "127.0.0.2")
+        await client.gather()
+        answer = await engine.restart_offer(a.id, client.offer())
+        assert answer == a.answer_sdp and "a=sendrecv" in answer
+        remote, candidates = answer_parameters(answer)
+        assert remote.usernameFragment == a._restart.connection.local_username
+        await client.complete(remote, candidates)
+        await wait_for(lambda: nominated_pair(a.ice)[1][0] == "127.0.0.2", 3)
+        # both directions resume on alice's new path: the call goes on
+        before_alice, before_bob = len(alice.frames), len(bob.frames)
+        await wait_for(
+            lambda: len(alice.frames) >= before_alice + 30 and len(bob.frames) >= before_bob + 30, 3
+        )
+        assert engine.session(a.id) is a and a.dtls is dtls and len(handshakes) == shaken
+        assert engine.session_count == 2 and renegotiate == [a]
+
+        # an offer from another connection (other certificate) is no restart
+        stranger = CallParty(vp8_frames)
+        with pytest.raises(IceRestartRefused):
+            await engine.restart_offer(a.id, await stranger.offer())
+        await stranger.pc.close()
+        # nor is an offer with the current credentials
+        with pytest.raises(IceRestartRefused):
+            await engine.restart_offer(a.id, client.offer())
+    finally:
+        await alice.pc.close()
+        await bob.pc.close()
