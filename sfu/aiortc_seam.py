@@ -378,6 +378,10 @@ class IceRestart:
     def remote_username(self) -> str | None:
         return self.connection.remote_username
 
+    @property
+    def has_remote_candidates(self) -> bool:
+        return bool(self.connection._remote_candidates)
+
     async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
         """A remote candidate of the new generation, or None for its end."""
         if self._candidates_end:

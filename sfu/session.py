@@ -122,6 +122,8 @@ class Session:
         ):
             return
         if self._restart is not None:  # a candidate of the restart's generation
+            if candidate is None and not self._restart.has_remote_candidates:
+                return  # only mDNS ones so far: the peer's checks will reveal its address
             await self._restart.add_remote_candidate(candidate)
             return
         await self.ice.addRemoteCandidate(candidate)
@@ -568,6 +570,8 @@ class Session:
             self._restart = restart
             self.consent.hold = True  # the old path may be dead: no expiry while we look
             await restart.gather()
+            if self._restart is not restart:  # the session closed meanwhile
+                raise SessionNotFound(self.id)
             for candidate in candidates:
                 await self.add_remote_candidate(candidate)
             if complete:

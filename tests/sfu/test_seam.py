@@ -104,6 +104,7 @@ def test_aioice_connection_internals():
         "_nominated",
         "_protocols",
         "_query_consent_task",
+        "_remote_candidates",
         "remote_password",
         "ice_controlling",
     ):
