@@ -231,7 +231,7 @@ async def _patch(request: web.Request, kind: str) -> web.Response:
     lines = [line.strip() for line in fragment.splitlines()]
     candidates = [line[2:] for line in lines if line.startswith("a=candidate:")]
     if ufrag and ufrag != record.remote_ufrag:
-        return await _restart(request, record, if_match, fragment, candidates)
+        return await _restart(request, record, if_match, ufrag, fragment, candidates)
     airwave = request.app[AIRWAVE]
     try:
         for candidate in candidates:
@@ -250,6 +250,7 @@ async def _restart(
     request: web.Request,
     record: SessionRecord,
     if_match: str | None,
+    ufrag: str,
     fragment: str,
     candidates: list[str],
 ) -> web.Response:
@@ -258,11 +259,10 @@ async def _restart(
         raise ApiError(428, "precondition_required", "an ICE restart needs If-Match: \"*\"")
     if record.user_id:  # the session was opened with a token: only its owner restarts it
         require_identity(request)
-    ufrag = _ufrag(fragment)
     pwd = _attribute(fragment, r"^a=ice-pwd:(\S+)")
     if not pwd:
         raise ApiError(400, "bad_sdp", "an ICE restart needs a=ice-ufrag and a=ice-pwd")
-    if "a=end-of-candidates" in [line.strip() for line in fragment.splitlines()]:
+    if re.search(r"^a=end-of-candidates\s*$", fragment, flags=re.M):
         candidates = [*candidates, "end-of-candidates"]
     session = record.session
     try:
