@@ -1,6 +1,7 @@
-"""A real Chromium WHEP viewer calls pc.restartIce() and PATCHes the new
-credentials (RFC 9725 section 4.4.1): frames keep decoding, the selected pair
-moves to the server's new socket, and no DTLS handshake happens again."""
+"""A real Chromium WHEP viewer (the web app's whip.js) calls pc.restartIce() and
+PATCHes the new credentials (RFC 9725 section 4.4.1): frames keep decoding,
+the selected pair moves to the server's new socket, and no DTLS handshake
+happens again."""
 
 from __future__ import annotations
 
@@ -21,58 +22,16 @@ from tests.webapp.browser import chromium, new_page, until
 
 pytestmark = pytest.mark.parametrize("backend", ["embedded"])
 
+# The web app's own WHEP client (api/static/js/whip.js) on a page of the server's origin.
 VIEWER = """async ({room, token}) => {
-  const gathered = (pc) => new Promise((resolve) => {
-    if (pc.iceGatheringState === "complete") return resolve();
-    pc.addEventListener("icegatheringstatechange", () => {
-      if (pc.iceGatheringState === "complete") resolve();
-    });
-  });
-  const pc = new RTCPeerConnection();
-  pc.addTransceiver("video", {direction: "recvonly"});
-  await pc.setLocalDescription(await pc.createOffer());
-  await gathered(pc);
-  const r = await fetch(`/whep/${room}`, {method: "POST", body: pc.localDescription.sdp,
-    headers: {"Content-Type": "application/sdp", "Authorization": `Bearer ${token}`}});
-  if (r.status !== 201) throw new Error(`WHEP ${r.status}: ${await r.text()}`);
-  await pc.setRemoteDescription({type: "answer", sdp: await r.text()});
-  window.viewer = {pc, gathered, url: r.headers.get("Location"), etag: r.headers.get("ETag"), token};
+  const { session } = await import("/static/js/session.js");
+  session.token = token;
+  const { watch } = await import("/static/js/whip.js");
+  window.viewer = await watch(room, () => {});
 }"""
 
-RESTART = """async () => {
-  const v = window.viewer;
-  const pc = v.pc;
-  pc.restartIce();
-  await pc.setLocalDescription(await pc.createOffer());
-  await v.gathered(pc);
-  const offer = pc.localDescription.sdp;
-  const section = offer.slice(offer.indexOf("m="));
-  const pick = (re, text) => text.match(re)[1];
-  const lines = [
-    `a=ice-ufrag:${pick(/a=ice-ufrag:(\\S+)/, section)}`,
-    `a=ice-pwd:${pick(/a=ice-pwd:(\\S+)/, section)}`,
-    section.split("\\r\\n")[0],
-    `a=mid:${pick(/a=mid:(\\S+)/, section)}`,
-    ...section.split("\\r\\n").filter((l) => l.startsWith("a=candidate:")),
-    "a=end-of-candidates",
-  ];
-  const r = await fetch(v.url, {method: "PATCH", body: lines.join("\\r\\n") + "\\r\\n",
-    headers: {"Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*",
-              "Authorization": `Bearer ${v.token}`}});
-  const fragment = await r.text();
-  if (r.status !== 200) throw new Error(`PATCH ${r.status}: ${fragment}`);
-  // the previous answer with the server's new credentials and candidates
-  const candidates = fragment.split("\\r\\n").filter((l) => l.startsWith("a=candidate:"));
-  const answer = pc.remoteDescription.sdp.split("\\r\\n")
-    .filter((l) => !l.startsWith("a=candidate:") && l !== "a=end-of-candidates")
-    .join("\\r\\n")
-    .replace(/a=ice-ufrag:\\S+/g, `a=ice-ufrag:${pick(/a=ice-ufrag:(\\S+)/, fragment)}`)
-    .replace(/a=ice-pwd:\\S+/g, `a=ice-pwd:${pick(/a=ice-pwd:(\\S+)/, fragment)}\\r\\n`
-             + candidates.join("\\r\\n") + "\\r\\na=end-of-candidates");
-  await pc.setRemoteDescription({type: "answer", sdp: answer});
-  v.etag = r.headers.get("ETag");
-  return v.etag;
-}"""
+# What the web app does when ICE fails: MediaSession.restart() (restartIce, PATCH, the answer's new ICE).
+RESTART = "async () => { await window.viewer.restart(); return window.viewer.pc.signalingState; }"
 
 STATS = """async () => {
   const out = {frames: 0, pair: null, dtls: null, ufrag: null};
@@ -122,8 +81,7 @@ async def test_chromium_viewer_restarts_ice_and_keeps_decoding(make_settings: Ca
                 (session,) = [s for s in engine._sessions.values() if s.role == "subscriber"]
                 server_path, dtls, shaken = nominated_pair(session.ice), session.dtls, len(handshakes)
 
-                etag = await page.evaluate(RESTART)
-                assert etag
+                assert await page.evaluate(RESTART) == "stable"
                 await until(lambda: _moved(page, before["pair"]), 3, "the selected pair to move")
                 await until(lambda: _frames_over(page, before["frames"] + 30), 3, "frames to keep decoding")
                 after = await page.evaluate(STATS)

@@ -28,17 +28,13 @@ REMOTE_FRAMES = """async () => {
   return frames;
 }"""
 
-# What a restart is for the web app's CallConnection: restartIce(), then its own
-# offer() again (the new offer's candidates go in its SDP, none trickled early).
+# What the web app does when ICE fails: CallConnection.restart() (restartIce and its own offer again).
 RESTART = """async () => {
   const connection = window.airwave.call.connection;
   const before = connection.sessionId;
-  connection.pc.restartIce();
-  connection.offerSent = false;
-  await connection.offer();
-  return {before, after: connection.sessionId, state: connection.pc.connectionState};
+  await connection.restart();
+  return {before, after: connection.sessionId, state: connection.pc.signalingState};
 }"""
-
 
 async def test_chromium_call_party_restarts_ice_and_the_call_survives(
     make_settings: Callable[..., Settings], monkeypatch
@@ -71,7 +67,7 @@ async def test_chromium_call_party_restarts_ice_and_the_call_survives(
             path, dtls, shaken = nominated_pair(carl.ice), carl.dtls, len(handshakes)
 
             result = await caller.evaluate(RESTART)
-            assert result["before"] == result["after"] == carl.id, result
+            assert result["before"] == result["after"] == carl.id and result["state"] == "stable", result
             await wait_moved(carl, path)
             for page in (caller, callee):
                 now = await page.evaluate(REMOTE_FRAMES)

@@ -7,7 +7,10 @@
 //  3. Candidates: the offer carries the ones gathered within whip.js GATHERING_LIMIT_MS; any later one is
 //     trickled with call:ice_candidate {callId, candidate} (null ends them). The server does not trickle.
 //
-// Offering again replaces our session on the server: that takes a new CallConnection (no ICE restart).
+// 4. A lost path (the network changed, ICE "failed"): restart() restarts ICE on the same connection,
+//    pc.restartIce() and our offer again; the server keeps our session (same sessionId) and the call.
+//
+// Any other new offer replaces our session on the server: that takes a new CallConnection.
 import { AppError } from "./errors.js";
 import { request } from "./socket.js";
 import { gatheringComplete } from "./whip.js";
@@ -37,6 +40,9 @@ export class CallConnection {
     });
     // Server offers wait for our own offer's answer: one negotiation at a time.
     this.negotiation = Promise.resolve();
+    this.pc.addEventListener("iceconnectionstatechange", () => {
+      if (this.pc.iceConnectionState === "failed") this.restart().catch(() => {});
+    });
   }
 
   /** Step 1: offer our tracks; resolves once the server's answer is set. */
@@ -77,6 +83,18 @@ export class CallConnection {
       }
     };
     // after our own offer's answer; a failed offer has already been reported
+    this.negotiation = this.negotiation.catch(() => {}).then(run);
+    return this.negotiation;
+  }
+
+  /** Step 4: ICE restart, after our other negotiations; the new offer's candidates go in its SDP. */
+  restart() {
+    const run = async () => {
+      if (this.closed || !this.sessionId) return;
+      this.pc.restartIce();
+      this.offerSent = false;
+      await this.offer();
+    };
     this.negotiation = this.negotiation.catch(() => {}).then(run);
     return this.negotiation;
   }

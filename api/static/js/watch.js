@@ -112,10 +112,15 @@ async function watchRoom(root, roomId) {
       throw error;
     }
     expose("watching", whep);
+    let lost = false;
     whep.pc.addEventListener("connectionstatechange", () => {
       if (whep && whep.pc.connectionState === "failed") {
+        lost = true;
         overlay.hidden = false;
-        overlay.replaceChildren("The video connection was lost.");
+        overlay.replaceChildren("The video connection was lost: reconnecting…");  // whip.js restarts ICE
+      } else if (whep && lost && whep.pc.connectionState === "connected") {
+        lost = false;
+        overlay.hidden = true;
       }
     });
     badge.textContent = "LIVE";

@@ -1,6 +1,8 @@
 // WHIP (publish) and WHEP (watch) with fetch, as RFC 9725 describes:
 // POST the offer (application/sdp), 201 with the answer and a Location; DELETE the Location to stop.
 // The offer carries every local candidate (we wait for ICE gathering), so no trickle PATCH is needed.
+// When ICE fails (the network changed), restart(): pc.restartIce(), then PATCH the session URL with the
+// new credentials and candidates (RFC 9725 section 4.4.1); the server answers with its own, same session.
 import { errorFrom } from "./api.js";
 import { AppError } from "./errors.js";
 import { session } from "./session.js";
@@ -31,6 +33,40 @@ export class MediaSession {
   constructor(pc, location) {
     this.pc = pc;
     this.location = location;
+    this.restarting = null;
+    pc.addEventListener("iceconnectionstatechange", () => {
+      if (pc.iceConnectionState === "failed") this.restart().catch(() => {});
+    });
+  }
+
+  /** ICE restart: our new credentials and candidates PATCHed, the server's set into the answer. */
+  restart() {
+    if (!this.restarting) this.restarting = this.patchRestart().finally(() => { this.restarting = null; });
+    return this.restarting;
+  }
+
+  async patchRestart() {
+    const pc = this.pc;
+    if (!this.location) return;
+    pc.restartIce();
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringComplete(pc);
+    let response;
+    try {
+      response = await fetch(this.location, {
+        method: "PATCH",
+        headers: { "Content-Type": "application/trickle-ice-sdpfrag", "If-Match": "*",
+                   Authorization: `Bearer ${session.token}` },
+        body: iceFragment(pc.localDescription.sdp),
+      });
+    } catch {
+      response = null;
+    }
+    if (!response || response.status !== 200) {
+      await pc.setLocalDescription({ type: "rollback" });
+      throw response ? await errorFrom(response) : new AppError("network", "The server cannot be reached.");
+    }
+    await pc.setRemoteDescription({ type: "answer", sdp: withIce(pc.remoteDescription.sdp, await response.text()) });
   }
 
   /** End the session: DELETE its URL (the server closes the media), then close our side. */
@@ -44,6 +80,34 @@ export class MediaSession {
     }
     this.pc.close();
   }
+}
+
+const attribute = (text, name) => (text.match(new RegExp(`^a=${name}:(\\S+)`, "m")) || [])[1];
+const candidateLines = (text) => text.split("\r\n").filter((line) => line.startsWith("a=candidate:"));
+
+/** An offer's ICE as an SDP fragment (RFC 8840): credentials, its first media section, its candidates. */
+function iceFragment(offer) {
+  const section = offer.slice(offer.indexOf("\r\nm=") + 2);
+  return [
+    `a=ice-ufrag:${attribute(offer, "ice-ufrag")}`,
+    `a=ice-pwd:${attribute(offer, "ice-pwd")}`,
+    section.split("\r\n")[0],
+    `a=mid:${attribute(section, "mid")}`,
+    ...candidateLines(section),
+    "a=end-of-candidates",
+    "",
+  ].join("\r\n");
+}
+
+/** The previous answer with the server's new credentials and candidates from its fragment. */
+function withIce(answer, fragment) {
+  const candidates = candidateLines(fragment).join("\r\n");
+  return answer.split("\r\n")
+    .filter((line) => !line.startsWith("a=candidate:") && line !== "a=end-of-candidates")
+    .join("\r\n")
+    .replace(/^a=ice-ufrag:\S+/gm, `a=ice-ufrag:${attribute(fragment, "ice-ufrag")}`)
+    .replace(/^a=ice-pwd:\S+/gm,
+      `a=ice-pwd:${attribute(fragment, "ice-pwd")}\r\n${candidates}\r\na=end-of-candidates`);
 }
 
 async function negotiate(pc, endpoint) {
