@@ -33,7 +33,7 @@ from aiortc.rtp import (
 
 from . import aiortc_seam as seam
 from .codecs import answer_codec, match_subscriber_codec
-from .errors import IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
+from .errors import AtCapacity, IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
 from .sdp import AnswerSection, Offer, OfferedMedia, Transport, parse_offer, write_description
 from .track import DownTrack, UpTrack, receiver_report
 
@@ -572,6 +572,9 @@ class Session:
             await restart.gather()
             if self._restart is not restart:  # the session closed meanwhile
                 raise SessionNotFound(self.id)
+            if not restart.local_candidates():
+                await self._drop_restart()
+                raise AtCapacity("no UDP port free for an ICE restart")
             for candidate in candidates:
                 await self.add_remote_candidate(candidate)
             if complete:

@@ -7,7 +7,8 @@ import pytest
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceParameters
 
-from sfu import IceRestartRefused, RestartTooSoon, SessionNotFound
+from config.settings import Settings
+from sfu import AtCapacity, IceRestartRefused, RestartTooSoon, SessionNotFound
 from sfu import aiortc_seam as seam
 
 from .sfu_media import encoded_vp8
@@ -179,3 +180,19 @@ async def test_call_party_restarts_through_a_new_offer_and_keeps_the_call(
     finally:
         await alice.pc.close()
         await bob.pc.close()
+
+
+async def test_a_restart_with_no_free_port_is_refused_and_changes_nothing(engine, vp8_frames):
+    publisher, _, viewer, session = await _live_room(engine, vp8_frames)
+    try:
+        old = nominated_pair(session.ice)
+        taken = old[0][1]  # the session's own port: the only one of the range, and in use
+        engine.settings = Settings(ice_addresses=("127.0.0.1",), udp_ports=(taken, taken))
+        remote = RTCIceParameters(usernameFragment="full", password="p" * 22)
+        with pytest.raises(AtCapacity):
+            await session.restart_ice(remote, [])
+        assert session._restart is None and not session.consent.hold
+        assert nominated_pair(session.ice) == old and session.state == "connected"
+    finally:
+        await viewer.close()
+        await publisher.close()

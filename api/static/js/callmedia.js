@@ -6,14 +6,14 @@
 //     call:sdp_offer {callId, sessionId, sdp} from the server; we answer with call:sdp_answer {callId, sdp}.
 //  3. Candidates: the offer carries the ones gathered within whip.js GATHERING_LIMIT_MS; any later one is
 //     trickled with call:ice_candidate {callId, candidate} (null ends them). The server does not trickle.
-//
-// 4. A lost path (the network changed, ICE "failed"): restart() restarts ICE on the same connection,
-//    pc.restartIce() and our offer again; the server keeps our session (same sessionId) and the call.
+//  4. A lost path (the network changed: ICE "failed", or "disconnected" for a few seconds): restart()
+//     restarts ICE on the same connection, pc.restartIce() and our offer again; the server keeps our
+//     session (same sessionId) and the call.
 //
 // Any other new offer replaces our session on the server: that takes a new CallConnection.
 import { AppError } from "./errors.js";
 import { request } from "./socket.js";
-import { gatheringComplete } from "./whip.js";
+import { gatheringComplete, restartWhenLost } from "./whip.js";
 
 export class CallConnection {
   /** @param onRemote called with the MediaStream of the other party's tracks (once it has a track). */
@@ -40,9 +40,7 @@ export class CallConnection {
     });
     // Server offers wait for our own offer's answer: one negotiation at a time.
     this.negotiation = Promise.resolve();
-    this.pc.addEventListener("iceconnectionstatechange", () => {
-      if (this.pc.iceConnectionState === "failed") this.restart().catch(() => {});
-    });
+    restartWhenLost(this.pc, () => this.restart());
   }
 
   /** Step 1: offer our tracks; resolves once the server's answer is set. */

@@ -8,6 +8,7 @@ import { AppError } from "./errors.js";
 import { session } from "./session.js";
 
 const GATHERING_LIMIT_MS = 3000;
+const DISCONNECTED_RESTART_MS = 4000;  // a path silent this long is taken as lost (the server waits 30 s)
 
 /** STUN/TURN from GET /api/v1/ice-servers: the server's own, never a third party's. */
 export async function iceServers() {
@@ -29,14 +30,24 @@ export function gatheringComplete(pc) {
   });
 }
 
+/** Call ``restart`` when ICE fails, or stays disconnected (a network change) for DISCONNECTED_RESTART_MS. */
+export function restartWhenLost(pc, restart) {
+  let timer = null;
+  pc.addEventListener("iceconnectionstatechange", () => {
+    clearTimeout(timer);
+    if (pc.iceConnectionState === "failed") restart().catch(() => {});
+    else if (pc.iceConnectionState === "disconnected") {
+      timer = setTimeout(() => restart().catch(() => {}), DISCONNECTED_RESTART_MS);
+    }
+  });
+}
+
 export class MediaSession {
   constructor(pc, location) {
     this.pc = pc;
     this.location = location;
     this.restarting = null;
-    pc.addEventListener("iceconnectionstatechange", () => {
-      if (pc.iceConnectionState === "failed") this.restart().catch(() => {});
-    });
+    restartWhenLost(pc, () => this.restart());
   }
 
   /** ICE restart: our new credentials and candidates PATCHed, the server's set into the answer. */
@@ -47,7 +58,7 @@ export class MediaSession {
 
   async patchRestart() {
     const pc = this.pc;
-    if (!this.location) return;
+    if (!this.location || pc.signalingState === "closed") return;
     pc.restartIce();
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc);
