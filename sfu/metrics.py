@@ -28,5 +28,9 @@ SESSIONS_ENDED = Counter("airwave_sfu_sessions_ended", "Sessions ended, by reaso
 SESSIONS_FAILED = Counter(
     "airwave_sfu_sessions_failed", "Sessions ended by a failure, by reason", ["reason"]
 )
+ICE_RESTARTS = Counter(
+    "airwave_sfu_ice_restarts", "ICE restarts by result: completed, or failed (the old path stays)",
+    ["result"],
+)
 
 FAILURE_REASONS = frozenset({"ice_failed", "dtls_failed", "connect_timeout", "setup_failed"})

@@ -32,6 +32,7 @@ from aiortc.rtp import (
 )
 
 from . import aiortc_seam as seam
+from . import metrics
 from .codecs import answer_codec, match_subscriber_codec
 from .errors import AtCapacity, IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
 from .sdp import AnswerSection, Offer, OfferedMedia, Transport, parse_offer, write_description
@@ -612,6 +613,7 @@ class Session:
                 await restart.connect()
         except (TimeoutError, ConnectionError) as exc:
             logger.info("session %s: ICE restart failed (%s); the old path stays", self.id, exc)
+            metrics.ICE_RESTARTS.labels("failed").inc()
             if self._restart is restart:
                 self._restart = None
                 self.consent.hold = False
@@ -620,7 +622,8 @@ class Session:
         if self._restart is not restart or self._closing:
             return
         self._restart = None
-        await restart.install(self._on_new_path)
+        metrics.ICE_RESTARTS.labels("completed").inc()
+        await restart.install(self._on_new_path)  # swaps at once, then closes the old path
         self.consent.hold = False
         logger.info("session %s: ICE restarted", self.id)
 

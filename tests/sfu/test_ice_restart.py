@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceParameters
+from prometheus_client import REGISTRY
 
 from config.settings import Settings
 from sfu import AtCapacity, IceRestartRefused, RestartTooSoon, SessionNotFound
@@ -15,6 +16,10 @@ from .sfu_media import encoded_vp8
 from .sfu_peers import PacketTrack, Publisher, Viewer, vp8_keyframe, wait_for
 from .sfu_restart import ClientRestart, answer_parameters, dtls_of, nominated_pair
 from .test_call import CallParty
+
+
+def _restarts(result: str) -> float:
+    return REGISTRY.get_sample_value("airwave_sfu_ice_restarts_total", {"result": result}) or 0.0
 
 
 @pytest.fixture
@@ -55,6 +60,7 @@ async def test_viewer_restarts_ice_onto_a_new_address_and_media_resumes(
         old_ufrag = session._gatherer.getLocalParameters().usernameFragment
         assert old_server_pair[1][0] == "127.0.0.1"
 
+        completed = _restarts("completed")
         client = ClientRestart(viewer.pc, "127.0.0.2")
         params, candidates = await client.gather()
         assert [c.ip for c in candidates] == ["127.0.0.2"]
@@ -67,6 +73,7 @@ async def test_viewer_restarts_ice_onto_a_new_address_and_media_resumes(
         local, remote = nominated_pair(session.ice)
         assert local != old_server_pair[0] and remote == nominated_pair(client.ice)[0]
         assert session.sender.addr == remote
+        assert _restarts("completed") == completed + 1
         # media resumes on it, the keyframe asked at the swap first
         before = len(viewer.frames["video"])
         await wait_for(lambda: len(viewer.frames["video"]) >= before + 30, 3)
@@ -110,11 +117,13 @@ async def test_a_restart_that_never_connects_leaves_the_old_path(engine, vp8_fra
     publisher, _, viewer, session = await _live_room(engine, vp8_frames)
     try:
         old = nominated_pair(session.ice)
+        failed = _restarts("failed")
         remote = RTCIceParameters(usernameFragment="gone", password="p" * 22)
         await session.restart_ice(remote, [], complete=False)
         with pytest.raises(RestartTooSoon):
             await session.restart_ice(remote, [])
         await wait_for(lambda: session._restart is None, 3)
+        assert _restarts("failed") == failed + 1
         assert nominated_pair(session.ice) == old and session.state == "connected"
         before = len(viewer.frames["video"])
         await wait_for(lambda: len(viewer.frames["video"]) >= before + 10, 3)
