@@ -205,3 +205,18 @@ async def test_a_restart_with_no_free_port_is_refused_and_changes_nothing(engine
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_closing_a_session_mid_restart_releases_the_new_path(engine, vp8_frames):
+    publisher, _, viewer, session = await _live_room(engine, vp8_frames)
+    try:
+        remote = RTCIceParameters(usernameFragment="late", password="p" * 22)
+        await session.restart_ice(remote, [])
+        restart = session._restart
+        assert restart is not None and restart.connection._protocols
+        await engine.close_session(session.id)
+        assert restart.connection._protocols == [] and session._restart is None
+        assert session.ice._connection._protocols == []
+    finally:
+        await viewer.close()
+        await publisher.close()
