@@ -153,6 +153,9 @@ def pull_codecs(kind: str) -> list[RTCRtpCodecParameters]:
                 parameters={"packetization-mode": "1", "profile-level-id": profile + "1f"},
             )
         )
+    # and RTX for each, so that the origin repairs the edge's losses in RTX streams
+    first_rtx = 96 + len(codecs)
+    codecs += [rtx_codec(first_rtx + i, media) for i, media in enumerate(list(codecs))]
     return codecs
 
 

@@ -130,6 +130,7 @@ class Session:
                     "kind": d.up.kind,
                     "codec": d.up.codec.mimeType,
                     "retransmitted": d.retransmitted,
+                    "rtx": d.rtx_payload_type is not None,
                     "keyframe_requests": d.keyframe_requests,
                 }
                 for d in self.downtracks

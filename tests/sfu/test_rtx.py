@@ -14,7 +14,7 @@ from aiortc import RTCRtpSender
 from aiortc.rtp import RtpPacket, unwrap_rtx, wrap_rtx
 from prometheus_client import REGISTRY
 
-from sfu import rtx
+from sfu import MediaEngine, rtx
 
 from .sfu_offers import CHROME_PUBLISH
 from .sfu_peers import PacketTrack, Publisher, Viewer, client_pc, wait_for
@@ -272,29 +272,11 @@ async def test_publisher_repairs_over_rtx_reach_the_subscribers(engine, vp8_fram
     await wait_for(lambda: len(viewer.frames["video"]) > 3, 5)
 
     # the publisher's network loses every 6th packet of the media stream
-    recv = session.ice._recv
-    dropped: set[int] = set()
-    rtx_seen = 0
-
-    async def lossy_recv() -> bytes:
-        nonlocal rtx_seen
-        while True:
-            data = await recv()
-            if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
-                ssrc = int.from_bytes(data[8:12], "big")
-                seq = (data[2] << 8) | data[3]
-                if ssrc == sender._rtx_ssrc:
-                    rtx_seen += 1
-                elif ssrc == up.in_ssrc and seq % 6 == 1 and len(dropped) < 12:
-                    dropped.add(seq)
-                    continue
-            return data
-
-    session.ice._recv = lossy_recv
+    dropped, rtx_seen = _lose_every_sixth(session, up.in_ssrc, sender._rtx_ssrc, 12)
     repaired_before = _metric("airwave_sfu_rtx_repaired_packets_total")
     await wait_for(lambda: len(dropped) == 12, 8)
     await wait_for(lambda: not (set(up._missing) & dropped), 5)
-    assert rtx_seen >= 12
+    assert len(rtx_seen) >= 12
     assert _metric("airwave_sfu_rtx_repaired_packets_total") - repaired_before >= 12
     # the repaired packets went on to the subscriber, in its media stream
     lost_payloads = [sent[seq] for seq in dropped]
@@ -331,3 +313,57 @@ async def test_rtx_ssrc_learned_from_payload_type_without_ssrc_lines(engine):
     session._on_rtp(rtx.wrap(_rtp(14, ssrc=777), 96, 502, struct.pack("!I", 778)))
     assert video.history(14) is None
     await asyncio.wait_for(session.close(), 5)
+
+
+def _lose_every_sixth(session, media_ssrc: int, rtx_ssrc: int, count: int):
+    """``session``'s network loses every 6th packet of ``media_ssrc`` (``count``
+    of them, first transmissions only) and counts what arrives on ``rtx_ssrc``."""
+    recv = session.ice._recv
+    dropped: set[int] = set()
+    rtx_seen: list[int] = []
+
+    async def lossy_recv() -> bytes:
+        while True:
+            data = await recv()
+            if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+                ssrc = int.from_bytes(data[8:12], "big")
+                seq = (data[2] << 8) | data[3]
+                if ssrc == rtx_ssrc:
+                    rtx_seen.append(seq)
+                elif ssrc == media_ssrc and seq % 6 == 1 and len(dropped) < count:
+                    dropped.add(seq)
+                    continue
+            return data
+
+    session.ice._recv = lossy_recv
+    return dropped, rtx_seen
+
+
+async def test_an_edge_pulls_with_rtx_and_its_losses_are_repaired_by_the_origin(
+    engine, settings, vp8_frames
+):
+    pub, _, _ = await _live(engine, "edge", vp8_frames, rtx_publisher=False)
+    edge = MediaEngine(settings, connect_timeout=10.0)
+    at_origin = []
+
+    async def exchange(offer: str) -> str:
+        s = await engine.subscribe("edge", offer, owner="node:edge")
+        at_origin.append(s)
+        return s.answer_sdp
+
+    try:
+        pulled = await edge.pull("edge", exchange)
+        down = at_origin[0].downtracks[0]
+        up = pulled.uptracks[0]
+        assert down.rtx_payload_type is not None and up.rtx_payload_type == down.rtx_payload_type
+        assert pulled._rtx_by_ssrc == {down.rtx_ssrc: up}
+        await wait_for(lambda: up.packets > 10, 5)
+        before = _metric("airwave_sfu_rtx_repaired_packets_total")
+        dropped, rtx_seen = _lose_every_sixth(pulled, down.ssrc, down.rtx_ssrc, 10)
+        await wait_for(lambda: len(dropped) == 10, 8)
+        await wait_for(lambda: all(up.history(seq) is not None for seq in dropped), 5)
+        assert len(rtx_seen) >= 10 and down.retransmitted >= 10
+        assert _metric("airwave_sfu_rtx_repaired_packets_total") - before >= 10
+    finally:
+        await pub.close()
+        await asyncio.wait_for(edge.close(), 10)
