@@ -121,3 +121,91 @@ async def test_chromium_viewer_with_3_percent_loss_is_repaired_over_rtx(engine):
     assert after["retransmittedPacketsReceived"] > 0, after
     assert decoded > 20 * SECONDS * 0.9, (before, after)
     assert frozen < 0.02 * SECONDS, (before, after)
+
+
+PUBLISH = """async () => {
+  const stream = await navigator.mediaDevices.getUserMedia({video: {width: 320, height: 240}});
+  const pc = new RTCPeerConnection();
+  window.pc = pc;
+  pc.addTransceiver(stream.getVideoTracks()[0], {direction: "sendonly"});
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise((done) => {
+    if (pc.iceGatheringState === "complete") return done();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+    setTimeout(done, 3000);
+  });
+  return pc.localDescription.sdp;
+}"""
+
+SENT_STATS = """async () => {
+  let found = null;
+  (await window.pc.getStats()).forEach((r) => {
+    if (r.type === "outbound-rtp" && r.kind === "video") found = r;
+  });
+  return found && {packetsSent: found.packetsSent, nackCount: found.nackCount,
+                   retransmittedPacketsSent: found.retransmittedPacketsSent};
+}"""
+
+
+async def test_chromium_publisher_repairs_over_rtx_what_the_server_lost(engine):
+    async with chromium(grant_media=True) as browser:
+        page = await browser.new_page()
+        # a page at http://localhost is a secure context: getUserMedia works
+        await page.route("http://localhost:8/**", lambda route: route.fulfill(
+            body="<!doctype html><title>publisher</title>", content_type="text/html"))
+        await page.goto("http://localhost:8/")
+        offer = await page.evaluate(PUBLISH)
+        session = await engine.publish("chromium-up", offer)
+        up = next(u for u in session.uptracks if u.kind == "video")
+        # Chromium's RTX SSRC, from its a=ssrc-group:FID
+        assert up.rtx_payload_type is not None and list(session._rtx_by_ssrc.values()) == [up]
+        await page.evaluate(
+            "sdp => window.pc.setRemoteDescription({type: 'answer', sdp})", session.answer_sdp
+        )
+        await wait_for(lambda: up.packets > 50, 10)
+        rtx_ssrc = next(iter(session._rtx_by_ssrc))
+
+        repaired: set[int] = set()
+        on_repair = up.on_repair
+
+        def record_repair(data: bytes) -> bool:
+            new = on_repair(data)
+            if new:
+                repaired.add((data[2] << 8) | data[3])
+            return new
+
+        up.on_repair = record_repair
+        recv = session.ice._recv
+        rng = random.Random(5)
+        dropped: set[int] = set()
+        seen: set[int] = set()
+        rtx_arrived = 0
+        dropping = True
+
+        async def lossy_recv() -> bytes:
+            nonlocal rtx_arrived
+            while True:
+                data = await recv()
+                if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+                    ssrc = int.from_bytes(data[8:12], "big")
+                    seq = (data[2] << 8) | data[3]
+                    if ssrc == rtx_ssrc:
+                        rtx_arrived += 1
+                    elif ssrc == up.in_ssrc and dropping and seq not in seen:
+                        seen.add(seq)
+                        if rng.random() < LOSS:
+                            dropped.add(seq)
+                            continue
+                return data
+
+        session.ice._recv = lossy_recv
+        await asyncio.sleep(10)
+        dropping = False
+        await wait_for(lambda: dropped <= repaired, 3)
+        stats = await page.evaluate(SENT_STATS)
+        print(f"chromium publisher: dropped {len(dropped)} of {len(seen)}, RTX packets "
+              f"{rtx_arrived}, repaired {len(repaired)}, Chromium {stats}")
+        assert len(dropped) > 10
+        assert rtx_arrived >= len(dropped)
+        assert stats["retransmittedPacketsSent"] >= len(dropped)
+        await page.close()
