@@ -92,11 +92,13 @@ def _without_rtx(transceiver) -> None:
     transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() != "video/rtx"])
 
 
-async def _live(engine, room, frames, *, rtx_publisher: bool = True):
+async def _live(engine, room, frames, *, rtx_publisher: bool = True, codec: str = "VP8"):
     track = PacketTrack("video", frames)
     pub = Publisher([track])
-    if not rtx_publisher:
-        _without_rtx(pub.pc.getTransceivers()[0])
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    pub.pc.getTransceivers()[0].setCodecPreferences(
+        [c for c in caps if c.name in (codec, "rtx" if rtx_publisher else codec)]
+    )
     session = await engine.publish(room, await pub.offer())
     await pub.accept(session.answer_sdp)
     await wait_for(lambda: session.state == "connected", 5)
@@ -191,8 +193,8 @@ class DroppingViewer(Viewer):
         jitter_buffer.add = add_and_record
 
 
-async def _lossy_viewing(engine, vp8_frames, *, room: str, offer_rtx: bool):
-    pub, _, _ = await _live(engine, room, vp8_frames)
+async def _lossy_viewing(engine, frames, *, room: str, offer_rtx: bool, codec: str = "VP8"):
+    pub, _, _ = await _live(engine, room, frames, codec=codec)
     viewer = DroppingViewer(offer_rtx=offer_rtx, loss=0.05, seed=17)
     session = await engine.subscribe(room, await viewer.offer())
     down = session.downtracks[0]
@@ -225,6 +227,16 @@ async def test_dropping_viewer_with_rtx_recovers_every_packet_from_the_rtx_strea
     assert down.retransmitted >= len(dropped)
     assert viewer.rtx_packets >= len(dropped)  # the repairs came in the RTX stream
     assert _metric("airwave_sfu_rtx_sent_packets_total") - rtx_before >= len(dropped)
+    await viewer.close()
+    await pub.close()
+
+
+async def test_dropping_h264_viewer_with_rtx_recovers_every_packet(engine, h264_frames):
+    pub, viewer, session, down, dropped = await _lossy_viewing(
+        engine, h264_frames, room="rtx-h264", offer_rtx=True, codec="H264"
+    )
+    assert session.downtracks[0].up.codec.mimeType == "video/H264"
+    assert down.rtx_payload_type is not None and viewer.rtx_packets >= len(dropped)
     await viewer.close()
     await pub.close()
 
