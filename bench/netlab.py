@@ -43,9 +43,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
+
+from .impair import Impairment, Impairments, TunBridge, open_tun
 
 PREFIX = "awnl"
 CHROMIUM = "/usr/bin/chromium"
@@ -53,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 PAGE_SCRIPT = Path(__file__).with_name("netlab_page.js")
 SERVER_PORT = 8080
 CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 PEER_LINK = "srv"  # the peer's end of its veth pair, in the peer's namespace
 
 _CHROMIUM_FLAGS = [
@@ -188,6 +191,7 @@ class Netlab:
     server_namespace: str = ""
     _made: list[str] = field(default_factory=list)
     _moves: dict[str, int] = field(default_factory=dict)
+    _bridges: dict[str, TunBridge] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.tag = self.tag or os.urandom(3).hex()
@@ -210,12 +214,18 @@ class Netlab:
         _in_ns(self.server_namespace, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 
     def close(self) -> None:
+        for bridge in self._bridges.values():
+            bridge.close()
+        self._bridges.clear()
         for namespace in reversed(self._made):
             _delete_namespace(namespace)
         self._made.clear()
 
-    def add_peer(self, name: str, *, down: Shape | None = None, up: Shape | None = None) -> Peer:
-        """A new peer namespace linked to the server's; ``down``/``up`` shape its link."""
+    def add_peer(self, name: str, *, down: Shape | None = None, up: Shape | None = None,
+                 impaired: Impairments | None = None) -> Peer:
+        """A new peer namespace linked to the server's; ``down``/``up`` shape its link.
+        ``impaired``: the link is a pair of TUN devices bridged by this process, which drops and
+        delays packets (bench/impair.py) instead of a veth pair."""
         if name in self.peers:
             raise ValueError(f"peer {name!r} exists")
         index = len(self.peers) + 1
@@ -225,8 +235,15 @@ class Netlab:
         _ip("netns", "add", namespace)
         self._made.append(namespace)
         server_link = f"p{index}"
-        _ip("-n", self.server_namespace, "link", "add", server_link, "type", "veth",
-            "peer", "name", PEER_LINK, "netns", namespace)
+        if impaired is None:
+            _ip("-n", self.server_namespace, "link", "add", server_link, "type", "veth",
+                "peer", "name", PEER_LINK, "netns", namespace)
+        else:
+            server_fd = in_namespace(self.server_namespace, lambda: open_tun(server_link))
+            peer_fd = in_namespace(namespace, lambda: open_tun(PEER_LINK))
+            bridge = TunBridge(server_fd, peer_fd, impaired)
+            bridge.start()
+            self._bridges[name] = bridge
         peer = Peer(name, index, namespace, server_link, f"10.77.{index}.2")
         _ip("-n", self.server_namespace, "addr", "add", f"{peer.server_address}/24", "dev", server_link)
         _ip("-n", self.server_namespace, "link", "set", server_link, "up")
@@ -253,6 +270,16 @@ class Netlab:
 
     def unshape(self, name: str) -> None:
         self.shape(name, down=None, up=None)
+
+    def impair(self, name: str, *, down: Impairment | None = None, up: Impairment | None = None) -> None:
+        """Change the loss and delay of an impaired peer's link (None: that direction unimpaired)."""
+        bridge = self._bridges[name]
+        bridge.impairments.down = down or Impairment()
+        bridge.impairments.up = up or Impairment()
+
+    def impairment_stats(self, name: str) -> dict[str, dict[str, int]]:
+        """Packets seen and dropped per direction on an impaired peer's link."""
+        return self._bridges[name].stats()
 
     def link_stats(self, name: str) -> dict[str, int]:
         """The downlink qdisc's counters (sent bytes/packets, drops, overlimits) of a peer."""
@@ -283,28 +310,36 @@ class Netlab:
         return [peer.server_address for peer in self.peers.values()]
 
 
-def socket_in(namespace: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
-              proto: int = 0) -> socket.socket:
-    """A socket that lives in ``namespace``: made by a short-lived thread that entered it."""
+def in_namespace(namespace: str, make: Callable[[], T]) -> T:
+    """``make()`` run by a short-lived thread that entered ``namespace`` (sockets and TUN devices
+    it opens live there); this process stays where it is."""
     made: dict[str, Any] = {}
 
-    def make() -> None:
+    def run() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
                 made["error"] = OSError(ctypes.get_errno(), f"setns({namespace}) failed")
                 return
-            made["socket"] = socket.socket(family, kind, proto)
+            made["value"] = make()
+        except Exception as exc:  # handed to the caller
+            made["error"] = exc
         finally:
             os.close(fd)
 
-    thread = threading.Thread(target=make, name=f"setns-{namespace}")
+    thread = threading.Thread(target=run, name=f"setns-{namespace}")
     thread.start()
     thread.join()
     if "error" in made:
         raise made["error"]
-    return made["socket"]
+    return made["value"]
+
+
+def socket_in(namespace: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
+              proto: int = 0) -> socket.socket:
+    """A socket that lives in ``namespace``."""
+    return in_namespace(namespace, lambda: socket.socket(family, kind, proto))
 
 
 @contextlib.asynccontextmanager
