@@ -13,7 +13,7 @@
 // server replaced our session: ``onReplaced`` then sets up a new CallConnection (call.js).
 import { AppError } from "./errors.js";
 import { request } from "./socket.js";
-import { gatheringComplete, onNetworkChange } from "./whip.js";
+import { freshGathering, gatheringComplete, onNetworkChange } from "./whip.js";
 
 const ICE_RESTARTS = 3;  // per connection
 
@@ -97,8 +97,9 @@ export class CallConnection {
       if (this.closed) return;
       this.offerSent = false;  // the new candidates go in the offer
       this.pc.restartIce();
+      const gathered = freshGathering(this.pc);
       await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart: true }));
-      await gatheringComplete(this.pc);
+      await gathered;
       if (this.closed) return;
       this.offerSent = true;
       let ack;

@@ -35,6 +35,17 @@ export function gatheringComplete(pc) {
   });
 }
 
+/** Resolves when the gathering started by the next setLocalDescription (an ICE restart's) ends:
+ * call it before setLocalDescription, since iceGatheringState still says "complete" from the last one. */
+export function freshGathering(pc) {
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icecandidate", check); resolve(); };
+    const check = (event) => { if (!event.candidate) done(); };
+    pc.addEventListener("icecandidate", check);
+    setTimeout(done, GATHERING_LIMIT_MS);
+  });
+}
+
 /** Calls ``restart`` when the connection fails or the device's network changes; returns the stopper. */
 export function onNetworkChange(pc, restart) {
   const failed = () => { if (pc.connectionState === "failed") restart("connection failed"); };
@@ -59,11 +70,10 @@ export function iceFragment(sdp) {
   const first = lines.findIndex((line) => line.startsWith("m="));
   const next = lines.findIndex((line, i) => i > first && line.startsWith("m="));
   const section = lines.slice(first, next < 0 ? lines.length : next);
-  const wanted = (line) => line.startsWith("a=mid:") || line.startsWith("a=ice-ufrag:")
-    || line.startsWith("a=ice-pwd:") || line.startsWith("a=candidate:") || line === "a=end-of-candidates";
   const iceSession = lines.slice(0, first).filter((line) => line.startsWith("a=ice-"));
-  const fragment = [...iceSession, ...(group ? [group] : []), section[0], ...section.slice(1).filter(wanted)];
-  if (!fragment.includes("a=end-of-candidates")) fragment.push("a=end-of-candidates");
+  const starting = (prefix) => section.filter((line) => line.startsWith(prefix));
+  const fragment = [...iceSession, ...(group ? [group] : []), section[0], ...starting("a=mid:"),
+    ...starting("a=ice-ufrag:"), ...starting("a=ice-pwd:"), ...starting("a=candidate:"), "a=end-of-candidates"];
   return fragment.join("\r\n") + "\r\n";
 }
 
@@ -110,8 +120,9 @@ export class MediaSession {
   async patchIce(why) {
     const pc = this.pc;
     pc.restartIce();
+    const gathered = freshGathering(pc);
     await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
-    await gatheringComplete(pc);
+    await gathered;
     let response;
     try {
       response = await fetch(this.location, {
