@@ -14,7 +14,9 @@ in them, so parallel labs never clash, even on addresses). The server
 namespace forwards between peers, so two browsers can also talk directly
 through it (the "no server" reference). Everything is removed by
 :meth:`Netlab.close`; :func:`sweep` removes what a killed run left behind (a
-lab's names carry the pid of the process that made it).
+lab's names carry the pid of the process that made it). A peer added with
+``impaired=`` is joined by two TUN devices bridged by a thread that drops and
+delays packets (bench/impair.py) instead of a veth pair.
 
 The airwave server runs as a subprocess inside the server namespace
 (:class:`AirwaveServer`), Chromium inside a peer namespace (:func:`chromium_in`,
