@@ -489,9 +489,14 @@ async def open_lab_page(browser: Any, origin: str, on_console: Callable[[str], N
 
     await page.route(f"{origin}/__netlab__", serve)
     await page.goto(f"{origin}/__netlab__")
+    await install_lab_script(page)
+    return page
+
+
+async def install_lab_script(page: Any) -> None:
+    """``window.netlab`` (bench/netlab_page.js) in any page, e.g. one of the web app's."""
     await page.add_script_tag(content=PAGE_SCRIPT.read_text(), type="module")
     await page.wait_for_function("window.netlab !== undefined")
-    return page
 
 
 @contextlib.asynccontextmanager

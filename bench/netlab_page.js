@@ -235,6 +235,12 @@ window.netlab = {
     await entryOf(name).pc.setRemoteDescription({ type: "answer", sdp });
   },
 
+  /** Sample a connection the page made itself (e.g. the web app's call: window.airwave.call.connection.pc). */
+  observe(name, pc) {
+    if (connections.has(name)) clearInterval(connections.get(name).timer);
+    attach(name, pc);
+  },
+
   async connected(name, timeoutMs = 20000) {
     await connected(entryOf(name).pc, timeoutMs);
   },

@@ -28,14 +28,14 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from . import netlab
 from .report import finite, format_table, write_json
 
-CASES = ("server", "server-simulcast", "direct")
+CASES = ("server", "server-simulcast", "direct", "call")
 ROOM = "shaped"
 COLUMNS = [
     ("case", "case"),
@@ -123,13 +123,70 @@ async def direct(lab: netlab.Netlab, *, shape: netlab.Shape, duration: float, sk
         }
 
 
+SOCKET_IO_BUNDLE = netlab.REPO / "web" / "node_modules" / "socket.io-client" / "dist" / "socket.io.esm.min.js"
+OBSERVE_CALL = "(name) => window.netlab.observe(name, window.airwave.call.connection.pc)"
+
+
+async def _signed_in(browser: Any, origin: str, name: str, path: str) -> Any:
+    page = await (await browser.new_context()).new_page()
+    page.set_default_timeout(20_000)
+    await page.goto(f"{origin}/{path}")
+    await page.fill("#signin-name", name)
+    await page.click("#signin-button")
+    await page.wait_for_selector("#me-name")
+    await netlab.install_lab_script(page)
+    return page
+
+
+@contextlib.asynccontextmanager
+async def web_app_call(lab: netlab.Netlab, server: netlab.AirwaveServer, caller: netlab.Peer,
+                       callee: netlab.Peer) -> AsyncIterator[tuple[Any, Any]]:
+    """A video call between two Chromiums on the web app's Call page (one per namespace),
+    answered and with media both ways; yields (caller page, callee page), each with its call
+    connection sampled as ``window.netlab`` connection "call"."""
+    if not SOCKET_IO_BUNDLE.is_file():
+        raise RuntimeError("the web app needs socket.io-client: cd web && npm ci --no-audit --no-fund")
+    caller_origin, callee_origin = server.url_for(caller), server.url_for(callee)
+    async with netlab.chromium_in(caller, secure_origins=(caller_origin,)) as caller_browser, \
+            netlab.chromium_in(callee, secure_origins=(callee_origin,)) as callee_browser:
+        callee_page = await _signed_in(callee_browser, callee_origin, "Cleo", "#/live")
+        caller_page = await _signed_in(caller_browser, caller_origin, "Carl", "#/call")
+        button = await caller_page.wait_for_selector("#online-users li:has-text('Cleo') button")
+        await button.click()
+        await callee_page.click("#incoming:not([hidden]) #call-answer")
+        for page in (caller_page, callee_page):
+            await page.wait_for_function("(document.querySelector('#call-remote') || {}).videoWidth > 0")
+            await page.evaluate(OBSERVE_CALL, "call")
+        yield caller_page, callee_page
+
+
+async def call_through_server(lab: netlab.Netlab, *, shape: netlab.Shape, duration: float, skip_s: float,
+                              airwave: Path | None = None) -> dict[str, Any]:
+    """A 1:1 call through airwave where the callee's downlink is shaped: both parties' summaries."""
+    caller = lab.add_peer("caller")
+    callee = lab.add_peer("callee", down=shape)
+    server = netlab.AirwaveServer(lab, executable=airwave, env={"AIRWAVE_CALL_DURATION": "0"})
+    try:
+        await server.start()
+        async with web_app_call(lab, server, caller, callee) as (caller_page, callee_page):
+            await asyncio.sleep(duration)
+            return {
+                "caller": await netlab.summary(caller_page, "call", skip_s=skip_s),
+                "callee": await netlab.summary(callee_page, "call", skip_s=skip_s),
+                "link": lab.link_stats("callee"),
+            }
+    finally:
+        await server.stop()
+
+
 def row(case: str, result: dict[str, Any]) -> dict[str, Any]:
     """One line of the table from a case's summaries."""
     def inbound(name: str) -> dict[str, Any]:
         return (result.get(name) or {}).get("inbound") or {}
 
-    shaped, free = inbound("shaped"), inbound("free")
-    outbound = (result.get("publisher") or {}).get("outbound") or {}
+    receiver, sender = ("callee", "caller") if "callee" in result else ("shaped", "publisher")
+    shaped, free = inbound(receiver), inbound("free")
+    outbound = (result.get(sender) or {}).get("outbound") or {}
     publisher_kbps = sum(layer.get("kbps") or 0 for layer in outbound.values())
     return {
         "case": case,
@@ -151,6 +208,9 @@ async def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
     with netlab.Netlab() as lab:
         if case == "direct":
             return await direct(lab, shape=shape, duration=args.duration, skip_s=args.skip, log=log)
+        if case == "call":
+            return await call_through_server(lab, shape=shape, duration=args.duration, skip_s=args.skip,
+                                             airwave=Path(args.airwave) if args.airwave else None)
         return await through_server(lab, shape=shape, duration=args.duration, skip_s=args.skip,
                                     simulcast=case == "server-simulcast", log=log,
                                     airwave=Path(args.airwave) if args.airwave else None)
