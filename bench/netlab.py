@@ -280,8 +280,9 @@ class Netlab:
         bridge.impairments.up = up or Impairment()
 
     def impairment_stats(self, name: str) -> dict[str, dict[str, int]]:
-        """Packets seen and dropped per direction on an impaired peer's link."""
-        return self._bridges[name].stats()
+        """Packets seen and dropped per direction on an impaired peer's link ({} for a veth link)."""
+        bridge = self._bridges.get(name)
+        return bridge.stats() if bridge is not None else {}
 
     def link_stats(self, name: str) -> dict[str, int]:
         """The downlink qdisc's counters (sent bytes/packets, drops, overlimits) of a peer."""

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from . import netlab
+from .impair import Impairment, Impairments
 from .report import finite, format_table, write_json
 
 CASES = ("server", "server-simulcast", "direct", "call")
@@ -61,12 +62,12 @@ async def _wait_frames(page: Any, name: str, within: float) -> None:
     raise RuntimeError(f"{name} decoded no frame within {within}s")
 
 
-async def through_server(lab: netlab.Netlab, *, shape: netlab.Shape, duration: float, skip_s: float,
+async def through_server(lab: netlab.Netlab, *, shape: netlab.Shape | None, duration: float, skip_s: float,
                          simulcast: bool, log: Callable[[str], None] = print,
-                         airwave: Path | None = None) -> dict[str, Any]:
+                         airwave: Path | None = None, impaired: Impairments | None = None) -> dict[str, Any]:
     """The publisher, a shaped and an unshaped viewer through airwave; their summaries."""
     publisher = lab.add_peer("publisher")
-    shaped = lab.add_peer("shaped", down=shape)
+    shaped = lab.add_peer("shaped", down=shape, impaired=impaired)
     free = lab.add_peer("free")
     server = netlab.AirwaveServer(lab, executable=airwave)
     try:
@@ -92,6 +93,7 @@ async def through_server(lab: netlab.Netlab, *, shape: netlab.Shape, duration: f
                 "offered": offered,
                 **{name: await netlab.summary(page, name, skip_s=skip_s) for name, page in viewers.items()},
                 "link": lab.link_stats("shaped"),
+                "impairment": lab.impairment_stats("shaped"),
             }
             for name, page in (("publisher", pub), *viewers.items()):
                 await page.evaluate("(n) => window.netlab.stop(n)", name)
@@ -100,11 +102,11 @@ async def through_server(lab: netlab.Netlab, *, shape: netlab.Shape, duration: f
         await server.stop()
 
 
-async def direct(lab: netlab.Netlab, *, shape: netlab.Shape, duration: float, skip_s: float,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+async def direct(lab: netlab.Netlab, *, shape: netlab.Shape | None, duration: float, skip_s: float,
+                 log: Callable[[str], None] = print, impaired: Impairments | None = None) -> dict[str, Any]:
     """The reference: the publisher's Chromium sends straight to the shaped viewer's."""
     publisher = lab.add_peer("publisher")
-    shaped = lab.add_peer("shaped", down=shape)
+    shaped = lab.add_peer("shaped", down=shape, impaired=impaired)
     # Pages need an origin; nothing answers on it (the page is served by Playwright).
     origin = f"http://{publisher.server_address}:{netlab.SERVER_PORT}"
     async with netlab.lab_page(publisher, origin, log) as pub, netlab.lab_page(shaped, origin, log) as view:
@@ -120,6 +122,7 @@ async def direct(lab: netlab.Netlab, *, shape: netlab.Shape, duration: float, sk
             "publisher": await netlab.summary(pub, "publisher", skip_s=skip_s),
             "shaped": await netlab.summary(view, "shaped", skip_s=skip_s),
             "link": lab.link_stats("shaped"),
+            "impairment": lab.impairment_stats("shaped"),
         }
 
 
@@ -160,11 +163,12 @@ async def web_app_call(lab: netlab.Netlab, server: netlab.AirwaveServer, caller:
         yield caller_page, callee_page
 
 
-async def call_through_server(lab: netlab.Netlab, *, shape: netlab.Shape, duration: float, skip_s: float,
-                              airwave: Path | None = None) -> dict[str, Any]:
+async def call_through_server(lab: netlab.Netlab, *, shape: netlab.Shape | None, duration: float, skip_s: float,
+                              airwave: Path | None = None, impaired: Impairments | None = None
+                              ) -> dict[str, Any]:
     """A 1:1 call through airwave where the callee's downlink is shaped: both parties' summaries."""
     caller = lab.add_peer("caller")
-    callee = lab.add_peer("callee", down=shape)
+    callee = lab.add_peer("callee", down=shape, impaired=impaired)
     server = netlab.AirwaveServer(lab, executable=airwave, env={"AIRWAVE_CALL_DURATION": "0"})
     try:
         await server.start()
@@ -174,6 +178,7 @@ async def call_through_server(lab: netlab.Netlab, *, shape: netlab.Shape, durati
                 "caller": await netlab.summary(caller_page, "call", skip_s=skip_s),
                 "callee": await netlab.summary(callee_page, "call", skip_s=skip_s),
                 "link": lab.link_stats("callee"),
+                "impairment": lab.impairment_stats("callee"),
             }
     finally:
         await server.stop()
@@ -203,23 +208,29 @@ def row(case: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_case(case: str, args: argparse.Namespace) -> dict[str, Any]:
-    shape = netlab.Shape(args.rate, queue_ms=args.queue_ms)
+    shape = netlab.Shape(args.rate, queue_ms=args.queue_ms) if args.rate else None
+    impaired = None
+    if args.loss or args.delay_ms:
+        impaired = Impairments(down=Impairment(loss=args.loss / 100, delay_ms=args.delay_ms))
     log = print if args.verbose else (lambda line: None)
+    airwave = Path(args.airwave) if args.airwave else None
     with netlab.Netlab() as lab:
         if case == "direct":
-            return await direct(lab, shape=shape, duration=args.duration, skip_s=args.skip, log=log)
+            return await direct(lab, shape=shape, duration=args.duration, skip_s=args.skip, log=log,
+                                impaired=impaired)
         if case == "call":
             return await call_through_server(lab, shape=shape, duration=args.duration, skip_s=args.skip,
-                                             airwave=Path(args.airwave) if args.airwave else None)
+                                             airwave=airwave, impaired=impaired)
         return await through_server(lab, shape=shape, duration=args.duration, skip_s=args.skip,
-                                    simulcast=case == "server-simulcast", log=log,
-                                    airwave=Path(args.airwave) if args.airwave else None)
+                                    simulcast=case == "server-simulcast", log=log, airwave=airwave,
+                                    impaired=impaired)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     netlab.require_namespaces()
     netlab.sweep()
-    results: dict[str, Any] = {"rate_kbit": args.rate, "queue_ms": args.queue_ms,
+    results: dict[str, Any] = {"rate_kbit": args.rate, "queue_ms": args.queue_ms, "loss_pct": args.loss,
+                               "delay_ms": args.delay_ms,
                                "duration_s": args.duration, "skip_s": args.skip, "cases": {}}
     rows = []
     for case in args.cases:
@@ -235,8 +246,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.shaped", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="server,server-simulcast,direct",
                         help=f"comma-separated, of {', '.join(CASES)}")
-    parser.add_argument("--rate", type=int, default=600, help="shaped viewer's downlink, kbit/s")
+    parser.add_argument("--rate", type=int, default=600, help="shaped viewer's downlink, kbit/s (0: no limit)")
     parser.add_argument("--queue-ms", type=int, default=300, help="tbf queue (latency), ms")
+    parser.add_argument("--loss", type=float, default=0.0,
+                        help="random loss on the shaped peer's downlink, %% (user space, bench/impair.py)")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added delay on that downlink, ms")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of media per case")
     parser.add_argument("--skip", type=float, default=10.0, help="seconds left out at the start")
     parser.add_argument("--airwave", default="", help="the airwave executable (default .venv/bin/airwave)")
@@ -247,6 +261,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.cases) - set(CASES)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
+    if args.rate < 0 or not 0 <= args.loss <= 100 or args.delay_ms < 0:
+        parser.error("--rate >= 0 (0: no limit), --loss 0..100, --delay-ms >= 0")
     if not 1 <= args.duration <= 600 or not 0 <= args.skip < args.duration:
         parser.error("--duration 1..600 and --skip below it")
     return args
