@@ -66,7 +66,8 @@ async function sample(entry) {
     if (report.type === "transport") {
       point.transport = { id: report.id, dtlsState: report.dtlsState, iceState: report.iceState,
         selectedCandidatePairChanges: report.selectedCandidatePairChanges,
-        iceLocalUsernameFragment: report.iceLocalUsernameFragment };
+        iceLocalUsernameFragment: report.iceLocalUsernameFragment,
+        remoteFingerprint: (byId.get(report.remoteCertificateId) || {}).fingerprint };
       const pair = byId.get(report.selectedCandidatePairId);
       if (pair) {
         const local = byId.get(pair.localCandidateId) || {};
@@ -153,6 +154,7 @@ function summarise(samples) {
       ids: [...new Set(transports.map((t) => t.id))],
       dtlsStates: [...new Set(transports.map((t) => t.dtlsState))],
       ufrags: [...new Set(transports.map((t) => t.iceLocalUsernameFragment).filter(Boolean))],
+      remoteFingerprints: [...new Set(transports.map((t) => t.remoteFingerprint).filter(Boolean))],
       selectedCandidatePairChanges: delta(transports[0], transports[transports.length - 1],
         "selectedCandidatePairChanges"),
     };
