@@ -20,6 +20,14 @@ BYTES_FORWARDED = Counter(
 RETRANSMITTED = Counter(
     "airwave_sfu_retransmitted_packets", "RTP packets resent on a subscriber's NACK"
 )
+RTX_SENT = Counter(
+    "airwave_sfu_rtx_sent_packets",
+    "Of the retransmitted packets, those sent as RTX (RFC 4588) in the subscriber's RTX stream",
+)
+RTX_REPAIRED = Counter(
+    "airwave_sfu_rtx_repaired_packets",
+    "Packets lost from a publisher and received again in its RTX stream",
+)
 NACKS_SENT = Counter("airwave_sfu_nacks_sent", "NACK messages sent to publishers")
 KEYFRAME_REQUESTS = Counter(
     "airwave_sfu_keyframe_requests_relayed", "PLI sent to publishers on behalf of subscribers"

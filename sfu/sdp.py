@@ -205,6 +205,7 @@ class AnswerSection:
     fmt: list[str] = field(default_factory=list)  # for rejected sections
     ssrc: int | None = None  # our SSRC when we send
     msid: str | None = None
+    rtx_ssrc: int | None = None  # our RTX SSRC (RFC 4588) for ``ssrc``, when negotiated
 
 
 @dataclass
@@ -261,9 +262,15 @@ def write_description(
                 if params:
                     lines.append(f"a=fmtp:{c.payloadType} {params}")
             if s.ssrc is not None and s.direction in ("sendonly", "sendrecv"):
-                lines.append(f"a=ssrc:{s.ssrc} cname:{cname}")
-                if s.msid:
-                    lines.append(f"a=ssrc:{s.ssrc} msid:{s.msid}")
+                # the media SSRC first: aiortc takes the second a=ssrc as RTX
+                ssrcs = [s.ssrc]
+                if s.rtx_ssrc is not None:
+                    ssrcs.append(s.rtx_ssrc)
+                    lines.append(f"a=ssrc-group:FID {s.ssrc} {s.rtx_ssrc}")
+                for ssrc in ssrcs:
+                    lines.append(f"a=ssrc:{ssrc} cname:{cname}")
+                    if s.msid:
+                        lines.append(f"a=ssrc:{ssrc} msid:{s.msid}")
         lines.append(f"a=ice-ufrag:{transport.ice.usernameFragment}")
         lines.append(f"a=ice-pwd:{transport.ice.password}")
         for f in transport.fingerprints:

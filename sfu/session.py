@@ -32,8 +32,8 @@ from aiortc.rtp import (
 )
 
 from . import aiortc_seam as seam
-from . import metrics
-from .codecs import answer_codec, match_subscriber_codec
+from . import metrics, rtx
+from .codecs import answer_codec, match_rtx, match_subscriber_codec, rtx_codec
 from .errors import AtCapacity, IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
 from .sdp import AnswerSection, Offer, OfferedMedia, Transport, parse_offer, write_description
 from .track import DownTrack, UpTrack, receiver_report
@@ -77,6 +77,7 @@ class Session:
         self._engine = engine
         self._cname = uuid.uuid4().hex[:16]
         self._by_ssrc: dict[int, UpTrack] = {}
+        self._rtx_by_ssrc: dict[int, UpTrack] = {}  # the publisher's RTX SSRCs
         self._closing = False
         self._closed = asyncio.Event()
         self._connect_task: asyncio.Task[None] | None = None
@@ -144,6 +145,7 @@ class Session:
                     "kind": d.up.kind,
                     "codec": d.up.codec.mimeType,
                     "retransmitted": d.retransmitted,
+                    "rtx": d.rtx_payload_type is not None,
                     "keyframe_requests": d.keyframe_requests,
                 }
                 for d in self.downtracks
@@ -208,6 +210,7 @@ class Session:
                     self._by_ssrc[line.up.in_ssrc] = line.up
             if line.down is not None:
                 self.downtracks.append(line.down)
+                self._use_rtx(line.down, line.down_codec, line.media.codecs)
 
     def _begin(self) -> None:
         """Route our publishers' RTCP to us and start connecting."""
@@ -232,9 +235,9 @@ class Session:
 
     def new_uptrack(self, media: OfferedMedia, codec: RTCRtpCodecParameters) -> UpTrack:
         fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
-        rtx = {r for _, r in media.fid}
-        ssrcs = [s for s in media.ssrcs if s not in rtx]
-        return UpTrack(
+        rtx_ssrcs = {r for _, r in media.fid}
+        ssrcs = [s for s in media.ssrcs if s not in rtx_ssrcs]
+        up = UpTrack(
             self,
             kind=media.kind,
             mid=media.mid,
@@ -243,6 +246,29 @@ class Session:
             out_ssrc=random_ssrc(),
             fir_only=("nack", "pli") not in fbs and ("ccm", "fir") in fbs,
         )
+        repair = match_rtx(codec, media.codecs)
+        if repair is not None:
+            up.rtx_payload_type = repair.payloadType
+            for media_ssrc, rtx_ssrc in media.fid:
+                if ssrcs and media_ssrc == ssrcs[0]:
+                    self.bind_rtx_ssrc(rtx_ssrc, up)
+        return up
+
+    def bind_rtx_ssrc(self, rtx_ssrc: int, up: UpTrack) -> None:
+        """Packets the publisher sends on ``rtx_ssrc`` are RTX repairs for ``up``
+        (from ``a=ssrc-group:FID``, the RTX payload type, or a
+        repaired-rtp-stream-id header extension naming ``up``'s layer)."""
+        self._rtx_by_ssrc[rtx_ssrc] = up
+
+    def _use_rtx(
+        self,
+        down: DownTrack,
+        peer_codec: RTCRtpCodecParameters | None,
+        offered: list[RTCRtpCodecParameters],
+    ) -> None:
+        """RTX toward the subscriber when it offered RTX for ``peer_codec``."""
+        repair = match_rtx(peer_codec, offered) if peer_codec is not None else None
+        down.use_rtx(repair.payloadType if repair is not None else None, random_ssrc())
 
     # -- renegotiation (calls: the server offers the other party's tracks) ------------------
 
@@ -259,6 +285,7 @@ class Session:
             line.down = DownTrack(self, up, mid=line.media.mid, payload_type=peer_codec.payloadType)
             line.down_codec = peer_codec
             line.pending = True
+            self._use_rtx(line.down, peer_codec, line.media.codecs)
             self.downtracks.append(line.down)
             added = True
         return added
@@ -280,6 +307,7 @@ class Session:
         peer = match_subscriber_codec(up.codec, codecs)
         if peer is None:
             return None, None
+        repair = match_rtx(peer, codecs)
         mids = {line.media.mid for line in self.lines}
         mid = next(str(i) for i in range(len(mids) + 1) if str(i) not in mids)
         media = OfferedMedia(
@@ -287,10 +315,10 @@ class Session:
             kind=up.kind,
             mid=mid,
             protocol="UDP/TLS/RTP/SAVPF",
-            fmt=[str(peer.payloadType)],
+            fmt=[str(c.payloadType) for c in (peer, repair) if c is not None],
             direction="recvonly",
             rtcp_mux=True,
-            codecs=[peer],
+            codecs=[c for c in (peer, repair) if c is not None],
             ssrcs=[],
             fid=[],
             msid=None,
@@ -339,6 +367,7 @@ class Session:
                 continue
             down.payload_type = peer.payloadType
             line.down_codec = peer
+            self._use_rtx(down, peer, m.codecs)
             if self.state == "connected":
                 self._start_down(down)
 
@@ -416,10 +445,32 @@ class Session:
         ssrc = int.from_bytes(data[8:12], "big")
         up = self._by_ssrc.get(ssrc)
         if up is None:
+            repaired = self._rtx_by_ssrc.get(ssrc)
+            if repaired is None:
+                repaired = self._learn_rtx_ssrc(ssrc, data[1] & 0x7F)
+            if repaired is not None:
+                self._on_rtx(repaired, data)
+                return
             up = self._learn_ssrc(ssrc, data[1] & 0x7F)
             if up is None:
                 return
         up.on_rtp(data)
+
+    def _on_rtx(self, up: UpTrack, data: bytes) -> None:
+        """An RTX packet repairing ``up``: the original packet goes in as a late one."""
+        if (data[1] & 0x7F) != up.rtx_payload_type or up.in_ssrc is None:
+            return
+        original = rtx.unwrap(data, up.codec.payloadType, up.in_ssrc)
+        if original is not None and up.on_repair(original):
+            metrics.RTX_REPAIRED.inc()
+
+    def _learn_rtx_ssrc(self, ssrc: int, pt: int) -> UpTrack | None:
+        """An unknown SSRC sending the RTX payload type of exactly one track."""
+        candidates = [u for u in self.uptracks if u.rtx_payload_type == pt]
+        if len(candidates) != 1 or candidates[0] in self._rtx_by_ssrc.values():
+            return None
+        self.bind_rtx_ssrc(ssrc, candidates[0])
+        return candidates[0]
 
     def _learn_ssrc(self, ssrc: int, pt: int) -> UpTrack | None:
         candidates = [u for u in self.uptracks if u.codec.payloadType == pt]
@@ -478,6 +529,10 @@ class Session:
                         continue
                     payload += bytes(down.sender_report())
                     chunks.append(RtcpSourceInfo(ssrc=down.ssrc, items=[(1, self._cname.encode())]))
+                    if down.rtx_payload_type is not None and down.rtx_ssrc is not None:
+                        chunks.append(
+                            RtcpSourceInfo(ssrc=down.rtx_ssrc, items=[(1, self._cname.encode())])
+                        )
                 if payload:
                     payload += bytes(RtcpSdesPacket(chunks=chunks))
                     sender.send_rtcp(payload)
@@ -681,12 +736,22 @@ class MediaLine:
             send = answer_codec(self.down.up.codec, self.down_codec)
             if not codecs or send.payloadType != codecs[0].payloadType:
                 codecs.append(send)
+        repairs = []
+        if self.up is not None and self.up.rtx_payload_type is not None:
+            repairs.append(rtx_codec(self.up.rtx_payload_type, self.up.codec))
+        if self.down is not None and self.down_codec is not None:
+            if self.down.rtx_payload_type is not None:
+                repairs.append(rtx_codec(self.down.rtx_payload_type, self.down_codec))
+        for repair in repairs:
+            if all(c.payloadType != repair.payloadType for c in codecs):
+                codecs.append(repair)
         direction = {
             (True, True): "sendrecv",
             (True, False): "recvonly",
             (False, True): "sendonly",
         }[(self.up is not None, self.down is not None)]
         down = self.down
+        rtx_ssrc = down.rtx_ssrc if down is not None and down.rtx_payload_type is not None else None
         return AnswerSection(
             kind=m.kind,
             mid=m.mid,
@@ -695,6 +760,7 @@ class MediaLine:
             codecs=codecs,
             ssrc=down.ssrc if down is not None else None,
             msid=f"{down.up.publisher.id} {down.up.track_id}" if down is not None else None,
+            rtx_ssrc=rtx_ssrc,
         )
 
 

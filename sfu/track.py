@@ -36,7 +36,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
-from . import metrics
+from . import metrics, rtx
 
 if TYPE_CHECKING:
     from .session import Session
@@ -90,6 +90,8 @@ class UpTrack:
         self._fanout: tuple[tuple[int, tuple[Target, ...]], ...] = ()
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
         self.closed = False
+        # the publisher's RTX payload type (RFC 4588) for this track, when negotiated
+        self.rtx_payload_type: int | None = None
 
         # counters, flushed to prometheus in batches
         self.packets = 0
@@ -174,6 +176,15 @@ class UpTrack:
         if self._pli_wanted and self.in_ssrc is not None:
             self._pli_wanted = False
             self.request_keyframe()
+
+    def on_repair(self, data: bytes) -> bool:
+        """A packet the publisher resent over RTX, unwrapped: forwarded like any
+        late packet, unless the history already holds it (a duplicate, e.g.
+        RTX used as padding). True when it was new."""
+        if self.history((data[2] << 8) | data[3]) is not None:
+            return False
+        self.on_rtp(data)
+        return True
 
     def _send_each(self, packet: bytes, targets: tuple[Target, ...]) -> None:
         for protect, sendto, addr in targets:
@@ -394,6 +405,12 @@ class DownTrack:
         self.mid = mid
         self.payload_type = payload_type
         self.ssrc = up.out_ssrc
+        # RTX (RFC 4588) toward this subscriber, when it offered it: payload
+        # type, SSRC and the RTX stream's own sequence numbers
+        self.rtx_payload_type: int | None = None
+        self.rtx_ssrc: int | None = None
+        self._rtx_ssrc_bytes = b""
+        self._rtx_seq = 0
         self.target: Target | None = None
         self._base = (0, 0)
         self.nacks = 0
@@ -449,24 +466,46 @@ class DownTrack:
         except Exception:
             logger.exception("RTCP feedback handling failed")
 
+    def use_rtx(self, payload_type: int | None, ssrc: int) -> None:
+        """Answer NACKs with RTX packets of ``payload_type`` on ``ssrc`` (kept
+        once chosen), or in the media stream when ``payload_type`` is None."""
+        self.rtx_payload_type = payload_type
+        if payload_type is not None and self.rtx_ssrc is None:
+            self.rtx_ssrc = ssrc
+            self._rtx_ssrc_bytes = _pack_ssrc(ssrc)
+            self._rtx_seq = ssrc & 0xFFFF  # a start unrelated to the media stream's
+
+    def sent_packet(self, seq: int) -> bytes | None:
+        """The packet this subscriber was sent as ``seq`` (payload type not yet
+        written), from the up track's history; None when it is gone."""
+        return self.up.history(seq)
+
     def retransmit(self, lost: list[int]) -> None:
         target = self.target
         if target is None:
             return
         protect, sendto, addr = target
+        rtx_pt = self.rtx_payload_type
         for seq in lost[:128]:
-            packet = self.up.history(seq)
+            packet = self.sent_packet(seq)
             if packet is None:
                 continue
-            buf = bytearray(packet)
-            buf[1] = (buf[1] & 0x80) | self.payload_type
+            if rtx_pt is None:
+                buf = bytearray(packet)
+                buf[1] = (buf[1] & 0x80) | self.payload_type
+                packet = bytes(buf)
+            else:
+                packet = rtx.wrap(packet, rtx_pt, self._rtx_seq, self._rtx_ssrc_bytes)
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             try:
-                sendto(protect(bytes(buf)), addr)
+                sendto(protect(packet), addr)
             except Exception as exc:  # noqa: BLE001
                 logger.debug("retransmit failed: %s", exc)
                 return
             self.retransmitted += 1
             metrics.RETRANSMITTED.inc()
+            if rtx_pt is not None:
+                metrics.RTX_SENT.inc()
 
 
 def vp8_keyframe_start(data: bytes, hlen: int) -> bool:

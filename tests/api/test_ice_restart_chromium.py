@@ -30,8 +30,8 @@ VIEWER = """async ({room, token}) => {
   window.viewer = await watch(room, () => {});
 }"""
 
-# What the web app does when ICE fails: MediaSession.restart() (restartIce, PATCH, the answer's new ICE).
-RESTART = "async () => { await window.viewer.restart(); return window.viewer.pc.signalingState; }"
+# What the web app does when ICE fails: MediaSession.restartIce() (restartIce, PATCH, the answer's new ICE).
+RESTART = "async () => [await window.viewer.restartIce('test'), window.viewer.pc.signalingState]"
 
 STATS = """async () => {
   const out = {frames: 0, pair: null, dtls: null, ufrag: null};
@@ -81,8 +81,8 @@ async def test_chromium_viewer_restarts_ice_and_keeps_decoding(make_settings: Ca
                 (session,) = [s for s in engine._sessions.values() if s.role == "subscriber"]
                 server_path, dtls, shaken = nominated_pair(session.ice), session.dtls, len(handshakes)
 
-                assert await page.evaluate(RESTART) == "stable"
-                await until(lambda: _moved(page, before["pair"]), 3, "the selected pair to move")
+                assert await page.evaluate(RESTART) == [True, "stable"]
+                await until(lambda: _moved(page, before["pair"]), 10, "the selected pair to move")
                 await until(lambda: _frames_over(page, before["frames"] + 30), 3, "frames to keep decoding")
                 after = await page.evaluate(STATS)
                 assert after["dtls"] == "connected" and after["ufrag"] != before["ufrag"]

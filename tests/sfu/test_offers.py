@@ -40,7 +40,11 @@ async def test_chrome_shaped_offer(engine):
     assert "a=recvonly" in audio and "a=rtpmap:111 opus/48000/2" in audio
     assert "a=fmtp:111 minptime=10;useinbandfec=1" in audio
     assert "m=video 9" not in video and "a=rtpmap:96 VP8/90000" in video
-    assert "a=rtcp-fb:96 nack pli" in video and "transport-cc" not in video and "rtx" not in video
+    assert "a=rtcp-fb:96 nack pli" in video and "transport-cc" not in video
+    # RTX for the chosen codec only, and the publisher's RTX SSRC learned from its FID group
+    assert "a=rtpmap:97 rtx/90000" in video and "a=fmtp:97 apt=96" in video
+    assert "rtx" not in video.replace("a=rtpmap:97 rtx/90000", "")
+    assert session._rtx_by_ssrc == {2002: session.uptracks[1]}
     assert "a=extmap" not in answer  # we take and send no header extensions
     assert "a=setup:active" in answer
     assert "a=group:BUNDLE 0 1" in answer
