@@ -78,7 +78,9 @@ class AacToOpus:
         ts = (self._ts_base + self._start_ms * (OPUS_RATE // 1000) + pts) & 0xFFFFFFFF
         seq = self._seq
         self._seq = (seq + 1) & 0xFFFF
-        header = bytes([0x80, PAYLOAD_TYPE, seq >> 8, seq & 0xFF])
+        # marker set on every packet, as aiortc does: each is a whole frame, and
+        # the up track starts a new subscriber after a packet with the marker
+        header = bytes([0x80, 0x80 | PAYLOAD_TYPE, seq >> 8, seq & 0xFF])
         return header + ts.to_bytes(4, "big") + self.ssrc.to_bytes(4, "big") + payload
 
 

@@ -176,6 +176,7 @@ class RtmpConnection:
         self.ingest = ingest
         self.peer = peer
         self.room = ""
+        self.key = ""
         self.owner = ""
         self.publisher: LocalPublisher | None = None
         self.media = _Media()
@@ -194,7 +195,7 @@ class RtmpConnection:
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await server_handshake(self._reader, self._writer)
-            while not self._done:
+            while True:  # until the peer or _finish closes the connection
                 async with asyncio.timeout(IDLE_TIMEOUT):
                     message = await self._in.read_message()
                 self.media.stats.bytes_in = self._in.bytes_read
@@ -253,6 +254,8 @@ class RtmpConnection:
         self._command("onStatus", 0, None, info, stream_id=STREAM_ID)
 
     async def _dispatch(self, type_: int, timestamp: int, payload: bytes) -> None:
+        if self._done:
+            return  # refused: read on while the broadcaster gets to read why
         if type_ == VIDEO:
             if self._publishing:
                 await self._video(timestamp, payload)
@@ -295,7 +298,7 @@ class RtmpConnection:
         if self._publishing:
             raise Refused("NetStream.Publish.BadName", "this connection already publishes")
         room, key = parse_stream(self._app, stream)
-        self.room = room
+        self.room, self.key = room, key
         self.owner = await self.ingest.authorize(PublishRequest(room, key, self.peer))
         if self.ingest.engine.has_publisher(room):
             raise Refused("NetStream.Publish.BadName", f"room {room!r} already has a publisher")

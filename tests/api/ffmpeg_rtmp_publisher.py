@@ -43,6 +43,14 @@ def annexb_units(data: bytes) -> list[bytes]:
 def main(url: str, seconds: float, profile: str, bframes: str, nals_out: str) -> int:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO)
     av.logging.set_level(av.logging.ERROR)
+    try:
+        return publish(url, seconds, profile, bframes, nals_out)
+    except av.FFmpegError as exc:
+        print("publish failed:", exc, file=sys.stderr, flush=True)
+        return 3
+
+
+def publish(url: str, seconds: float, profile: str, bframes: str, nals_out: str) -> int:
     out = av.open(url, "w", format="flv")
     video = out.add_stream("libx264", rate=FPS)
     video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
@@ -50,42 +58,38 @@ def main(url: str, seconds: float, profile: str, bframes: str, nals_out: str) ->
                      "bf": bframes, "g": "30", "x264-params": f"bframes={bframes}"}
     audio = out.add_stream("aac", rate=AAC_RATE)
     audio.layout = "stereo"
+    # ten periods per AAC frame (about 431 Hz): every frame carries the same samples
+    tone = b"".join(
+        int(8000 * math.sin(2 * math.pi * 10 * i / AAC_FRAME)).to_bytes(2, "little", signed=True) * 2
+        for i in range(AAC_FRAME)
+    )
     start = time.monotonic()
     frames = audio_frames = 0
     with open(nals_out, "w") as record:
-        try:
-            while time.monotonic() - start < seconds:
-                frame = av.VideoFrame(320, 240, "yuv420p")
-                for n, plane in enumerate(frame.planes):
-                    plane.update(bytes([(frames * 3 + n * 40) % 255]) * plane.buffer_size)
-                frame.pts = frames
-                for packet in video.encode(frame):
-                    if frames == 0 or not record.tell():
-                        extra = video.codec_context.extradata or b""
-                        record.write(json.dumps([u.hex() for u in annexb_units(extra)]) + "\n")
-                    record.write(json.dumps([u.hex() for u in annexb_units(bytes(packet))]) + "\n")
+        while time.monotonic() - start < seconds:
+            frame = av.VideoFrame(320, 240, "yuv420p")
+            for n, plane in enumerate(frame.planes):
+                plane.update(bytes([(frames * 3 + n * 40) % 255]) * plane.buffer_size)
+            frame.pts = frames
+            for packet in video.encode(frame):
+                if not record.tell():
+                    extra = video.codec_context.extradata or b""
+                    record.write(json.dumps([u.hex() for u in annexb_units(extra)]) + "\n")
+                record.write(json.dumps([u.hex() for u in annexb_units(bytes(packet))]) + "\n")
+                out.mux(packet)
+            while audio_frames * AAC_FRAME < (frames + 1) * AAC_RATE // FPS:
+                pcm = av.AudioFrame(format="s16", layout="stereo", samples=AAC_FRAME)
+                pcm.planes[0].update(tone)
+                pcm.sample_rate = AAC_RATE
+                pcm.pts = audio_frames * AAC_FRAME
+                for packet in audio.encode(pcm):
                     out.mux(packet)
-                while audio_frames * AAC_FRAME < (frames + 1) * AAC_RATE // FPS:
-                    tone = av.AudioFrame(format="s16", layout="stereo", samples=AAC_FRAME)
-                    samples = bytearray()
-                    for i in range(AAC_FRAME):
-                        t = (audio_frames * AAC_FRAME + i) / AAC_RATE
-                        v = int(8000 * math.sin(2 * math.pi * 440 * t))
-                        samples += v.to_bytes(2, "little", signed=True) * 2
-                    tone.planes[0].update(bytes(samples))
-                    tone.sample_rate = AAC_RATE
-                    tone.pts = audio_frames * AAC_FRAME
-                    for packet in audio.encode(tone):
-                        out.mux(packet)
-                    audio_frames += 1
-                frames += 1
-                delay = start + frames / FPS - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            out.close()
-        except av.FFmpegError as exc:
-            print("publish failed:", exc, file=sys.stderr, flush=True)
-            return 3
+                audio_frames += 1
+            frames += 1
+            delay = start + frames / FPS - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        out.close()
     print("published", frames, "frames", flush=True)
     return 0
 
