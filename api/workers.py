@@ -69,8 +69,8 @@ class Supervisor:
         self.slices = udp_slices(settings.udp_ports, workers)
         self.stopping = False
 
-    def _spawn(self, worker: Worker) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def environment(self, worker: Worker) -> dict[str, str]:
+        """A worker's environment: its node id, its UDP slice; the RTMP port for worker 0 only."""
         env = dict(os.environ)
         base = self.settings.node_id or f"{socket.gethostname()}:{self.settings.port}"
         env["AIRWAVE_NODE_ID"] = f"{base}/{worker.index}"
@@ -79,6 +79,11 @@ class Supervisor:
             env["AIRWAVE_UDP_PORTS"] = f"{udp[0]}-{udp[1]}"
         if worker.index != 0:
             env["AIRWAVE_RTMP_PORT"] = "0"  # worker 0 owns the RTMP ingest's port
+        return env
+
+    def _spawn(self, worker: Worker) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = self.environment(worker)
         command = [sys.executable, "-m", "api.cli", "serve", "--worker-fd", str(child.fileno()),
                    "--host", self.settings.host, "--port", str(self.settings.port)]
         if self.config_file:
