@@ -236,6 +236,25 @@ async def test_stream_key_publish_conflict_rotation_and_wrong_keys(
             await b.kill()
 
 
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_ending_the_room_ends_the_rtmp_publish_with_a_reason(
+    rtmp_app: RunningApp, tmp_path: Path
+) -> None:
+    room = await create_room(rtmp_app, "alice")
+    broadcaster = Broadcaster(rtmp_app, tmp_path, "ended")
+    try:
+        await broadcaster.start(
+            f"live/{room['id']}?key={rtmp_app.token('alice', room=room['id'], publish=True)}", 30)
+        await wait_for(lambda: live(rtmp_app, room["id"]), 20)
+        status, _ = await rest(rtmp_app, "POST", f"/api/v1/rooms/{room['id']}/end", "alice")
+        assert status == 200
+        assert await broadcaster.finish() == 3
+        assert "Server error: publishing ended: room_ended" in broadcaster.err
+        assert not live(rtmp_app, room["id"])
+    finally:
+        await broadcaster.kill()
+
+
 async def test_only_the_owner_or_an_admin_manages_stream_keys(rtmp_app: RunningApp) -> None:
     room = await create_room(rtmp_app, "alice")
     path = f"/api/v1/rooms/{room['id']}/stream-key"
