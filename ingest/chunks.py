@@ -5,7 +5,8 @@ which FFmpeg and OBS use for ``rtmp://``. Messages are read whole from the
 interleaved chunk streams, with the peer's chunk size, abort, and
 acknowledgements sent at the peer's window; everything else is for the
 caller to interpret. Inputs are bounded: a message longer than
-``MAX_MESSAGE`` or a chunk size out of range ends the connection.
+``MAX_MESSAGE``, more than ``MAX_BUFFERED`` bytes of unfinished messages or
+a chunk size out of range ends the connection.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from dataclasses import dataclass
 HANDSHAKE_SIZE = 1536
 RTMP_VERSION = 3
 MAX_MESSAGE = 8 * 1024 * 1024
+MAX_BUFFERED = 16 * 1024 * 1024  # parts of messages held at once, all chunk streams together
 MAX_CHUNK_SIZE = 0x7FFFFFFF
-MAX_CHUNK_STREAMS = 64
+MAX_CHUNK_STREAMS = 16
 OUR_CHUNK_SIZE = 4096
 OUR_WINDOW = 5_000_000
 
@@ -154,6 +156,9 @@ class ChunkReader:
             raise ProtocolError(f"message of {stream.length} bytes is over {MAX_MESSAGE}")
         if starts:
             stream.partial = bytearray()
+            buffered = sum(len(s.partial) for s in self._streams.values() if s.partial)
+            if buffered + stream.length > MAX_BUFFERED:
+                raise ProtocolError("too many large messages in progress at once")
         assert stream.partial is not None
         take = min(self.chunk_size, stream.length - len(stream.partial))
         stream.partial += await self._read(take)

@@ -206,6 +206,8 @@ class RtmpConnection:
             pass
         except (ProtocolError, amf0.AmfError) as exc:
             log.info("rtmp %s: protocol error: %s", self.peer, exc)
+        except Exception:
+            log.exception("rtmp %s: connection failed", self.peer)
         finally:
             await self._finish("disconnected")
 
