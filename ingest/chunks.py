@@ -1,7 +1,9 @@
 """RTMP's transport: the handshake and the chunk stream (Adobe RTMP 1.0, sections 5.2-5.4).
 
 The handshake is the plain one (C0/C1/C2, S0/S1/S2 with S2 echoing C1),
-which FFmpeg and OBS use for ``rtmp://``. Messages are read whole from the
+which FFmpeg and OBS use for ``rtmp://`` (librtmp asks for the Flash 9
+digest handshake only for RTMPE or SWF verification, and falls back to the
+plain one when S1's version bytes are zero, as ours are). Messages are read whole from the
 interleaved chunk streams, with the peer's chunk size, abort, and
 acknowledgements sent at the peer's window; everything else is for the
 caller to interpret. Inputs are bounded: a message longer than
@@ -64,7 +66,7 @@ async def server_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamW
     c1 = c0c1[1:]
     now = int(time.monotonic() * 1000) & 0xFFFFFFFF
     s1 = struct.pack("!II", now, 0) + os.urandom(HANDSHAKE_SIZE - 8)
-    s2 = c1[:4] + struct.pack("!I", now) + c1[8:]
+    s2 = c1  # C1 echoed whole: librtmp (OBS) compares all of it and warns on a difference
     writer.write(bytes([RTMP_VERSION]) + s1 + s2)
     await writer.drain()
     await reader.readexactly(HANDSHAKE_SIZE)  # C2: the client's echo of S1

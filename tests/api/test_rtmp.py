@@ -19,6 +19,7 @@ import pytest
 from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
 
 from api.components import AIRWAVE
+from api.rtmp import INGEST_KEY
 from config import Settings
 from tests.conftest import RunningApp, free_port, rest, start_app
 from tests.rooms.room_clients import connect, create_room
@@ -210,8 +211,8 @@ async def test_stream_key_publish_conflict_rotation_and_wrong_keys(
         # OBS's form: server rtmp://host/live/ROOM, stream key = the room's key
         await first.start(f"live/{room_id}/{made['streamKey']}", 30)
         await wait_for(lambda: live(rtmp_app, room_id), 20)
-        publisher = next(iter(rtmp_app.app[AIRWAVE].media._rooms[room_id].publishers.values()))
-        assert publisher.owner == "alice"  # a stream key publishes as the room's owner
+        connection = rtmp_app.app[INGEST_KEY][0].publishing(room_id)
+        assert connection is not None and connection.owner == "alice"  # as the room's owner
 
         # a second publisher gets WHIP's conflict
         await second.start(f"live/{room_id}?key={rtmp_app.token('alice', room=room_id, publish=True)}", 5)

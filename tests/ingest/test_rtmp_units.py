@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from ingest import Refused, parse_stream
 from ingest.amf0 import AmfError, decode_all, encode
 from ingest.avc import MAX_PAYLOAD, H264Packetizer, UnsupportedVideo, parse_avc_config
-from ingest.chunks import VIDEO, ChunkReader, ChunkWriter, ProtocolError
+from ingest.chunks import (
+    HANDSHAKE_SIZE,
+    VIDEO,
+    ChunkReader,
+    ChunkWriter,
+    ProtocolError,
+    server_handshake,
+)
 
 SPS_MAIN = bytes.fromhex("674d400dda0507e840000003004000000f23c50aa8")
 SPS_HIGH = bytes.fromhex("6764000dacb40a0fd080000003008000001e478a1550")
@@ -44,6 +51,38 @@ def test_amf0_never_raises_anything_but_amf_error(data: bytes) -> None:
         decode_all(data)
     except AmfError:
         pass
+
+
+async def test_handshake_answers_s0_s1_s2_with_c1_echoed_and_refuses_other_versions() -> None:
+    done: list[BaseException | None] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await server_handshake(reader, writer)
+            done.append(None)
+        except (ProtocolError, asyncio.IncompleteReadError) as exc:
+            done.append(exc)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c1 = bytes(range(256)) * 6
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x03" + c1)
+    s0s1s2 = await reader.readexactly(1 + 2 * HANDSHAKE_SIZE)
+    assert s0s1s2[0] == 3 and s0s1s2[5:9] == bytes(4)  # S1's version zero: the plain handshake
+    assert s0s1s2[1 + HANDSHAKE_SIZE :] == c1
+    writer.write(s0s1s2[1 : 1 + HANDSHAKE_SIZE])  # C2 echoes S1
+    await writer.drain()
+    assert await reader.read() == b""
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"\x06" + c1)  # RTMPE
+    assert await reader.read() == b""
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    assert done[0] is None and isinstance(done[1], ProtocolError)
 
 
 class _Sink:
