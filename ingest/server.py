@@ -30,7 +30,7 @@ from urllib.parse import parse_qs
 
 from sfu import LocalPublisher, MediaEngine, MediaError
 
-from . import amf0
+from . import amf0, metrics
 from .aac import AacToOpus, UnsupportedAudio, opus_codec
 from .avc import AvcConfig, H264Packetizer, UnsupportedVideo, parse_avc_config, split_nal_units
 from .chunks import (
@@ -57,6 +57,7 @@ ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_KEY = 4096
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0  # no message for this long ends the connection
+MEDIA_TIMEOUT = 10.0  # the same once publishing (encoders send dozens of messages a second)
 MAX_UNPUBLISHED = 64  # connections not (yet) publishing
 REFUSAL_LINGER = 1.0  # seconds the client has to read a refusal before we close
 STREAM_ID = 1
@@ -155,10 +156,12 @@ class RtmpIngest:
             return
         conn = RtmpConnection(self, reader, writer, str(peer[0]))
         self.connections.add(conn)
+        metrics.CONNECTIONS.inc()
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            metrics.CONNECTIONS.dec()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -196,7 +199,7 @@ class RtmpConnection:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await server_handshake(self._reader, self._writer)
             while True:  # until the peer or _finish closes the connection
-                async with asyncio.timeout(IDLE_TIMEOUT):
+                async with asyncio.timeout(MEDIA_TIMEOUT if self._publishing else IDLE_TIMEOUT):
                     message = await self._in.read_message()
                 self.media.stats.bytes_in = self._in.bytes_read
                 await self._dispatch(message.type, message.timestamp, message.payload)
@@ -218,6 +221,7 @@ class RtmpConnection:
 
     async def _refuse(self, exc: Refused) -> None:
         self._done = True
+        metrics.REFUSED.labels(code=exc.code).inc()
         log.warning("rtmp %s room %s refused: %s (%s)", self.peer, self.room or "?",
                     exc.description, exc.code)
         try:
@@ -243,6 +247,7 @@ class RtmpConnection:
             self._watch.cancel()
         publisher, self.publisher = self.publisher, None
         if publisher is not None:
+            metrics.PUBLISHING.dec()
             await publisher.close(reason)
             log.info("rtmp %s: stopped publishing into %s (%s)", self.peer, self.room, reason)
 
@@ -376,16 +381,19 @@ class RtmpConnection:
             raise Refused("NetStream.Publish.BadName", exc.message) from None
         publisher.on_keyframe_request = self._keyframe_requested
         self.publisher = publisher
+        metrics.PUBLISHING.inc()
         self._watch = asyncio.create_task(self._watch_publisher(publisher))
 
     def _keyframe_requested(self, kind: str) -> None:
         self.media.stats.keyframe_requests += 1
+        metrics.KEYFRAME_REQUESTS.inc()
 
     async def _watch_publisher(self, publisher: LocalPublisher) -> None:
         """The engine ended the publisher (room ended, kicked, shutdown): tell the broadcaster."""
         await publisher.wait_closed()
         if self.publisher is publisher and not self._done:
             self.publisher = None
+            metrics.PUBLISHING.dec()
             await self._refuse(Refused("NetStream.Publish.Rejected",
                                        f"publishing ended: {publisher.close_reason}"))
 

@@ -230,6 +230,14 @@ async def test_stream_key_publish_conflict_rotation_and_wrong_keys(
 
         status, _ = await rest(rtmp_app, "DELETE", f"/api/v1/rooms/{room_id}/stream-key", "alice")
         assert status == 200
+        async with aiohttp.ClientSession() as http:
+            async with http.get(rtmp_app.url + "/metrics") as r:
+                metrics = await r.text()
+        lines = metrics.splitlines()
+        assert any(line.startswith("airwave_rtmp_refused_total{")
+                   and 'code="NetStream.Publish.BadName"' in line for line in lines)
+        assert any(line.startswith("airwave_rtmp_publishing{") and line.endswith(" 0.0")
+                   for line in lines)
         status, body = await rest(rtmp_app, "DELETE", f"/api/v1/rooms/{room_id}/stream-key", "alice")
         assert status == 404 and body["code"] == "stream_key_not_found"
     finally:
