@@ -10,10 +10,9 @@ flows straight between client and worker; the supervisor only accepts.
 Each worker is a whole airwave node (``airwave serve --worker-fd FD``) with
 its own node id, its own slice of ``AIRWAVE_UDP_PORTS`` and the shared Redis
 and PostgreSQL. The supervisor also runs the embedded STUN server, once for
-the machine. Worker 0 alone runs the RTMP ingest (``AIRWAVE_RTMP_PORT``;
-RTMP connections are few and long, so one process suffices and its rooms'
-viewers reach it across workers as any publisher's, through the edges). It
-restarts a worker that dies, and on SIGTERM/SIGINT passes the
+the machine. Worker 0 alone runs the RTMP ingest (``AIRWAVE_RTMP_PORT``:
+RTMP connections are few and long, one process takes them). It restarts a
+worker that dies, and on SIGTERM/SIGINT passes the
 signal on, waits for every worker to drain and exit, and exits 0.
 """
 
