@@ -1,5 +1,6 @@
 """FFmpeg's RTMP client (the flv muxer of the FFmpeg inside PyAV), run as a
-subprocess by tests/api/test_rtmp.py: libx264 (profile and B-frames as asked)
+subprocess by tests/api/test_rtmp.py: libx264 (profile and B-frames as asked;
+profile ``hevc``: libx265)
 and AAC 44.1 kHz stereo at real-time pace for the given seconds. It writes
 the NAL units it sent, per frame, as hex JSON lines to NALS_OUT (the SPS and
 PPS first) and FFmpeg's own log to stderr, where a server's refusal shows as
@@ -52,10 +53,14 @@ def main(url: str, seconds: float, profile: str, bframes: str, nals_out: str) ->
 
 def publish(url: str, seconds: float, profile: str, bframes: str, nals_out: str) -> int:
     out = av.open(url, "w", format="flv")
-    video = out.add_stream("libx264", rate=FPS)
+    if profile == "hevc":  # FFmpeg 8 sends it as enhanced RTMP (FourCC hvc1)
+        video = out.add_stream("libx265", rate=FPS)
+        video.options = {"preset": "ultrafast", "x265-params": f"bframes={bframes}:log-level=error"}
+    else:
+        video = out.add_stream("libx264", rate=FPS)
+        video.options = {"profile": profile, "preset": "veryfast", "tune": "zerolatency",
+                         "bf": bframes, "g": "30", "x264-params": f"bframes={bframes}"}
     video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
-    video.options = {"profile": profile, "preset": "veryfast", "tune": "zerolatency",
-                     "bf": bframes, "g": "30", "x264-params": f"bframes={bframes}"}
     audio = out.add_stream("aac", rate=AAC_RATE)
     audio.layout = "stereo"
     # ten periods per AAC frame (about 431 Hz): every frame carries the same samples

@@ -163,6 +163,7 @@ async def test_ffmpeg_publishes_h264_main_and_aac_for_30s_to_whep_and_socketio(
 @pytest.mark.parametrize(("profile", "bframes", "message"), [
     ("high", 0, "Server error: H.264 High profile is refused: browsers' WebRTC decodes Baseline and Main"),
     ("main", 2, "Server error: H.264 with B-frames is refused"),
+    ("hevc", 0, "Server error: video codec 'hvc1' is refused: send H.264 (Baseline or Main profile)"),
 ])
 async def test_what_browsers_cannot_play_is_refused_and_the_room_stays_not_live(
     rtmp_app: RunningApp, tmp_path: Path, profile: str, bframes: int, message: str
