@@ -14,10 +14,12 @@ from .errors import (
     SdpError,
     SessionNotFound,
 )
+from .local import LocalPublisher
 from .session import Session
 
 __all__ = [
     "AtCapacity",
+    "LocalPublisher",
     "MediaEngine",
     "MediaError",
     "NothingAcceptable",

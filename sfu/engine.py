@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from config.settings import Settings
 
@@ -28,6 +29,7 @@ from .errors import (
     SdpError,
     SessionNotFound,
 )
+from .local import LocalPublisher
 from .sdp import Offer, OfferedMedia, parse_candidate, parse_offer
 from .session import MediaLine, Session
 from .track import DownTrack, UpTrack
@@ -194,6 +196,22 @@ class MediaEngine:
         lines = _publisher_lines(session, plan)
         await self._set_up(session, session.start_pulled(answer, lines))
         return session
+
+    def publish_local(
+        self, room: str, *, owner: str = "", tracks: list[tuple[str, RTCRtpCodecParameters]]
+    ) -> LocalPublisher:
+        """A publisher fed RTP by this process (an ingest, see sfu/local.py):
+        ``tracks`` is ``[(kind, codec)]``, one per kind. Live at once, so
+        ``on_publisher_started`` fires now; same conflicts as :meth:`publish`."""
+        self._check_open()
+        self._check_sessions()
+        r = self._rooms.get(room)
+        if r is not None and r.publishers:
+            raise PublisherExists(f"room {room!r} already has a publisher")
+        publisher = LocalPublisher(self, room, owner, tracks)
+        self._add(publisher, publisher=True)  # type: ignore[arg-type]
+        publisher.start()
+        return publisher
 
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
