@@ -84,6 +84,7 @@ class Settings:
     max_sessions: int = 2000
     whep_public: bool = False  # WHEP without a token for rooms marked public
     room_publisher_grace: float = 10.0  # seconds a live room waits for its publisher
+    rtmp_port: int = 0  # RTMP ingest (rtmp://host:port/live/ROOM); 0 = off
 
     # --- STUN / TURN ----------------------------------------------------------
     stun_port: int = 3478  # 0 = off
@@ -282,6 +283,8 @@ def _validate(s: Settings) -> Settings:
         fail("port", f"must be 0-65535, got {s.port}")
     if not (0 <= s.stun_port <= 65535):
         fail("stun_port", f"must be 0-65535, got {s.stun_port}")
+    if not (0 <= s.rtmp_port <= 65535):
+        fail("rtmp_port", f"must be 0-65535, got {s.rtmp_port}")
     if s.env not in ("development", "production"):
         fail("env", f"must be development or production, got {s.env!r}")
     if s.log_format not in ("text", "json"):

@@ -16,11 +16,13 @@ from .errors import (
     SdpError,
     SessionNotFound,
 )
+from .local import LocalPublisher
 from .session import Session
 
 __all__ = [
     "AtCapacity",
     "IceRestartRefused",
+    "LocalPublisher",
     "MediaEngine",
     "MediaError",
     "NothingAcceptable",

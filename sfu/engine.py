@@ -16,6 +16,7 @@ from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from config.settings import Settings
 
@@ -30,6 +31,7 @@ from .errors import (
     SdpError,
     SessionNotFound,
 )
+from .local import LocalPublisher
 from .sdp import Offer, OfferedMedia, ice_parameters, parse_candidate, parse_offer
 from .session import MediaLine, Session
 from .track import DownTrack, UpTrack
@@ -197,6 +199,22 @@ class MediaEngine:
         await self._set_up(session, session.start_pulled(answer, lines))
         return session
 
+    def publish_local(
+        self, room: str, *, owner: str = "", tracks: list[tuple[str, RTCRtpCodecParameters]]
+    ) -> LocalPublisher:
+        """A publisher fed RTP by this process (an ingest, see sfu/local.py):
+        ``tracks`` is ``[(kind, codec)]``, one per kind. Live at once, so
+        ``on_publisher_started`` fires now; same conflicts as :meth:`publish`."""
+        self._check_open()
+        self._check_sessions()
+        r = self._rooms.get(room)
+        if r is not None and r.publishers:
+            raise PublisherExists(f"room {room!r} already has a publisher")
+        publisher = LocalPublisher(self, room, owner, tracks)
+        self._add(publisher, publisher=True)  # type: ignore[arg-type]
+        publisher.start()
+        return publisher
+
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
@@ -217,9 +235,7 @@ class MediaEngine:
         """The peer's ICE restart with new credentials and trickled ``candidate:...``
         lines (``end-of-candidates`` ends them): our new credentials and
         candidates. The session stays the same; see :meth:`Session.restart_ice`."""
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(session_id)
+        session = self._restartable(session_id)
         remote = ice_parameters(ufrag, pwd)
         parsed = [parse_candidate(line) for line in candidates]
         usable = [c for c in parsed if c is not None]
@@ -227,13 +243,19 @@ class MediaEngine:
 
     async def restart_offer(self, session_id: str, offer_sdp: str) -> str:
         """A new offer that restarts the session's ICE: the answer with our new credentials."""
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(session_id)
+        session = self._restartable(session_id)
         offer = parse_offer(offer_sdp)
         if not session.is_ice_restart(offer):
             raise IceRestartRefused("the offer keeps the ICE credentials: nothing to restart")
         return await session.restart_offer(offer)
+
+    def _restartable(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        if not isinstance(session, Session):  # a local publisher has no ICE
+            raise IceRestartRefused("this session has no ICE to restart")
+        return session
 
     async def close_session(self, session_id: str, reason: str = "closed") -> None:
         session = self._sessions.get(session_id)

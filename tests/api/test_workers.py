@@ -18,7 +18,7 @@ import pytest
 import socketio
 
 from auth import Grants, TokenService
-from config import load_settings
+from config import Settings, load_settings
 from tests.conftest import PG_URL, REDIS_URL, _require_services, drop_schema, free_port
 
 SECRET = "workers-secret-" + "w" * 32
@@ -113,3 +113,13 @@ def test_udp_ranges_are_split_between_workers() -> None:
     assert udp_slices(None, 2) == [None, None]
     with pytest.raises(ValueError):
         udp_slices((40000, 40001), 3)
+
+
+def test_only_worker_0_runs_the_rtmp_ingest() -> None:
+    from api.workers import Supervisor, Worker
+
+    supervisor = Supervisor(Settings(rtmp_port=1935, udp_ports=(40000, 40999)), 3, None)
+    envs = [supervisor.environment(Worker(i)) for i in range(3)]
+    assert "AIRWAVE_RTMP_PORT" not in envs[0] or envs[0]["AIRWAVE_RTMP_PORT"] != "0"
+    assert envs[1]["AIRWAVE_RTMP_PORT"] == envs[2]["AIRWAVE_RTMP_PORT"] == "0"
+    assert envs[2]["AIRWAVE_UDP_PORTS"] == "40666-40998"

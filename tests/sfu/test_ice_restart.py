@@ -9,6 +9,7 @@ from aiortc.rtcicetransport import RTCIceParameters
 from prometheus_client import REGISTRY
 
 from config.settings import Settings
+from ingest.aac import opus_codec
 from sfu import AtCapacity, IceRestartRefused, RestartTooSoon, SessionNotFound
 from sfu import aiortc_seam as seam
 
@@ -220,3 +221,13 @@ async def test_closing_a_session_mid_restart_releases_the_new_path(engine, vp8_f
     finally:
         await viewer.close()
         await publisher.close()
+
+
+async def test_a_local_publisher_has_no_ice_to_restart(engine):
+    publisher = engine.publish_local("r", owner="alice", tracks=[("audio", opus_codec())])
+    with pytest.raises(IceRestartRefused):
+        await engine.restart_ice(publisher.id, "abcd", "p" * 22, [])
+    with pytest.raises(IceRestartRefused):
+        await engine.restart_offer(publisher.id, "v=0")
+    assert engine.session(publisher.id) is publisher
+    await engine.close_session(publisher.id)
