@@ -1,6 +1,12 @@
 """``make test``'s runner: one private PostgreSQL and Redis, then two pytest runs.
 
     python -m tests.suite [--workers=N] [PYTEST_ARGS...]
+    make test [TEST_WORKERS=N] [PYTEST_ARGS="-x -k chat"]
+
+Environment: AIRWAVE_TEST_PG_URL / AIRWAVE_TEST_REDIS_URL use those servers instead
+of private ones (every test has its own schema and key prefix there);
+AIRWAVE_TEST_PG_BIN (a PostgreSQL bin directory) and AIRWAVE_TEST_REDIS_SERVER (a
+redis-server path) choose the binaries of the private ones.
 
 1. ``pytest -n N -m "not serial"``: most of the suite, in N xdist workers.
 2. ``pytest -m serial``: browsers, coturn, FFmpeg, clusters, shaped links, one at a
