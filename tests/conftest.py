@@ -11,13 +11,17 @@ run with what to install, it never skips.
 
 Tests marked ``serial`` (browsers, coturn, FFmpeg, several-node clusters,
 shaped links: they flake when the CPU is contended) run in a second, serial
-pytest; ``make test`` runs both (tests/suite.py).
+pytest; ``make test`` runs both (tests/suite.py). Marked here: by path, and any
+test whose module imports ``chromium`` from tests/webapp/browser.py or
+``CoturnProcess``, or that uses the ``coturn`` fixture; anything else CPU-heavy
+says ``pytestmark = pytest.mark.serial`` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import inspect
 import ipaddress
 import os
 import socket
@@ -40,15 +44,17 @@ from tests.services import PrivateServices, ServicesUnavailable
 
 SERVICE_URLS = {"PG_URL": "AIRWAVE_TEST_PG_URL", "REDIS_URL": "AIRWAVE_TEST_REDIS_URL"}
 BACKENDS = ["embedded", "postgres"]
-# Directories and files whose tests run in the serial pytest (see module docstring).
+# What puts a test in the serial pytest besides its own ``serial`` mark: its path, or
+# a helper in its module that starts Chromium or coturn (browser tests live elsewhere too).
 SERIAL_PATHS = (
     "tests/webapp/",
     "tests/cluster/",
     "tests/netlab/",
     "tests/api/test_ffmpeg_whip.py",
-    "tests/turn/test_turn_coturn_interop.py",
-    "tests/turn/test_turn_docs.py",
+    "tests/api/test_rtmp.py",
 )
+SERIAL_HELPERS = {("tests.webapp.browser", "chromium"), ("tests.turn.turn_testing", "CoturnProcess")}
+SERIAL_FIXTURES = {"coturn"}
 _private_services: list[PrivateServices] = []
 
 
@@ -111,12 +117,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
                 del os.environ[env]
 
 
+def _is_serial(item: pytest.Item, root: Path) -> bool:
+    if item.path.is_relative_to(root) and item.path.relative_to(root).as_posix().startswith(SERIAL_PATHS):
+        return True
+    if SERIAL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and any(
+        (value.__module__, value.__name__) in SERIAL_HELPERS
+        for value in vars(module).values()
+        if inspect.isfunction(value) or inspect.isclass(value)
+    )
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m "not serial" deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    root = config.rootpath
     for item in items:
-        where = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else ""
-        if where.startswith(SERIAL_PATHS):
+        if _is_serial(item, config.rootpath):
             item.add_marker(pytest.mark.serial)
 
 
