@@ -27,12 +27,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DIR_PREFIX = "airwave-test-services-"
 OWNER_FILE = "owner.pid"
 START_TIMEOUT = 30.0
+PORT_ATTEMPTS = 3
 STOP_TIMEOUT = 10.0
 
 
@@ -53,11 +55,12 @@ def postgres_bin_dir() -> Path:
         if Path(p).parent.name.isdigit() else 0,
     )
     for directory in reversed(candidates):
-        if all(os.access(Path(directory) / name, os.X_OK) for name in ("initdb", "postgres")):
+        if all(os.access(Path(directory) / name, os.X_OK) for name in ("initdb", "postgres", "pg_isready")):
             return Path(directory)
     where = f"AIRWAVE_TEST_PG_BIN={chosen}" if chosen else "/usr/lib/postgresql/*/bin"
     raise ServicesUnavailable(
-        f"The tests start their own PostgreSQL, but initdb and postgres were not found in "
+        f"The tests start their own PostgreSQL, but initdb, postgres and pg_isready were not "
+        f"found in "
         f"{where}. Install Debian's PostgreSQL server (as root: apt-get install postgresql, "
         f"which `make test` does when run as root), or point AIRWAVE_TEST_PG_BIN at a "
         f"PostgreSQL bin directory, or use a running server with "
@@ -178,7 +181,6 @@ class PrivateServices:
     def _start_postgres(self, bin_dir: Path, user: pwd.struct_passwd | None) -> str:
         assert self.directory
         data = self.directory / "pgdata"
-        log = self.directory / "postgres.log"
         initdb = subprocess.run(
             self._command(user, "KILL", str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
                           "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"),
@@ -189,59 +191,70 @@ class PrivateServices:
                 f"initdb failed for the tests' private PostgreSQL in {data}: "
                 f"{(initdb.stderr or initdb.stdout).strip()}"
             )
-        port = free_loopback_port()
-        process = self._spawn(
-            self._command(
+
+        def serve(port: int) -> list[str]:
+            return self._command(
                 user, "INT", str(bin_dir / "postgres"), "-D", str(data),
                 "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
                 "-c", f"unix_socket_directories={self.directory}",
                 "-c", "max_connections=300", "-c", "fsync=off", "-c", "autovacuum=off",
                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            ),
-            log, user, signal.SIGINT,  # fast shutdown
-        )
-        pg_isready = bin_dir / "pg_isready"
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                break
-            ready = subprocess.run(
-                [str(pg_isready), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"],
-                check=False,
-            ) if pg_isready.exists() else None
-            if ready is not None and ready.returncode == 0:
-                return f"postgresql://postgres@127.0.0.1:{port}/postgres"
-            time.sleep(0.1)
-        raise ServicesUnavailable(
-            f"The tests' private PostgreSQL did not start on 127.0.0.1:{port} within "
-            f"{START_TIMEOUT:.0f}s; its log ends:\n{self._log_tail(log)}"
-        )
+            )
+
+        def ready(port: int) -> bool:
+            probe = [str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)]
+            return subprocess.run(probe, check=False).returncode == 0
+
+        port = self._start_on_free_port("PostgreSQL", serve, ready, user, signal.SIGINT)
+        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
     def _start_redis(self, binary: Path, user: pwd.struct_passwd | None) -> str:
         assert self.directory
-        log = self.directory / "redis.log"
-        port = free_loopback_port()
-        process = self._spawn(
-            self._command(
+        directory = str(self.directory)
+
+        def serve(port: int) -> list[str]:
+            return self._command(
                 user, "TERM", str(binary), "--bind", "127.0.0.1", "--port", str(port),
-                "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--maxclients", "2000",
-            ),
-            log, user, signal.SIGTERM,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and process.poll() is None:
+                "--dir", directory, "--save", "", "--appendonly", "no", "--daemonize", "no",
+            )
+
+        def ready(port: int) -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
                     conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return f"redis://127.0.0.1:{port}/0"
+                    return conn.recv(16).startswith(b"+PONG")
             except OSError:
-                pass
-            time.sleep(0.1)
+                return False
+
+        port = self._start_on_free_port("Redis", serve, ready, user, signal.SIGTERM)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def _start_on_free_port(
+        self,
+        name: str,
+        serve: Callable[[int], list[str]],
+        ready: Callable[[int], bool],
+        user: pwd.struct_passwd | None,
+        stop: signal.Signals,
+    ) -> int:
+        """Start ``serve(port)`` until it answers ``ready``; another port if it exits
+        (a free port can be taken between our probe and its bind)."""
+        assert self.directory
+        log = self.directory / f"{name.lower()}.log"
+        for _ in range(PORT_ATTEMPTS):
+            port = free_loopback_port()
+            process = self._spawn(serve(port), log, user, stop)
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline and process.poll() is None:
+                if ready(port):
+                    return port
+                time.sleep(0.1)
+            if process.poll() is None:  # running but not answering: another port will not help
+                what = f"did not answer on 127.0.0.1:{port} within {START_TIMEOUT:.0f}s"
+                break
+            what = f"exited at start ({process.returncode}) {PORT_ATTEMPTS} times"
         raise ServicesUnavailable(
-            f"The tests' private Redis did not start on 127.0.0.1:{port} within "
-            f"{START_TIMEOUT:.0f}s; its log ends:\n{self._log_tail(log)}"
+            f"The tests' private {name} {what}; its log ends:\n{self._log_tail(log)}"
         )
 
     def stop(self) -> None:
