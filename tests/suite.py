@@ -53,10 +53,11 @@ def _say(message: str) -> None:
 
 
 def run_pytest(args: list[str]) -> int:
-    """pytest in its own process group; on an interrupt, SIGINT to that group first."""
+    """pytest in its own process group; on an interrupt, SIGINT to that group first.
+    It gets SIGINT too if this process is killed outright (parent-death signal)."""
     command = [sys.executable, "-m", "pytest", *args]
     _say(shlex.join(command))
-    process = subprocess.Popen(command, process_group=0)
+    process = subprocess.Popen(["setpriv", "--pdeathsig=INT", "--", *command], process_group=0)
     try:
         return process.wait()
     except Interrupted:
