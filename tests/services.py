@@ -48,31 +48,35 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+def _postgres_version(bin_dir: str) -> int:
+    name = Path(bin_dir).parent.name  # /usr/lib/postgresql/<version>/bin
+    return int(name) if name.isdigit() else 0
+
+
 def postgres_bin_dir() -> Path:
     chosen = os.environ.get("AIRWAVE_TEST_PG_BIN")
     candidates = [chosen] if chosen else sorted(
-        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
-        if Path(p).parent.name.isdigit() else 0,
+        glob.glob("/usr/lib/postgresql/*/bin"), key=_postgres_version, reverse=True
     )
-    for directory in reversed(candidates):
-        if all(os.access(Path(directory) / name, os.X_OK) for name in ("initdb", "postgres", "pg_isready")):
+    for directory in candidates:
+        if all(os.access(Path(directory, name), os.X_OK) for name in ("initdb", "postgres", "pg_isready")):
             return Path(directory)
     where = f"AIRWAVE_TEST_PG_BIN={chosen}" if chosen else "/usr/lib/postgresql/*/bin"
     raise ServicesUnavailable(
         f"The tests start their own PostgreSQL, but initdb, postgres and pg_isready were not "
-        f"found in "
-        f"{where}. Install Debian's PostgreSQL server (as root: apt-get install postgresql, "
-        f"which `make test` does when run as root), or point AIRWAVE_TEST_PG_BIN at a "
-        f"PostgreSQL bin directory, or use a running server with "
+        f"found in {where}. Install Debian's PostgreSQL server (as root: apt-get install "
+        f"postgresql, which `make test` does when run as root), or point AIRWAVE_TEST_PG_BIN "
+        f"at a PostgreSQL bin directory, or use a running server with "
         f"AIRWAVE_TEST_PG_URL=postgresql://user@host:port/db."
     )
 
 
 def redis_server_binary() -> Path:
     chosen = os.environ.get("AIRWAVE_TEST_REDIS_SERVER")
-    found = chosen if chosen and os.access(chosen, os.X_OK) else (
-        None if chosen else shutil.which("redis-server")
-    )
+    if chosen:
+        found = chosen if os.access(chosen, os.X_OK) else None
+    else:
+        found = shutil.which("redis-server")
     if found:
         return Path(found)
     where = f"AIRWAVE_TEST_REDIS_SERVER={chosen}" if chosen else "PATH"
@@ -123,7 +127,7 @@ def remove_abandoned_dirs(parent: Path) -> None:
 
 @dataclass
 class PrivateServices:
-    """A private PostgreSQL and Redis; ``start()`` either both or neither."""
+    """A private PostgreSQL and/or Redis; ``start()`` starts all that are wanted or none."""
 
     want_postgres: bool = True
     want_redis: bool = True
