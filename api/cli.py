@@ -47,7 +47,14 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("airwave %s starting (%s)", airwave_version(), settings.env)
+    if settings.dev:
+        log.warning(
+            "airwave %s starting in DEVELOPMENT mode: anyone may take a demo token "
+            "(POST /api/v1/dev/token) with publish rights on every room and welcome coins; "
+            "never expose this node", airwave_version(),
+        )
+    else:
+        log.info("airwave %s starting in production mode (no demo sign-in)", airwave_version())
     for line in _describe(settings):
         log.info(line)
     # A worker's STUN server is the supervisor's.
@@ -80,7 +87,7 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings_from(args, host=args.host, port=args.port)
+    settings = _settings_from(args, host=args.host, port=args.port, dev=args.dev or None)
     from api.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
@@ -150,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int,
         help="node processes behind the one HTTP port (default: one per core with Redis, else 1)",
+    )
+    serve.add_argument(
+        "--dev", action="store_true",
+        help="development mode: demo sign-in for the web app (AIRWAVE_DEV); never on a public node",
     )
     serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)

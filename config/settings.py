@@ -54,7 +54,8 @@ class Settings:
     # --- server ---------------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = 8080
-    env: str = "development"  # "development" (embedded default) or "production"
+    dev: bool = False  # development mode (demo sign-in): only with `serve --dev` or AIRWAVE_DEV
+    env: str = ""  # "" or "production" (also insists on a set JWT secret)
     data_dir: str = "./data"
     log_format: str = "text"  # "text" or "json"
     log_level: str = "info"
@@ -71,7 +72,7 @@ class Settings:
     internal_url: str = ""  # how other nodes reach this node's HTTP; empty = http://<host>:<port>
 
     # --- tokens ---------------------------------------------------------------
-    jwt_secret: str = ""  # HS256; empty in development = generated under data_dir
+    jwt_secret: str = ""  # HS256; empty = generated and kept under data_dir (one node only)
     jwt_algorithm: str = "HS256"  # HS256, RS256 or ES256
     jwt_public_key_file: str = ""  # PEM, for RS256/ES256
     jwt_jwks_file: str = ""  # JWKS JSON, for RS256/ES256
@@ -113,8 +114,8 @@ class Settings:
 
     # ------------------------------------------------------------------------
     @property
-    def embedded(self) -> bool:
-        return self.env != "production"
+    def mode(self) -> str:
+        return "development" if self.dev else "production"
 
     @property
     def effective_database_url(self) -> str:
@@ -282,8 +283,12 @@ def _validate(s: Settings) -> Settings:
         fail("port", f"must be 0-65535, got {s.port}")
     if not (0 <= s.stun_port <= 65535):
         fail("stun_port", f"must be 0-65535, got {s.stun_port}")
-    if s.env not in ("development", "production"):
-        fail("env", f"must be development or production, got {s.env!r}")
+    if s.env == "development":
+        fail("env", "development mode is asked for with `airwave serve --dev` (or AIRWAVE_DEV=true)")
+    if s.env not in ("", "production"):
+        fail("env", f"must be production or empty, got {s.env!r}")
+    if s.dev and s.env == "production":
+        fail("dev", "development mode cannot run with AIRWAVE_ENV=production")
     if s.log_format not in ("text", "json"):
         fail("log_format", f"must be text or json, got {s.log_format!r}")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):

@@ -115,7 +115,8 @@ def production_like_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def bench_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchServer]:
-    proc, server = start_server(tmp_path_factory.mktemp("bench-server"))
+    # The bench scripts sign demo users in: development mode, asked for explicitly.
+    proc, server = start_server(tmp_path_factory.mktemp("bench-server"), AIRWAVE_DEV="true")
     try:
         yield server
     finally:

@@ -34,7 +34,7 @@ FRAMES_DECODED = """async () => {
 
 async def test_go_live_and_watch_with_chat_and_gifts(make_settings: Callable[..., Settings]) -> None:
     ensure_socket_io_bundle()
-    running = await start_app(make_settings())
+    running = await start_app(make_settings(dev=True))
     errors: list[str] = []
     try:
         async with asyncio.timeout(60):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 import socketio
 
 from api.webapp import SOCKET_IO_PATH
@@ -14,6 +15,12 @@ from config import Settings
 from tests.conftest import RunningApp, start_app
 
 from .browser import ensure_socket_io_bundle
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """The demo sign-in these tests use exists in development mode only (``--dev``)."""
+    return make_settings(dev=True)
 
 
 async def test_page_and_its_files_are_served(running: RunningApp) -> None:
@@ -107,8 +114,9 @@ async def test_online_lists_everyone_else_with_a_socket(running: RunningApp) -> 
             await client.disconnect()
 
 
-async def test_no_demo_sign_in_in_production(make_settings: Callable[..., Settings]) -> None:
-    running = await start_app(make_settings(env="production"))
+async def test_no_demo_sign_in_without_dev(make_settings: Callable[..., Settings]) -> None:
+    """The default on either backend, with or without a JWT secret of its own."""
+    running = await start_app(make_settings())
     try:
         token = running.token("carol", publish=True, subscribe=True, room="*")
         async with aiohttp.ClientSession() as http:
