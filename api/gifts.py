@@ -40,6 +40,8 @@ REFUSAL_STATUS: dict[str, int] = {
     "room_not_found": 404,
     "call_not_found": 404,
     "blocked": 403,
+    "banned": 403,
+    "not_member": 403,
     "not_receiver": 403,
     "not_call_party": 403,
     "insufficient_funds": 409,
@@ -249,7 +251,7 @@ async def send_gift(request: web.Request) -> web.Response:
     airwave = request.app[AIRWAVE]
     gifts, _, _ = _services(request)
     try:
-        sent = await gifts.send(identity.user_id, SendGift.parse(await json_object(request)))
+        sent = await gifts.send(identity, SendGift.parse(await json_object(request)))
     except GiftRefused as exc:
         raise api_error(exc) from None
     await gift_events.announce_gift(airwave.signaling, sent)
@@ -300,9 +302,10 @@ async def list_transactions(request: web.Request) -> web.Response:
     response_schema=LEADERBOARD_SCHEMA,
 )
 async def room_leaderboard(request: web.Request) -> web.Response:
-    require_identity(request)
+    identity = require_identity(request)
     gifts, _, _ = _services(request)
     try:
+        await gifts.check_audience(identity, request.match_info["room_id"])
         entries = await gifts.room_leaderboard(request.match_info["room_id"], _limit(request, 10))
     except GiftRefused as exc:
         raise api_error(exc) from None
@@ -328,7 +331,9 @@ async def creator_leaderboard(request: web.Request) -> web.Response:
 def install(airwave: Airwave, app: web.Application) -> None:
     ledger = WalletLedger(airwave.db)
     catalog = GiftCatalog(airwave.db, airwave.settings.gifts)
-    gifts = GiftService(airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share)
+    gifts = GiftService(
+        airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share, airwave.services["rooms"]
+    )
     airwave.services[WALLETS_KEY] = ledger
     airwave.services[CATALOG_KEY] = catalog
     airwave.services[GIFTS_KEY] = gifts

@@ -32,6 +32,7 @@ from api.errors import ApiError
 from api.ice import request_host
 from api.routing import ApiRoutes
 from auth import Identity
+from rooms.rooms import RoomError
 from sfu import MediaError, Session, SessionNotFound
 from signaling import SignalError
 from signaling import media as socket_media
@@ -128,16 +129,37 @@ async def _room_is_public(airwave: Airwave, room: str) -> bool:
     return bool(value)
 
 
+async def room_door(airwave: Airwave, identity: Identity | None, room_id: str, role: str) -> None:
+    """The room's own rules at a media door, after the token's grant: a viewer
+    (``role`` "subscribe") must be in the room's audience (rooms/rooms.py
+    ``audience_refusal``); RoomError when not. A room the registry does not know
+    (yet) has no rules beyond the grant."""
+    registry = airwave.services.get("rooms")
+    if registry is None or role != "subscribe":
+        return
+    room = await registry.get(room_id)
+    if room is not None:
+        refusal = await registry.audience_refusal(room, identity)
+        if refusal is not None:
+            raise refusal
+
+
 async def _authorize(request: web.Request, kind: str, room: str) -> Identity | None:
     airwave = request.app[AIRWAVE]
+    identity: Identity | None = None
     if kind == "whep" and bearer_token(request) is None and airwave.settings.whep_public:
-        if await _room_is_public(airwave, room):
-            return None  # anonymous viewer of a public room
-    identity = require_identity(request)
-    allowed = identity.can_publish(room) if kind == "whip" else identity.can_subscribe(room)
-    if not allowed:
-        grant = "publish" if kind == "whip" else "subscribe"
-        raise ApiError(403, "forbidden", f"the token does not grant {grant} for room {room!r}")
+        if not await _room_is_public(airwave, room):
+            require_identity(request)  # 401: this room is not open to anonymous viewers
+    else:
+        identity = require_identity(request)
+        allowed = identity.can_publish(room) if kind == "whip" else identity.can_subscribe(room)
+        if not allowed:
+            grant = "publish" if kind == "whip" else "subscribe"
+            raise ApiError(403, "forbidden", f"the token does not grant {grant} for room {room!r}")
+    try:
+        await room_door(airwave, identity, room, "publish" if kind == "whip" else "subscribe")
+    except RoomError as exc:
+        raise ApiError(403, exc.code, exc.message) from None
     return identity
 
 
@@ -348,8 +370,14 @@ def install(airwave: Airwave, app: web.Application) -> None:
         except ApiError as exc:  # the origin refused or is unreachable
             raise SignalError(exc.code, exc.message) from None
 
+    async def admit(identity: Identity, room: str, role: str) -> None:
+        try:
+            await room_door(airwave, identity, room, role)
+        except RoomError as exc:
+            raise SignalError(exc.code, exc.message) from None
+
     socket_sessions = socket_media.register(
-        airwave.signaling, engine, airwave.bus, announce_session, prepare_subscribe
+        airwave.signaling, engine, airwave.bus, announce_session, prepare_subscribe, admit
     )
 
     async def publisher_started(room: str, session: Session) -> None:

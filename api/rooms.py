@@ -101,11 +101,10 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
 
 
 async def _viewable_room(request: web.Request, identity: Identity) -> Any:
-    registry = _registry(request)
-    room = await registry.get(request.match_info["id"])
-    if room is None or not await registry.may_view(room, identity):
-        raise ApiError(404, "room_not_found", f"no room {request.match_info['id']!r}")
-    return room
+    try:
+        return await _registry(request).admit(request.match_info["id"], identity)
+    except RoomError:  # not yours to see: as if there were no such room
+        raise ApiError(404, "room_not_found", f"no room {request.match_info['id']!r}") from None
 
 
 def _room_settings(body: dict[str, Any]) -> dict[str, Any]:
