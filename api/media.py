@@ -130,18 +130,33 @@ async def _room_is_public(airwave: Airwave, room: str) -> bool:
 
 
 async def room_door(airwave: Airwave, identity: Identity | None, room_id: str, role: str) -> None:
-    """The room's own rules at a media door, after the token's grant: a viewer
-    (``role`` "subscribe") must be in the room's audience (rooms/rooms.py
-    ``audience_refusal``); RoomError when not. A room the registry does not know
-    (yet) has no rules beyond the grant."""
+    """The room's own rules at a media door, after the token's grant; RoomError when not.
+
+    A viewer (``role`` "subscribe") must be in the room's audience (rooms/rooms.py
+    ``audience_refusal``); a room the registry does not know (yet) has no rules
+    beyond the grant. A publisher must be the room's owner, an admin, or hold a
+    token naming this very room; an unknown room id is published into (and so
+    created, owned by the publisher) only with such a token: a wildcard publish
+    grant cannot take a room id nobody created."""
     registry = airwave.services.get("rooms")
-    if registry is None or role != "subscribe":
+    if registry is None:
         return
     room = await registry.get(room_id)
-    if room is not None:
-        refusal = await registry.audience_refusal(room, identity)
+    if role == "subscribe":
+        refusal = await registry.audience_refusal(room, identity) if room is not None else None
         if refusal is not None:
             raise refusal
+        return
+    assert identity is not None  # publishing always takes a token
+    if identity.is_admin or identity.grants.room == room_id:
+        return
+    if room is None:
+        raise RoomError(
+            "not_found", "room_not_found",
+            f"no room {room_id!r}: create it first (POST /api/v1/rooms) or use a token naming it",
+        )
+    if room.owner_id != identity.user_id:
+        raise RoomError("forbidden", "not_owner", "only the room's owner publishes into it")
 
 
 async def _authorize(request: web.Request, kind: str, room: str) -> Identity | None:
@@ -159,7 +174,7 @@ async def _authorize(request: web.Request, kind: str, room: str) -> Identity | N
     try:
         await room_door(airwave, identity, room, "publish" if kind == "whip" else "subscribe")
     except RoomError as exc:
-        raise ApiError(403, exc.code, exc.message) from None
+        raise ApiError(404 if exc.kind == "not_found" else 403, exc.code, exc.message) from None
     return identity
 
 

@@ -4,6 +4,7 @@ and the participants list alike (issue 15.2)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -107,3 +108,44 @@ async def test_a_user_the_owner_blocked_is_kept_out_of_a_public_room(running: Ru
         await viewer.close()
     finally:
         await publisher.close()
+
+
+async def test_only_the_owner_or_a_token_naming_the_room_publishes(running: RunningApp, vp8) -> None:
+    """Issue 15.3: a wildcard publish grant neither streams into another's room nor squats an id."""
+    room = await create_room(running, "alice", public=False)
+    wildcard = running.token("mallory", room="*", publish=True, subscribe=True)
+    publisher = Publisher([PacketTrack("video", vp8)])
+    offer = await publisher.offer()
+    status, body, _ = await _post_sdp(running, f"/whip/{room['id']}", offer, wildcard)
+    assert (status, body["code"]) == (403, "not_owner")
+    status, body, _ = await _post_sdp(running, "/whip/nobodys-room", offer, wildcard)
+    assert (status, body["code"]) == (404, "room_not_found")
+    socket = await connect(running, "mallory", room="*", publish=True)
+    try:
+        ack = await socket.call("sfu:publish", {"roomId": room["id"], "sdp": offer})
+        assert ack["error"]["code"] == "not_owner"
+        ack = await socket.call("sfu:publish", {"roomId": "nobodys-room", "sdp": offer})
+        assert ack["error"]["code"] == "room_not_found"
+    finally:
+        await socket.close()
+    await publisher.close()
+    status, _ = await rest(running, "GET", "/api/v1/rooms/nobodys-room", "root", admin=True)
+    assert status == 404  # nothing was created
+    # the owner with a wildcard grant publishes into her room
+    owner = Publisher([PacketTrack("video", vp8)])
+    status, _, answer = await _post_sdp(
+        running, f"/whip/{room['id']}", await owner.offer(), running.token("alice", room="*", publish=True)
+    )
+    assert status == 201, answer
+    await owner.close()
+    # a token naming an unknown room id creates it for its holder
+    fresh = await _go_live(running, "mallory-show", "mallory", vp8)
+    try:
+        for _ in range(100):
+            status, made = await rest(running, "GET", "/api/v1/rooms/mallory-show", "mallory")
+            if status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert made["ownerId"] == "mallory"
+    finally:
+        await fresh.close()
