@@ -341,14 +341,16 @@ async def open_chat(request: web.Request) -> web.Response:
 
 @routes.get(
     "/api/v1/users/{id}/presence", summary="Whether a user is online, and when they were last seen",
-    responses={200: "{userId, online, lastSeen}", 404: "unknown user"},
+    responses={200: "{userId, online, lastSeen}", 404: "unknown user, or not a contact of the caller"},
     response_schema={"type": "object", "properties": {
         "userId": {"type": "string"}, "online": {"type": "boolean"}, "lastSeen": {"type": ["number", "null"]}}},
 )
 async def presence(request: web.Request) -> web.Response:
-    require_identity(request)
-    status = await request.app[AIRWAVE].services["presence"].status(request.match_info["id"])
-    if status is None:
+    identity = require_identity(request)
+    presence_service = request.app[AIRWAVE].services["presence"]
+    user_id = request.match_info["id"]
+    status = await presence_service.status(user_id)
+    if status is None or not await presence_service.may_see(identity, user_id):  # strangers: 404
         raise ApiError(404, "user_not_found", f"no user {request.match_info['id']!r}")
     return web.json_response(status.to_json())
 

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from api.components import AIRWAVE
 from tests.conftest import RunningApp
 from tests.gifts.gift_clients import gift
 from tests.rooms.room_clients import connect, create_room, rest
@@ -149,3 +150,37 @@ async def test_only_the_owner_or_a_token_naming_the_room_publishes(running: Runn
         assert made["ownerId"] == "mallory"
     finally:
         await fresh.close()
+
+
+async def test_presence_only_for_contacts_and_never_across_a_block(running: RunningApp) -> None:
+    """Issue 15.4: strangers, unsolicited chats and blocked users learn nothing of presence."""
+    gus = await connect(running, "gus")
+    stalker = await connect(running, "stalker")
+    friend = await connect(running, "friend")
+    try:
+        status, err = await rest(running, "GET", "/api/v1/users/gus/presence", "stalker")
+        assert (status, err["code"]) == (404, "user_not_found")
+        # an unsolicited direct chat (written in by one side only) makes no contact
+        status, dm = await rest(running, "POST", "/api/v1/chats", "stalker", {"userId": "gus"})
+        assert status == 201
+        assert (await stalker.call("chat:send", {"roomId": dm["id"], "text": "hey"}))["seq"] == 1
+        status, _ = await rest(running, "GET", "/api/v1/users/gus/presence", "stalker")
+        assert status == 404
+        # a match is a relation; a block ends it
+        db = running.app[AIRWAVE].db
+        await db.execute("INSERT INTO matches (user_a, user_b, created_at) VALUES ('friend', 'gus', 0)")
+        status, seen = await rest(running, "GET", "/api/v1/users/gus/presence", "friend")
+        assert status == 200 and seen["online"] is True
+        await gus.close()
+        assert (await friend.wait("presence:offline"))["userId"] == "gus"
+        status, _ = await rest(running, "POST", "/api/v1/users/friend/block", "gus")
+        assert status == 200
+        gus = await connect(running, "gus")
+        status, _ = await rest(running, "GET", "/api/v1/users/gus/presence", "friend")
+        assert status == 404
+        await asyncio.sleep(0.3)
+        assert friend.events["presence:online"] == []
+        assert stalker.events["presence:online"] == [] and stalker.events["presence:offline"] == []
+    finally:
+        for socket in (gus, stalker, friend):
+            await socket.close()
