@@ -68,6 +68,7 @@ class SessionRecord:
     user_id: str
     etag: str
     remote_ufrag: str
+    token_id: str = ""  # the jti of the POST's token: revoking it ends the session
 
 
 SESSIONS_KEY: web.AppKey[dict[str, SessionRecord]] = web.AppKey("whip_sessions", dict)
@@ -217,7 +218,9 @@ async def _create(request: web.Request, kind: str) -> web.Response:
             session = await airwave.media.subscribe(room, offer, owner=owner)
     except MediaError as exc:
         raise media_error(exc) from None
-    record = SessionRecord(session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer))
+    record = SessionRecord(
+        session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer), identity.token_id if identity else ""
+    )
     request.app[SESSIONS_KEY][session.id] = record
     if kind == "whep" and not _is_node(owner):
         await announce(airwave, "subscriber_joined", session)

@@ -198,6 +198,10 @@ class MediaEngine:
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def sessions(self) -> list[Session]:
+        """Every open session (revocation ends those of one owner)."""
+        return list(self._sessions.values())
+
     async def add_remote_candidate(self, session_id: str, candidate: str) -> None:
         """A trickled ``candidate:...`` line; ``""`` or ``end-of-candidates`` ends them."""
         session = self._sessions.get(session_id)

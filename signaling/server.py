@@ -3,11 +3,19 @@
 Feature modules register their events with ``Signaling.on(event)``; every
 request-style event is acknowledged, failures as
 ``{"error": {"code": ..., "message": ...}}``.
+
+A socket lives as long as its token: at ``exp`` the server sends
+``auth:expired {code: "token_expired"}`` and disconnects it, and every event
+checks expiry and revocation first. ``auth:refresh {token}`` hands the server a
+fresh token of the same user before then (ack ``{expiresAt}``). A suspended user
+or revoked token ends the socket with ``auth:revoked {code}`` (``end_sockets``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -74,10 +82,13 @@ class Signaling:
             engineio_logger=False,
         )
         self.identities: dict[str, Identity] = {}
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._ending: set[asyncio.Task[None]] = set()
         self._on_connect: list[LifecycleHook] = []
         self._on_disconnect: list[LifecycleHook] = []
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
+        self.sio.on("auth:refresh", self._refresh)
 
     # ------------------------------------------------------------------ hooks
     def on_connect(self, hook: LifecycleHook) -> None:
@@ -94,6 +105,9 @@ class Signaling:
                 identity = self.identities.get(sid)
                 if identity is None:
                     return {"error": {"code": "unauthorized", "message": "not connected"}}
+                refusal = self._token_refusal(identity)
+                if refusal is not None:
+                    return {"error": {"code": refusal.code, "message": refusal.message}}
                 try:
                     result = await handler(sid, identity, data)
                 except SignalError as exc:
@@ -119,6 +133,7 @@ class Signaling:
                 exc.message, {"code": exc.code}
             ) from None
         self.identities[sid] = identity
+        self._expire_at(sid, identity)
         await self.sio.enter_room(sid, user_room(identity.user_id))
         SOCKET_CONNECTS.labels("accepted").inc()
         SOCKET_CONNECTIONS.inc()
@@ -130,6 +145,9 @@ class Signaling:
 
     async def _disconnect(self, sid: str, *args: Any) -> None:
         identity = self.identities.pop(sid, None)
+        expiry = self._expiries.pop(sid, None)
+        if expiry is not None:
+            expiry.cancel()
         if identity is None:
             return
         SOCKET_CONNECTIONS.dec()
@@ -138,6 +156,61 @@ class Signaling:
                 await hook(sid, identity)
             except Exception:
                 log.exception("disconnect hook failed", extra={"sid": sid})
+
+    # ---------------------------------------------------------- token lifetime
+    def _token_refusal(self, identity: Identity) -> TokenError | None:
+        if identity.expires_at and identity.expires_at <= time.time():
+            return TokenError("token_expired", "the token has expired: send auth:refresh with a fresh one")
+        return self.tokens.revocations.refusal(identity)
+
+    def _expire_at(self, sid: str, identity: Identity) -> None:
+        previous = self._expiries.pop(sid, None)
+        if previous is not None:
+            previous.cancel()
+        if identity.expires_at:
+            delay = max(0.0, identity.expires_at - time.time())
+            loop = asyncio.get_running_loop()
+            self._expiries[sid] = loop.call_later(delay, self._spawn_expiry, sid, identity)
+
+    def _spawn_expiry(self, sid: str, identity: Identity) -> None:
+        task = asyncio.get_running_loop().create_task(self._expired(sid, identity))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _expired(self, sid: str, identity: Identity) -> None:
+        if self.identities.get(sid) is identity:  # not refreshed meanwhile
+            await self._end_socket(sid, "auth:expired", "token_expired")
+
+    async def _end_socket(self, sid: str, event: str, code: str) -> None:
+        try:
+            await self.sio.emit(event, {"code": code}, to=sid, ignore_queue=True)
+            await self.sio.disconnect(sid, ignore_queue=True)
+        except Exception:  # a socket that is already gone
+            log.debug("ending a socket failed", extra={"sid": sid})
+
+    async def _refresh(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``auth:refresh {token}``: a fresh token of the same user replaces the socket's."""
+        current = self.identities.get(sid)
+        if current is None:
+            return {"error": {"code": "unauthorized", "message": "not connected"}}
+        token = data.get("token") if isinstance(data, dict) else None
+        try:
+            fresh = self.tokens.verify(token)
+        except TokenError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+        if fresh.user_id != current.user_id:
+            return {"error": {"code": "wrong_user", "message": "the new token is for another user"}}
+        self.identities[sid] = fresh
+        self._expire_at(sid, fresh)
+        return {"expiresAt": fresh.expires_at}
+
+    async def end_sockets(self, matches: Callable[[Identity], bool], code: str) -> int:
+        """End this node's sockets whose identity ``matches`` (revocation):
+        ``auth:revoked {code}``, then disconnect. How many were ended."""
+        ended = [sid for sid, identity in list(self.identities.items()) if matches(identity)]
+        for sid in ended:
+            await self._end_socket(sid, "auth:revoked", code)
+        return len(ended)
 
     def sockets_of(self, user_id: str) -> list[str]:
         return [sid for sid, ident in self.identities.items() if ident.user_id == user_id]
