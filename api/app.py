@@ -60,7 +60,7 @@ async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Appl
         db=db,
         bus=RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else InProcessBus(),
         signaling=signaling,
-        media=MediaEngine(settings),
+        media=MediaEngine(settings, connect_timeout=settings.media_connect_timeout),
         ice=IceServerProvider(settings),
         social=SocialGraph(db),
         redis=redis_client,

@@ -30,6 +30,8 @@ from api.auth_http import bearer_token, require_identity
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.ice import request_host
+from api.limits import RETRY_AFTER_SECONDS as QUOTA_RETRY_AFTER
+from api.limits import MediaQuota, SessionLimitExceeded, client_address
 from api.routing import ApiRoutes
 from auth import Identity
 from rooms.rooms import RoomError
@@ -72,6 +74,7 @@ class SessionRecord:
 
 
 SESSIONS_KEY: web.AppKey[dict[str, SessionRecord]] = web.AppKey("whip_sessions", dict)
+QUOTA_KEY: web.AppKey[MediaQuota] = web.AppKey("media_quota", MediaQuota)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -210,14 +213,22 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     identity = await _authorize(request, kind, room)
     offer = await _read_sdp(request, SDP)
     owner = identity.user_id if identity else ""
+    quota = request.app[QUOTA_KEY]
+    # Admins (and so edge nodes pulling a room) are not held to the per-user limits.
+    exempt = identity is not None and identity.is_admin
+    address = "" if exempt else client_address(request, airwave.settings)
     try:
-        if kind == "whip":
-            session = await airwave.media.publish(room, offer, owner=owner)
-        else:
-            await local_copy(airwave, room)
-            session = await airwave.media.subscribe(room, offer, owner=owner)
+        with quota.reserve("" if exempt else owner, address):
+            if kind == "whip":
+                session = await airwave.media.publish(room, offer, owner=owner)
+            else:
+                await local_copy(airwave, room)
+                session = await airwave.media.subscribe(room, offer, owner=owner)
+    except SessionLimitExceeded as exc:
+        raise ApiError(429, exc.code, exc.message, headers={"Retry-After": str(QUOTA_RETRY_AFTER)}) from None
     except MediaError as exc:
         raise media_error(exc) from None
+    quota.opened(session.id, address)
     record = SessionRecord(
         session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer), identity.token_id if identity else ""
     )
@@ -378,6 +389,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
     sessions: dict[str, SessionRecord] = {}
     app[SESSIONS_KEY] = sessions
     engine = airwave.media
+    quota = app[QUOTA_KEY] = MediaQuota(engine, airwave.settings)
 
     async def announce_session(event: str, session: Session) -> None:
         await announce(airwave, event, session)
@@ -391,7 +403,9 @@ def install(airwave: Airwave, app: web.Application) -> None:
     async def admit(identity: Identity, room: str, role: str) -> None:
         try:
             await room_door(airwave, identity, room, role)
-        except RoomError as exc:
+            if not identity.is_admin:
+                quota.check(identity.user_id, "")
+        except (RoomError, SessionLimitExceeded) as exc:
             raise SignalError(exc.code, exc.message) from None
 
     socket_sessions = socket_media.register(
@@ -406,6 +420,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
 
     async def session_closed(session: Session, reason: str) -> None:
         sessions.pop(session.id, None)
+        quota.closed(session.id)
         socket_sessions.forget(session.id)
         if session.role == "subscriber" and not _is_node(session.owner):
             await announce(airwave, "subscriber_left", session, reason=reason)

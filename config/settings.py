@@ -60,6 +60,7 @@ class Settings:
     log_format: str = "text"  # "text" or "json"
     log_level: str = "info"
     cors_origins: tuple[str, ...] = ("*",)
+    trust_forwarded_for: bool = False  # client address from X-Forwarded-For (behind your proxy)
     public_url: str = ""  # how clients reach us, for Location headers; empty = from the request
     node_id: str = ""  # empty = hostname:port
 
@@ -84,6 +85,11 @@ class Settings:
     max_subscribers_per_room: int = 500
     max_sessions: int = 2000
     whep_public: bool = False  # WHEP without a token for rooms marked public
+    max_sessions_per_user: int = 20  # media sessions one user holds at once; 0 = no limit
+    max_sessions_per_ip: int = 200  # WHIP/WHEP sessions from one client address; 0 = no limit
+    max_connecting_per_user: int = 10  # of those, still connecting (ICE/DTLS); 0 = no limit
+    max_connecting_per_ip: int = 50
+    media_connect_timeout: float = 10.0  # seconds a media session may take to connect
     room_publisher_grace: float = 10.0  # seconds a live room waits for its publisher
 
     # --- STUN / TURN ----------------------------------------------------------
@@ -272,6 +278,7 @@ _POSITIVE = (
     "database_pool_size",
     "max_subscribers_per_room",
     "max_sessions",
+    "media_connect_timeout",
 )
 
 
@@ -311,7 +318,9 @@ def _validate(s: Settings) -> Settings:
     for name in _POSITIVE:
         if getattr(s, name) <= 0:
             fail(name, f"must be greater than 0, got {getattr(s, name)}")
-    for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace"):
+    for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace",
+                 "max_sessions_per_user", "max_sessions_per_ip", "max_connecting_per_user",
+                 "max_connecting_per_ip"):
         if getattr(s, name) < 0:
             fail(name, f"must not be negative, got {getattr(s, name)}")
     if not (0.0 <= s.gift_creator_share <= 1.0):

@@ -61,6 +61,11 @@ def start_server(tmp: Path, **env_overrides: str) -> tuple[subprocess.Popen, Ben
         AIRWAVE_STUN_PORT="0",
         AIRWAVE_ICE_ADDRESSES="127.0.0.1",
         AIRWAVE_LOG_LEVEL="warning",
+        # many viewers from one address and one token: the bench sets its own limits
+        AIRWAVE_MAX_SESSIONS_PER_USER="0",
+        AIRWAVE_MAX_SESSIONS_PER_IP="0",
+        AIRWAVE_MAX_CONNECTING_PER_USER="0",
+        AIRWAVE_MAX_CONNECTING_PER_IP="0",
         **env_overrides,
     )
     proc = subprocess.Popen(
