@@ -5,9 +5,10 @@ session (an unguessable id), a strong ``ETag`` and ``Link`` headers for the
 ICE servers. ``PATCH`` the session with ``application/trickle-ice-sdpfrag``
 to trickle candidates; ``DELETE`` ends it.
 
-The session URL is the capability to PATCH or DELETE it (128 random bits, as
-RFC 9725 section 4.3 allows); a request that also carries a token must carry
-the owner's token or an admin's.
+A session created with a token is PATCHed and DELETEd with that same token
+(accepted after its ``exp``, so a long OBS stream can still end cleanly) or a
+valid token of its owner or an admin; an anonymous WHEP viewer's session URL is
+its capability alone (128 random bits, as RFC 9725 section 4.3 allows).
 
 Media events go on the bus, channel ``media``, for rooms/ to keep its rules:
 ``publisher_started``, ``publisher_ended``, ``subscriber_joined``,
@@ -71,6 +72,7 @@ class SessionRecord:
     etag: str
     remote_ufrag: str
     token_id: str = ""  # the jti of the POST's token: revoking it ends the session
+    token_hash: str = ""  # sha256 of the POST's bearer token; "" for an anonymous WHEP viewer
 
 
 SESSIONS_KEY: web.AppKey[dict[str, SessionRecord]] = web.AppKey("whip_sessions", dict)
@@ -229,8 +231,10 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     except MediaError as exc:
         raise media_error(exc) from None
     quota.opened(session.id, address)
+    token = bearer_token(request)
     record = SessionRecord(
-        session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer), identity.token_id if identity else ""
+        session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer),
+        identity.token_id if identity else "", _token_hash(token) if token else "",
     )
     request.app[SESSIONS_KEY][session.id] = record
     if kind == "whep" and not _is_node(owner):
@@ -256,11 +260,22 @@ def _record(request: web.Request, kind: str) -> SessionRecord:
     record = request.app[SESSIONS_KEY].get(request.match_info["session"])
     if record is None or record.kind != kind or record.session.room != request.match_info["room"]:
         raise ApiError(404, "session_not_found", "no such session")
-    if bearer_token(request) is not None:
+    token = bearer_token(request)
+    if record.token_hash and token is None:
+        raise ApiError(
+            401, "missing_token", "this session was created with a token: send it (or a fresh one of yours)",
+            headers={"WWW-Authenticate": 'Bearer realm="airwave"'},
+        )
+    if token is not None and _token_hash(token) != record.token_hash:
+        # Not the POST's token (which still works after its exp): a valid one of the owner or an admin.
         identity = require_identity(request)
         if identity.user_id != record.user_id and not identity.is_admin:
             raise ApiError(403, "forbidden", "this session belongs to someone else")
     return record
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def _patch(request: web.Request, kind: str) -> web.Response:

@@ -82,6 +82,11 @@ class Settings:
     # --- media ----------------------------------------------------------------
     ice_addresses: tuple[str, ...] = ()  # empty = the machine's own addresses
     udp_ports: tuple[int, int] | None = None  # e.g. "40000-40999"; None = any
+    max_remote_candidates: int = 30  # remote ICE candidates one media session checks
+    ice_candidate_deny: tuple[str, ...] = (  # networks remote candidates may not name
+        "0.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32", "169.254.0.0/16",
+        "::/128", "ff00::/8", "fe80::/10",
+    )
     max_subscribers_per_room: int = 500
     max_sessions: int = 2000
     whep_public: bool = False  # WHEP without a token for rooms marked public
@@ -279,6 +284,7 @@ _POSITIVE = (
     "max_subscribers_per_room",
     "max_sessions",
     "media_connect_timeout",
+    "max_remote_candidates",
 )
 
 
@@ -330,6 +336,11 @@ def _validate(s: Settings) -> Settings:
             ipaddress.ip_address(addr)
         except ValueError:
             fail("ice_addresses", f"not an IP address: {addr!r}")
+    for network in s.ice_candidate_deny:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail("ice_candidate_deny", f"not a network like 169.254.0.0/16: {network!r}")
     for uri in s.turn_urls:
         if not uri.startswith(("turn:", "turns:")):
             fail("turn_urls", f"expected turn: or turns: URIs, got {uri!r}")

@@ -19,6 +19,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from config.settings import Settings
 
 from . import metrics
+from .candidates import CandidatePolicy
 from .codecs import choose_publish_codec, match_subscriber_codec, pull_sections
 from .errors import (
     AtCapacity,
@@ -65,6 +66,7 @@ class MediaEngine:
     def __init__(self, settings: Settings, *, connect_timeout: float = 30.0) -> None:
         self.settings = settings
         self.connect_timeout = connect_timeout
+        self.candidates = CandidatePolicy(settings)  # sfu/candidates.py
         self.certificate = RTCCertificate.generateCertificate()
         self._sessions: dict[str, Session] = {}
         self._rooms: dict[str, Room] = {}

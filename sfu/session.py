@@ -109,6 +109,7 @@ class Session:
             candidate.component != 1
             or candidate.protocol.lower() != "udp"
             or candidate.ip.endswith(".local")
+            or not self._engine.candidates.admits(self, candidate, self._gatherer.getLocalCandidates())
         ):
             return
         await self.ice.addRemoteCandidate(candidate)

@@ -46,7 +46,7 @@ async def test_whip_publisher_starts_and_ends_the_stream(make_settings: Callable
             assert started["roomId"] == room["id"] and started["streamId"] and started["resumed"] is False
             _, live = await rest(app, "GET", f"/api/v1/rooms/{room['id']}", "bob")
             assert live["status"] == "live" and live["streamId"] == started["streamId"] and live["liveAt"]
-            async with http.delete(app.url + location) as r:
+            async with http.delete(app.url + location, headers={"Authorization": headers["Authorization"]}) as r:
                 assert r.status == 200
             gone_at = time.monotonic()
             ended = await bob.wait("stream:ended", within=10)
