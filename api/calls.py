@@ -23,6 +23,7 @@ from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.ice import ice_servers_for
+from api.limits import check_rate
 from api.routing import ApiRoutes
 from rooms.calls import CallError, CallService
 from rooms.redis_state import RedisCallLocks, RedisPartySockets
@@ -105,6 +106,7 @@ def _user_id(value: Any, name: str) -> str:
 async def create_call(request: web.Request) -> web.Response:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
+    await check_rate(airwave.limits, "actions", identity.user_id)
     body = await json_object(request)
     await airwave.social.seen(identity)
     host = request.url.host or None

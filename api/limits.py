@@ -1,4 +1,5 @@
-"""Abuse limits that need to know who asks: the client's address, and how many
+"""Abuse limits that need to know who asks: the client's address, rate limits on
+the HTTP API per user and per address (429 with Retry-After), and how many
 media sessions a user or an address holds (and how many are still connecting).
 
 Defaults are generous (phones behind a carrier NAT share one address); 0 turns
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 from aiohttp import web
 
+from api.components import AIRWAVE
+from api.errors import ApiError
+from auth import TokenError
 from config import Settings
+from rooms.rate_limit import RateLimits
 from sfu import MediaEngine
 
 RETRY_AFTER_SECONDS = 5
@@ -30,6 +35,40 @@ def client_address(request: web.Request, settings: Settings) -> str:
         except ValueError:
             pass
     return request.remote or ""
+
+
+LIMITED_PREFIXES = ("/api/", "/whip/", "/whep/")
+
+
+async def check_rate(limits: RateLimits, name: str, key: str) -> None:
+    """429 ``rate_limited`` with Retry-After when ``key`` used up limit ``name``."""
+    if not await limits.allow(name, key):
+        seconds = limits.retry_after(name)
+        raise ApiError(
+            429, "rate_limited", f"too many requests: try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+@web.middleware
+async def rate_limit_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The HTTP API per client address and, with a valid token, per user."""
+    if request.method == "OPTIONS" or not request.path.startswith(LIMITED_PREFIXES):
+        return await handler(request)
+    airwave = request.app[AIRWAVE]
+    await check_rate(airwave.limits, "http_ip", client_address(request, airwave.settings))
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        try:
+            identity = airwave.tokens.verify(header[7:].strip())
+        except TokenError:
+            pass  # the route answers 401 itself
+        else:
+            if not identity.is_admin:
+                await check_rate(airwave.limits, "http", identity.user_id)
+    return await handler(request)
 
 
 class SessionLimitExceeded(Exception):

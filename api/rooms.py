@@ -15,6 +15,7 @@ from api.auth_http import require_identity
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
+from api.limits import check_rate
 from api.routing import ApiRoutes
 from auth import Identity
 from rooms.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
@@ -129,6 +130,7 @@ def _room_settings(body: dict[str, Any]) -> dict[str, Any]:
 )
 async def create_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
+    await check_rate(request.app[AIRWAVE].limits, "actions", identity.user_id)
     body = await json_object(request)
     settings = _room_settings(body)
     registry = _registry(request)

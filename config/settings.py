@@ -113,6 +113,12 @@ class Settings:
     reconnect_grace: float = 15.0
     require_match: bool = False
 
+    # --- rate limits (tokens a second; bursts of twice that, at least 10; 0 = off)
+    rate_limit_http: float = 50.0  # HTTP API requests per user
+    rate_limit_http_ip: float = 200.0  # HTTP API requests per client address
+    rate_limit_events: float = 30.0  # Socket.IO events per user
+    rate_limit_actions: float = 1.0  # rooms created, calls placed, sockets opened per user
+
     # --- chat -----------------------------------------------------------------
     chat_max_length: int = 2000
     chat_rate: float = 5.0  # messages per second per user per room
@@ -325,6 +331,7 @@ def _validate(s: Settings) -> Settings:
         if getattr(s, name) <= 0:
             fail(name, f"must be greater than 0, got {getattr(s, name)}")
     for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace",
+                 "rate_limit_http", "rate_limit_http_ip", "rate_limit_events", "rate_limit_actions",
                  "max_sessions_per_user", "max_sessions_per_ip", "max_connecting_per_user",
                  "max_connecting_per_ip"):
         if getattr(s, name) < 0:

@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 
 from auth import Identity, TokenError, TokenService
 from config import Settings
+from rooms.rate_limit import RateLimits
 
 log = logging.getLogger("airwave.signaling")
 
@@ -61,9 +62,10 @@ def call_audience(call_id: str) -> str:
 
 
 class Signaling:
-    def __init__(self, settings: Settings, tokens: TokenService) -> None:
+    def __init__(self, settings: Settings, tokens: TokenService, limits: RateLimits) -> None:
         self.settings = settings
         self.tokens = tokens
+        self.limits = limits
         manager = None
         if settings.redis_url:
             manager = socketio.AsyncRedisManager(
@@ -108,6 +110,8 @@ class Signaling:
                 refusal = self._token_refusal(identity)
                 if refusal is not None:
                     return {"error": {"code": refusal.code, "message": refusal.message}}
+                if not identity.is_admin and not await self.limits.allow("events", identity.user_id):
+                    return {"error": {"code": "rate_limited", "message": "too many events: slow down"}}
                 try:
                     result = await handler(sid, identity, data)
                 except SignalError as exc:
@@ -132,6 +136,11 @@ class Signaling:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code}
             ) from None
+        if not identity.is_admin and not await self.limits.allow("actions", identity.user_id):
+            SOCKET_CONNECTS.labels("rate_limited").inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                "too many connections: slow down", {"code": "rate_limited"}
+            )
         self.identities[sid] = identity
         self._expire_at(sid, identity)
         await self.sio.enter_room(sid, user_room(identity.user_id))

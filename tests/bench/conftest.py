@@ -66,6 +66,10 @@ def start_server(tmp: Path, **env_overrides: str) -> tuple[subprocess.Popen, Ben
         AIRWAVE_MAX_SESSIONS_PER_IP="0",
         AIRWAVE_MAX_CONNECTING_PER_USER="0",
         AIRWAVE_MAX_CONNECTING_PER_IP="0",
+        AIRWAVE_RATE_LIMIT_HTTP="0",
+        AIRWAVE_RATE_LIMIT_HTTP_IP="0",
+        AIRWAVE_RATE_LIMIT_EVENTS="0",
+        AIRWAVE_RATE_LIMIT_ACTIONS="0",
         **env_overrides,
     )
     proc = subprocess.Popen(
