@@ -22,7 +22,7 @@ from aiohttp import web
 from api.auth_http import require_admin
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.media import SESSIONS_KEY
 from api.routing import ApiRoutes
 from auth import Identity
@@ -67,7 +67,7 @@ async def suspend_user(request: web.Request) -> web.Response:
         for call in await calls.live_calls_of(user_id):
             await calls.end(call.id, "suspended")
     log.info("user %s suspended by %s", user_id, admin.user_id)
-    return web.json_response({"userId": user_id, "suspended": True})
+    return json_response({"userId": user_id, "suspended": True})
 
 
 @routes.delete(
@@ -81,7 +81,7 @@ async def lift_suspension(request: web.Request) -> web.Response:
     await request.app[AIRWAVE].db.execute("DELETE FROM suspended_users WHERE user_id = $1", user_id)
     await _publish(request, {"type": "user_restored", "userId": user_id})
     log.info("user %s restored by %s", user_id, admin.user_id)
-    return web.json_response({"userId": user_id, "suspended": False})
+    return json_response({"userId": user_id, "suspended": False})
 
 
 @routes.post(
@@ -100,7 +100,7 @@ async def revoke_token(request: web.Request) -> web.Response:
     )
     await _publish(request, {"type": "token_revoked", "jti": jti})
     log.info("token %s revoked by %s", jti, admin.user_id)
-    return web.json_response({"jti": jti, "revoked": True})
+    return json_response({"jti": jti, "revoked": True})
 
 
 async def enforce(airwave: Airwave, app: web.Application, event: dict[str, Any]) -> None:

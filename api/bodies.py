@@ -1,7 +1,15 @@
-"""Reading request bodies: one way for every route."""
+"""Reading request bodies: one way for every route.
+
+JSON bodies are UTF-8 (RFC 8259), whatever ``charset`` the request names; the
+non-standard constants ``NaN`` and ``Infinity``, numbers that overflow to
+infinity and nesting deeper than Python can decode are refused as 400
+``bad_json`` like any other malformed body.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -9,13 +17,32 @@ from aiohttp import web
 from api.errors import ApiError
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Strict JSON; ValueError for anything that is not."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except (RecursionError, UnicodeDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 async def json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or 400 ``bad_json``."""
     try:
-        body = await request.json()
+        body = parse_json(await request.read())
     except ValueError:
         raise ApiError(400, "bad_json", "the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
     return body
-

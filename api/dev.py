@@ -24,7 +24,7 @@ from aiohttp import web
 from api.auth_http import require_identity
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Grants
 
@@ -118,7 +118,7 @@ async def dev_token(request: web.Request) -> web.Response:
     token = airwave.tokens.mint(user_id, name=name, grants=DEMO_GRANTS, ttl=DEMO_TOKEN_TTL)
     coins = await welcome_coins(airwave, user_id)
     log.info("demo user %s (%s) signed in", user_id, name)
-    return web.json_response({"token": token, "userId": user_id, "name": name, "coins": coins})
+    return json_response({"token": token, "userId": user_id, "name": name, "coins": coins})
 
 
 @routes.get(
@@ -135,4 +135,4 @@ async def dev_online(request: web.Request) -> web.Response:
         if other.user_id != identity.user_id:
             users[other.user_id] = other.name or other.user_id
     listed = [{"userId": uid, "name": name} for uid, name in sorted(users.items(), key=lambda u: u[1].lower())]
-    return web.json_response({"users": listed})
+    return json_response({"users": listed})

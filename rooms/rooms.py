@@ -45,6 +45,8 @@ ROOM_TYPES = ("live", "group", "direct", "call")
 CREATABLE_TYPES = ("live", "group")
 STATUSES = ("idle", "live", "ended")
 MAX_TITLE = 200
+MAX_VIEWERS = 1_000_000
+MAX_CHAT_TTL = 10 * 365 * 86400  # ten years, in seconds
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
@@ -600,8 +602,10 @@ def _check_settings(title: Any, max_viewers: Any, ttl: Any) -> None:
     if not isinstance(title, str) or len(title) > MAX_TITLE:
         raise RoomError("invalid", "bad_title", f"title must be a string of at most {MAX_TITLE} characters")
     if max_viewers is not None and (
-        isinstance(max_viewers, bool) or not isinstance(max_viewers, int) or max_viewers < 1
+        isinstance(max_viewers, bool) or not isinstance(max_viewers, int) or not 1 <= max_viewers <= MAX_VIEWERS
     ):
-        raise RoomError("invalid", "bad_max_viewers", "maxViewers must be a positive integer")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-        raise RoomError("invalid", "bad_chat_ttl", "chatTtlSeconds must be a positive number")
+        raise RoomError("invalid", "bad_max_viewers", f"maxViewers must be an integer from 1 to {MAX_VIEWERS}")
+    if ttl is not None and (
+        isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_CHAT_TTL
+    ):  # NaN fails the comparison too
+        raise RoomError("invalid", "bad_chat_ttl", f"chatTtlSeconds must be a number above 0, at most {MAX_CHAT_TTL}")

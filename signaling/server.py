@@ -14,6 +14,7 @@ or revoked token ends the socket with ``auth:revoked {code}`` (``end_sockets``).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,21 @@ def call_audience(call_id: str) -> str:
     return f"call:{call_id}"
 
 
+class StrictJson:
+    """The JSON python-socketio writes and reads: no NaN or Infinity either way."""
+
+    @staticmethod
+    def dumps(value: Any, **options: Any) -> str:
+        return json.dumps(value, allow_nan=False, **options)
+
+    @staticmethod
+    def loads(text: str | bytes, **options: Any) -> Any:
+        def refuse(name: str) -> Any:
+            raise ValueError(f"{name} is not JSON")
+
+        return json.loads(text, parse_constant=refuse, **options)
+
+
 class Signaling:
     def __init__(self, settings: Settings, tokens: TokenService, limits: RateLimits) -> None:
         self.settings = settings
@@ -80,6 +96,7 @@ class Signaling:
             cors_allowed_origins=cors,
             transports=["polling", "websocket"],
             max_http_buffer_size=256 * 1024,
+            json=StrictJson,
             logger=False,
             engineio_logger=False,
         )
