@@ -150,3 +150,26 @@ def test_config_file_sets_the_port(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def test_a_request_path_cannot_forge_a_log_line(tmp_path: Path) -> None:
+    """Issue 15.12: GET /x%0AFAKE-LOG-LINE is one line in the text log, escaped."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, proc)
+        assert _get(url + "/x%0AFAKE-LOG-LINE%1B%5B31m")[0] == 404
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not any(line.startswith("FAKE-LOG-LINE") for line in log.splitlines())
+    (line,) = [line for line in log.splitlines() if "FAKE-LOG-LINE" in line]
+    assert "GET /x\\nFAKE-LOG-LINE\\x1b[31m 404" in line
