@@ -67,6 +67,11 @@ def test_serve_with_no_config_answers_and_exits_0_on_sigterm(tmp_path: Path) -> 
     assert "production mode" in first_lines
     # No secret set: one is generated and kept, readable by the owner only.
     assert (tmp_path / "data" / "jwt-secret").stat().st_mode & 0o777 == 0o600
+    # and the database with its WAL files the same (issue 15.13)
+    for name in ("airwave.db", "airwave.db-wal", "airwave.db-shm"):
+        path = tmp_path / "data" / name
+        assert not path.exists() or path.stat().st_mode & 0o777 == 0o600, name
+    assert (tmp_path / "data" / "airwave.db").stat().st_mode & 0o777 == 0o600
     assert f"http://127.0.0.1:{port}/" in log
     # The embedded default keeps its data under ./data of the working directory.
     assert (tmp_path / "data" / "airwave.db").exists()
