@@ -74,7 +74,8 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
         log.info("listening on http://%s:%s/ (bound to %s)", shown_host, settings.port, settings.host)
     else:
         assert runner.server is not None
-        adopting = asyncio.get_running_loop().create_task(adopt_connections(worker_fd, runner.server))
+        adopting = loop.create_task(adopt_connections(worker_fd, runner.server))
+        adopting.add_done_callback(lambda task: _supervisor_gone(task, stop))
         log.info("worker %s serving http://%s:%s/", settings.node_id, shown_host, settings.port)
 
     await stop.wait()
@@ -84,6 +85,19 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
         await asyncio.gather(adopting, return_exceptions=True)
     await runner.cleanup()
     log.info("stopped")
+
+
+SUPERVISOR_GONE_EXIT = 0.8  # seconds a worker whose supervisor died gets to wind down
+
+
+def _supervisor_gone(adopting: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """The supervisor's end of the channel closed (whatever killed it, SIGKILL too):
+    nobody hands us connections or restarts us. Stop, and exit within a second."""
+    if adopting.cancelled():
+        return  # our own shutdown
+    log.error("the supervisor is gone: this worker exits")
+    stop.set()
+    asyncio.get_running_loop().call_later(SUPERVISOR_GONE_EXIT, os._exit, 1)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -37,6 +37,14 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's zombie waits for whoever reaps in this container)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 async def _until(predicate, within: float) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + within
     while True:
@@ -94,6 +102,38 @@ async def test_three_workers_share_one_port(tmp_path: Path) -> None:
                 os.kill(child, signal.SIGKILL)
             proc.kill()
             proc.wait()
+        await drop_schema(schema)
+
+
+async def test_workers_exit_within_a_second_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    """Issue 15.14: SIGKILL leaves the supervisor no chance to stop its workers."""
+    await _require_services()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRWAVE_")}
+    env.update(
+        AIRWAVE_DATABASE_URL=PG_URL, AIRWAVE_DATABASE_SCHEMA=schema, AIRWAVE_REDIS_URL=REDIS_URL,
+        AIRWAVE_JWT_SECRET=SECRET, AIRWAVE_STUN_PORT="0", AIRWAVE_ICE_ADDRESSES="127.0.0.1",
+        AIRWAVE_LOG_LEVEL="warning",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--workers", "2", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    admin = TokenService(load_settings({"AIRWAVE_JWT_SECRET": SECRET})).mint("ops", grants=Grants(admin=True))
+    children: list[int] = []
+    try:
+        await _until(lambda: len(_nodes(url, admin)) == 2, 40)
+        children = _children(proc.pid)
+        assert len(children) == 2
+        proc.kill()
+        proc.wait()
+        await _until(lambda: not any(_running(pid) for pid in children), 3)
+    finally:
+        for child in children:
+            if _running(child):
+                os.kill(child, signal.SIGKILL)
         await drop_schema(schema)
 
 
