@@ -133,13 +133,8 @@ async def _start(app: web.Application) -> None:
     await airwave.bus.start()
     if not await _try_migrate(airwave, 1.0):
         airwave.spawn(_migrate_until_done(airwave), "migrate")
-    if airwave.settings.stun_port and app[SERVE_STUN]:
-        airwave.stun = StunServer.from_settings(airwave.settings)
-        try:
-            await airwave.stun.start("::", airwave.settings.stun_port)
-        except OSError as exc:
-            log.error("embedded STUN server cannot bind UDP %s: %s", airwave.settings.stun_port, exc)
-            airwave.stun = None
+    if app[SERVE_STUN]:
+        airwave.stun = await StunServer.start_embedded(airwave.settings)
 
 
 async def _shutdown(app: web.Application) -> None:

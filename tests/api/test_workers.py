@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -153,3 +154,43 @@ def test_udp_ranges_are_split_between_workers() -> None:
     assert udp_slices(None, 2) == [None, None]
     with pytest.raises(ValueError):
         udp_slices((40000, 40001), 3)
+
+
+async def test_a_taken_stun_port_is_one_line_and_the_node_runs_on(tmp_path: Path) -> None:
+    """Issue 15.15: two nodes on one host; the single-process and the supervisor
+    paths behave the same: one line naming the setting, then serve."""
+    await _require_services()
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("0.0.0.0", 0))
+    stun_port = blocker.getsockname()[1]
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRWAVE_")}
+    env.update(
+        AIRWAVE_DATABASE_URL=PG_URL, AIRWAVE_DATABASE_SCHEMA=schema, AIRWAVE_REDIS_URL=REDIS_URL,
+        AIRWAVE_JWT_SECRET=SECRET, AIRWAVE_STUN_PORT=str(stun_port), AIRWAVE_ICE_ADDRESSES="127.0.0.1",
+        AIRWAVE_LOG_LEVEL="warning",
+    )
+    try:
+        for workers in ("1", "2"):  # --workers 1: one process; 2: the supervisor binds STUN
+            port = free_port()
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "serve", "--workers", workers, "--host", "127.0.0.1",
+                 "--port", str(port)],
+                cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+            )
+            try:
+                url = f"http://127.0.0.1:{port}"
+                await _until(lambda: urllib.request.urlopen(url + "/health/liveness", timeout=2).status == 200, 40)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+                log = proc.stderr.read()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            assert "Traceback" not in log, log
+            (line,) = [line for line in log.splitlines() if "STUN" in line]
+            assert "AIRWAVE_STUN_PORT" in line and str(stun_port) in line
+    finally:
+        blocker.close()
+        await drop_schema(schema)
