@@ -83,34 +83,44 @@ class MediaQuota:
 
     Users are counted from the engine's sessions (their owner), so WHIP/WHEP and
     ``sfu:*`` count together; addresses from the WHIP/WHEP sessions this face
-    created. A creation in flight holds a reservation, so a burst cannot slip by.
+    created. A creation in flight holds a reservation, so a burst cannot slip by
+    (the engine may list a session in flight already: a user's count is the
+    larger of the two views, never their sum).
     """
 
     def __init__(self, engine: MediaEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
-        self.address_of: dict[str, str] = {}  # session id -> client address
+        self.opened_by: dict[str, tuple[str, str]] = {}  # session id -> (user, client address)
         self._reserved_users: Counter[str] = Counter()
         self._reserved_addresses: Counter[str] = Counter()
 
     def check(self, user: str, address: str) -> None:
         """SessionLimitExceeded when ``user`` ("" anonymous) or ``address`` ("" unknown) is full."""
         s = self.settings
-        by_user = [x for x in self.engine.sessions() if user and x.owner == user]
-        by_address = [x for x in self.engine.sessions() if address and self.address_of.get(x.id) == address]
-        for who, sessions, reserved, total, connecting in (
-            ("this user", by_user, self._reserved_users[user] if user else 0,
-             s.max_sessions_per_user, s.max_connecting_per_user),
-            ("this address", by_address, self._reserved_addresses[address] if address else 0,
-             s.max_sessions_per_ip, s.max_connecting_per_ip),
-        ):
-            if total and len(sessions) + reserved >= total:
-                raise SessionLimitExceeded("too_many_sessions", f"{who} holds {total} media sessions already")
-            pending = sum(1 for x in sessions if x.state != "connected") + reserved
-            if connecting and pending >= connecting:
-                raise SessionLimitExceeded(
-                    "too_many_connecting", f"{who} has {connecting} media sessions still connecting"
-                )
+        sessions = self.engine.sessions()
+        states = {x.id: x.state for x in sessions}
+        if user:
+            engine_view = [x.state for x in sessions if x.owner == user]
+            opened = [states[i] for i, (u, _) in self.opened_by.items() if u == user and i in states]
+            reserved = self._reserved_users[user]
+            self._check("this user", s.max_sessions_per_user, s.max_connecting_per_user,
+                        max(len(engine_view), len(opened) + reserved),
+                        max(_connecting(engine_view), _connecting(opened) + reserved))
+        if address:
+            opened = [states[i] for i, (_, a) in self.opened_by.items() if a == address and i in states]
+            reserved = self._reserved_addresses[address]
+            self._check("this address", s.max_sessions_per_ip, s.max_connecting_per_ip,
+                        len(opened) + reserved, _connecting(opened) + reserved)
+
+    @staticmethod
+    def _check(who: str, total_limit: int, connecting_limit: int, total: int, connecting: int) -> None:
+        if total_limit and total >= total_limit:
+            raise SessionLimitExceeded("too_many_sessions", f"{who} holds {total_limit} media sessions already")
+        if connecting_limit and connecting >= connecting_limit:
+            raise SessionLimitExceeded(
+                "too_many_connecting", f"{who} has {connecting_limit} media sessions still connecting"
+            )
 
     @contextmanager
     def reserve(self, user: str, address: str) -> Iterator[None]:
@@ -128,9 +138,13 @@ class MediaQuota:
             if self._reserved_addresses[address] <= 0:
                 del self._reserved_addresses[address]
 
-    def opened(self, session_id: str, address: str) -> None:
-        if address:
-            self.address_of[session_id] = address
+    def opened(self, session_id: str, user: str, address: str) -> None:
+        if user or address:
+            self.opened_by[session_id] = (user, address)
 
     def closed(self, session_id: str) -> None:
-        self.address_of.pop(session_id, None)
+        self.opened_by.pop(session_id, None)
+
+
+def _connecting(states: list[str]) -> int:
+    return sum(1 for state in states if state != "connected")

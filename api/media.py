@@ -230,7 +230,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         raise ApiError(429, exc.code, exc.message, headers={"Retry-After": str(QUOTA_RETRY_AFTER)}) from None
     except MediaError as exc:
         raise media_error(exc) from None
-    quota.opened(session.id, address)
+    quota.opened(session.id, "" if exempt else owner, address)
     token = bearer_token(request)
     record = SessionRecord(
         session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer),

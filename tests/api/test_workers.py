@@ -180,7 +180,7 @@ async def test_a_taken_stun_port_is_one_line_and_the_node_runs_on(tmp_path: Path
             )
             try:
                 url = f"http://127.0.0.1:{port}"
-                await _until(lambda: urllib.request.urlopen(url + "/health/liveness", timeout=2).status == 200, 40)
+                await _until(lambda url=url: urllib.request.urlopen(url + "/health/liveness", timeout=2).status == 200, 40)
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
                 log = proc.stderr.read()
