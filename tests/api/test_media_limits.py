@@ -10,10 +10,11 @@ from collections.abc import Callable
 import aiohttp
 import socketio
 
+from api.components import AIRWAVE
 from config import Settings
 from tests.conftest import RunningApp, start_app
 from tests.sfu.sfu_media import encoded_vp8
-from tests.sfu.sfu_peers import PacketTrack, Publisher, Viewer
+from tests.sfu.sfu_peers import PacketTrack, Publisher, Viewer, wait_for
 
 SDP = "application/sdp"
 
@@ -43,6 +44,9 @@ async def test_connecting_sessions_are_limited_per_user_and_per_address(
             async with http.post(f"{app.url}/whip/q", data=await publisher.offer(), headers=headers) as r:
                 assert r.status == 201
                 await publisher.accept(await r.text())
+            # connected: the publisher's own session from this address no longer counts as connecting
+            engine = app.app[AIRWAVE].media
+            await wait_for(lambda: [x.state for x in engine.sessions()] == ["connected"], 10)
             results = []
             for user in ("vic", "vic", "vic", "wes", "wes"):
                 status, body, viewer = await _whep(http, app, "q", user)
