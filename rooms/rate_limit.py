@@ -8,6 +8,7 @@ costly actions) and counts refusals in ``airwave_rate_limited_total``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import Counter
+
+log = logging.getLogger("airwave.rate_limit")
 
 RATE_LIMITED = Counter("airwave_rate_limited_total", "Requests and events refused by a rate limit", ["limit"])
 
@@ -83,13 +86,25 @@ class RateLimits:
         }
         for limit in limits:
             RATE_LIMITED.labels(limit.name)
+        self._last_warning = -math.inf
 
     async def allow(self, name: str, key: str) -> bool:
+        """Fails open: when the shared buckets cannot be reached (Redis restarting),
+        requests go through rather than every request failing."""
         bucket = self._buckets.get(name)
-        if bucket is None or await bucket.allow(f"{name}:{key}"):
+        if bucket is None:
             return True
-        RATE_LIMITED.labels(name).inc()
-        return False
+        try:
+            allowed = await bucket.allow(f"{name}:{key}")
+        except Exception as exc:  # noqa: BLE001 - redis errors of any kind
+            now = time.monotonic()
+            if now - self._last_warning > 10:
+                self._last_warning = now
+                log.warning("rate limits not checked: %s", exc)
+            return True
+        if not allowed:
+            RATE_LIMITED.labels(name).inc()
+        return allowed
 
     def retry_after(self, name: str) -> int:
         return self.limits[name].retry_after
