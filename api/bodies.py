@@ -2,8 +2,9 @@
 
 JSON bodies are UTF-8 (RFC 8259), whatever ``charset`` the request names; the
 non-standard constants ``NaN`` and ``Infinity``, numbers that overflow to
-infinity and nesting deeper than Python can decode are refused as 400
-``bad_json`` like any other malformed body.
+infinity, strings holding NUL (``\\u0000``, which PostgreSQL cannot store) and
+nesting deeper than Python can decode are refused as 400 ``bad_json`` like any
+other malformed body.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from api.errors import ApiError
+from signaling.server import contains_nul
 
 
 def _refuse_constant(name: str) -> Any:
@@ -29,10 +31,13 @@ def _finite_float(text: str) -> float:
 
 
 def parse_json(raw: bytes | str) -> Any:
-    """Strict JSON; ValueError for anything that is not."""
+    """Strict JSON; ValueError for anything that is not, or that holds a NUL."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        if "\\u0000" in text and contains_nul(value):
+            raise ValueError("strings may not contain NUL")
+        return value
     except (RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(str(exc)) from None
 

@@ -99,6 +99,8 @@ async def error_middleware(
             request.url  # noqa: B018 - a Host header yarl cannot parse fails here, not in a handler
         except ValueError:
             raise ApiError(400, "bad_host", "the Host header is not a host name") from None
+        if "\x00" in request.path or "\x00" in request.query_string or "%00" in request.raw_path:
+            raise ApiError(400, "bad_request", "NUL characters are not allowed in the path or query")
         response = await handler(request)
     except ApiError as exc:
         response = error_response(request, exc.status, exc.code, exc.message, exc.headers)

@@ -62,6 +62,18 @@ def call_audience(call_id: str) -> str:
     return f"call:{call_id}"
 
 
+def contains_nul(value: Any) -> bool:
+    """Whether decoded JSON holds a NUL character anywhere: PostgreSQL text cannot,
+    so such input is refused at the edge (HTTP bodies too, api/bodies.py)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
 class StrictJson:
     """The JSON python-socketio writes and reads: no NaN or Infinity either way."""
 
@@ -129,6 +141,8 @@ class Signaling:
                     return {"error": {"code": refusal.code, "message": refusal.message}}
                 if not identity.is_admin and not await self.limits.allow("events", identity.user_id):
                     return {"error": {"code": "rate_limited", "message": "too many events: slow down"}}
+                if contains_nul(data):
+                    return {"error": {"code": "bad_request", "message": "strings may not contain NUL"}}
                 try:
                     result = await handler(sid, identity, data)
                 except SignalError as exc:

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import aiohttp
+import socketio
 
 from api.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from tests.conftest import RunningApp, rest
@@ -74,6 +75,15 @@ async def test_what_used_to_be_a_500_is_a_400(running: RunningApp) -> None:
             assert r.status in (401, 503) and set(await r.json()) == SHAPE
         async with http.get(f"{running.url}/api/v1/gifts/leaderboard?limit=\u00b2") as r:
             assert r.status != 500
+    # NUL, which PostgreSQL text cannot hold: in a path, a query, a JSON string
+    async with aiohttp.ClientSession() as http:
+        auth = {"Authorization": f"Bearer {token}"}
+        for path in ("/api/v1/users/a%00b/leaderboard", "/api/v1/rooms?status=a%00"):
+            async with http.get(running.url + path, headers=auth) as r:
+                assert r.status == 400 and set(await r.json()) == SHAPE, path
+        async with http.post(running.url + "/api/v1/rooms", data=b'{"type": "live", "title": "a\\u0000b"}',
+                             headers={**auth, "Content-Type": "application/json"}) as r:
+            assert (r.status, (await r.json())["code"]) == (400, "bad_json")
     for host in (b"a:b:c", b"foo:99999"):
         status, body = await _raw(
             running,
@@ -83,3 +93,16 @@ async def test_what_used_to_be_a_500_is_a_400(running: RunningApp) -> None:
         assert (status, body["code"]) == (400, "bad_host") and set(body) == SHAPE
     status, _ = await rest(running, "GET", "/api/v1/wallet", "ann")
     assert status == 200
+
+
+async def test_a_socket_event_with_nul_is_refused(running: RunningApp) -> None:
+    status, room = await rest(running, "POST", "/api/v1/rooms", "ann", {"type": "live", "title": "t"})
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(running.url, auth={"token": running.token("ann")}, transports=["websocket"], wait_timeout=5)
+    try:
+        ack = await client.call("chat:send", {"roomId": room["id"], "text": "a\x00b"}, timeout=5)
+        assert ack["error"]["code"] == "bad_request"
+        ack = await client.call("chat:send", {"roomId": room["id"], "text": "fine"}, timeout=5)
+        assert ack["seq"] == 1
+    finally:
+        await client.disconnect()
