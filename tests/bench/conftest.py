@@ -113,6 +113,7 @@ def production_like_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         AIRWAVE_RING_TIMEOUT=str(RING_TIMEOUT),
         AIRWAVE_CALL_DURATION=str(CALL_DURATION),
         AIRWAVE_CALL_WARNING_BEFORE="1",
+        AIRWAVE_DEV="true",  # the scripts sign demo users in: development mode, asked for explicitly
     )
     server.env["schema"] = schema
     try:
