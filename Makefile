@@ -24,7 +24,7 @@ $(WEB_BUNDLE):
 	cd web && npm ci --no-audit --no-fund
 
 run: $(STAMP) $(WEB_BUNDLE)
-	$(BIN)/airwave serve
+	$(BIN)/airwave serve --dev
 
 test: $(STAMP)
 	bash tests/prepare-machine.sh

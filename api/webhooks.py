@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter
 
+from api.bodies import parse_json
 from api.components import AIRWAVE
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.gifts import WALLETS_KEY
 from api.routing import ApiRoutes
 from rooms.wallets import TopupConflict, WalletLedger
@@ -57,7 +57,7 @@ def verify_signature(secret: str, timestamp: str, signature: str, body: bytes, n
         raise WebhookRejected(
             401, "missing_signature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required"
         )
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise WebhookRejected(401, "bad_timestamp", f"{TIMESTAMP_HEADER} must be unix seconds")
     if abs(now - int(timestamp)) > MAX_SKEW_SECONDS:
         raise WebhookRejected(
@@ -74,7 +74,7 @@ def verify_signature(secret: str, timestamp: str, signature: str, body: bytes, n
 
 def _parse_event(body: bytes) -> tuple[str, str, int]:
     try:
-        data: Any = json.loads(body)
+        data: Any = parse_json(body)
     except ValueError:
         raise WebhookRejected(400, "bad_json", "the body must be JSON") from None
     if not isinstance(data, dict):
@@ -154,6 +154,6 @@ async def topup_webhook(request: web.Request) -> web.Response:
     except TopupConflict as exc:
         raise WebhookRejected(409, exc.code, str(exc)) from None
     if topup.replayed:
-        return web.json_response(topup.as_json(), headers={"Idempotent-Replayed": "true"})
+        return json_response(topup.as_json(), headers={"Idempotent-Replayed": "true"})
     TOPUP_COINS.inc(coins)
-    return web.json_response(topup.as_json())
+    return json_response(topup.as_json())

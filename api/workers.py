@@ -139,10 +139,7 @@ class Supervisor:
         listener.bind((self.settings.host, self.settings.port))
         listener.listen(1024)
         listener.setblocking(False)
-        stun: StunServer | None = None
-        if self.settings.stun_port:
-            stun = StunServer.from_settings(self.settings)
-            await stun.start("::", self.settings.stun_port)
+        stun = await StunServer.start_embedded(self.settings)
         for worker in self.workers:
             self._spawn(worker)
         log.info("supervising %d workers on http://%s:%s/", len(self.workers), self.settings.host,

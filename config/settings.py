@@ -54,11 +54,13 @@ class Settings:
     # --- server ---------------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = 8080
-    env: str = "development"  # "development" (embedded default) or "production"
+    dev: bool = False  # development mode (demo sign-in): only with `serve --dev` or AIRWAVE_DEV
+    env: str = ""  # "" or "production" (also insists on a set JWT secret)
     data_dir: str = "./data"
     log_format: str = "text"  # "text" or "json"
     log_level: str = "info"
     cors_origins: tuple[str, ...] = ("*",)
+    trust_forwarded_for: bool = False  # client address from X-Forwarded-For (behind your proxy)
     public_url: str = ""  # how clients reach us, for Location headers; empty = from the request
     node_id: str = ""  # empty = hostname:port
 
@@ -71,7 +73,7 @@ class Settings:
     internal_url: str = ""  # how other nodes reach this node's HTTP; empty = http://<host>:<port>
 
     # --- tokens ---------------------------------------------------------------
-    jwt_secret: str = ""  # HS256; empty in development = generated under data_dir
+    jwt_secret: str = ""  # HS256; empty = generated and kept under data_dir (one node only)
     jwt_algorithm: str = "HS256"  # HS256, RS256 or ES256
     jwt_public_key_file: str = ""  # PEM, for RS256/ES256
     jwt_jwks_file: str = ""  # JWKS JSON, for RS256/ES256
@@ -80,9 +82,19 @@ class Settings:
     # --- media ----------------------------------------------------------------
     ice_addresses: tuple[str, ...] = ()  # empty = the machine's own addresses
     udp_ports: tuple[int, int] | None = None  # e.g. "40000-40999"; None = any
+    max_remote_candidates: int = 30  # remote ICE candidates one media session checks
+    ice_candidate_deny: tuple[str, ...] = (  # networks remote candidates may not name
+        "0.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32", "169.254.0.0/16",
+        "::/128", "ff00::/8", "fe80::/10",
+    )
     max_subscribers_per_room: int = 500
     max_sessions: int = 2000
     whep_public: bool = False  # WHEP without a token for rooms marked public
+    max_sessions_per_user: int = 20  # media sessions one user holds at once; 0 = no limit
+    max_sessions_per_ip: int = 200  # WHIP/WHEP sessions from one client address; 0 = no limit
+    max_connecting_per_user: int = 10  # of those, still connecting (ICE/DTLS); 0 = no limit
+    max_connecting_per_ip: int = 50
+    media_connect_timeout: float = 10.0  # seconds a media session may take to connect
     room_publisher_grace: float = 10.0  # seconds a live room waits for its publisher
     rtmp_port: int = 0  # RTMP ingest (rtmp://host:port/live/ROOM); 0 = off
 
@@ -102,6 +114,12 @@ class Settings:
     reconnect_grace: float = 15.0
     require_match: bool = False
 
+    # --- rate limits (tokens a second; bursts of twice that, at least 10; 0 = off)
+    rate_limit_http: float = 50.0  # HTTP API requests per user
+    rate_limit_http_ip: float = 200.0  # HTTP API requests per client address
+    rate_limit_events: float = 30.0  # Socket.IO events per user
+    rate_limit_actions: float = 1.0  # rooms created, calls placed, sockets opened per user
+
     # --- chat -----------------------------------------------------------------
     chat_max_length: int = 2000
     chat_rate: float = 5.0  # messages per second per user per room
@@ -114,8 +132,8 @@ class Settings:
 
     # ------------------------------------------------------------------------
     @property
-    def embedded(self) -> bool:
-        return self.env != "production"
+    def mode(self) -> str:
+        return "development" if self.dev else "production"
 
     @property
     def effective_database_url(self) -> str:
@@ -272,6 +290,8 @@ _POSITIVE = (
     "database_pool_size",
     "max_subscribers_per_room",
     "max_sessions",
+    "media_connect_timeout",
+    "max_remote_candidates",
 )
 
 
@@ -285,8 +305,12 @@ def _validate(s: Settings) -> Settings:
         fail("stun_port", f"must be 0-65535, got {s.stun_port}")
     if not (0 <= s.rtmp_port <= 65535):
         fail("rtmp_port", f"must be 0-65535, got {s.rtmp_port}")
-    if s.env not in ("development", "production"):
-        fail("env", f"must be development or production, got {s.env!r}")
+    if s.env == "development":
+        fail("env", "development mode is asked for with `airwave serve --dev` (or AIRWAVE_DEV=true)")
+    if s.env not in ("", "production"):
+        fail("env", f"must be production or empty, got {s.env!r}")
+    if s.dev and s.env == "production":
+        fail("dev", "development mode cannot run with AIRWAVE_ENV=production")
     if s.log_format not in ("text", "json"):
         fail("log_format", f"must be text or json, got {s.log_format!r}")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -309,7 +333,10 @@ def _validate(s: Settings) -> Settings:
     for name in _POSITIVE:
         if getattr(s, name) <= 0:
             fail(name, f"must be greater than 0, got {getattr(s, name)}")
-    for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace"):
+    for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace",
+                 "rate_limit_http", "rate_limit_http_ip", "rate_limit_events", "rate_limit_actions",
+                 "max_sessions_per_user", "max_sessions_per_ip", "max_connecting_per_user",
+                 "max_connecting_per_ip"):
         if getattr(s, name) < 0:
             fail(name, f"must not be negative, got {getattr(s, name)}")
     if not (0.0 <= s.gift_creator_share <= 1.0):
@@ -319,6 +346,11 @@ def _validate(s: Settings) -> Settings:
             ipaddress.ip_address(addr)
         except ValueError:
             fail("ice_addresses", f"not an IP address: {addr!r}")
+    for network in s.ice_candidate_deny:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail("ice_candidate_deny", f"not a network like 169.254.0.0/16: {network!r}")
     for uri in s.turn_urls:
         if not uri.startswith(("turn:", "turns:")):
             fail("turn_urls", f"expected turn: or turns: URIs, got {uri!r}")

@@ -37,7 +37,9 @@ log = logging.getLogger("airwave.calls")
 CALLS_CHANNEL = "calls"
 MEDIA_KINDS = ("audio", "video")
 LIVE_STATUSES = ("ringing", "active")
-END_REASONS = ("hangup", "rejected", "missed", "busy", "timeout", "disconnected", "server_shutdown")
+END_REASONS = (
+    "hangup", "rejected", "missed", "busy", "timeout", "disconnected", "server_shutdown", "suspended",
+)
 MAX_ID_LENGTH = 128
 MAX_REJECT_REASON = 64
 

@@ -118,16 +118,10 @@ class ChatService:
 
     async def check_access(self, room_id: str, identity: Identity, *, write: bool) -> Room:
         """The room, if ``identity`` may read (or write) its chat; RoomError otherwise."""
-        room = await self.registry.get(room_id)
-        if room is None:
-            raise room_not_found(room_id)
+        room = await self.registry.admit(room_id, identity)  # the room's audience rule
         if room.type == "live":
-            if not identity.is_admin and await self.registry.banned_until(room_id, identity.user_id):
-                raise RoomError("forbidden", "banned", "you are banned from this room for now")
             return room
-        if not await self.registry.is_member(room_id, identity.user_id):
-            if identity.is_admin and not write:
-                return room
+        if write and not await self.registry.is_member(room_id, identity.user_id):
             raise RoomError("forbidden", "not_member", "only the room's members may use its chat")
         if room.type == "direct" and write:
             others = [m for m in await self.members(room_id) if m != identity.user_id]

@@ -18,7 +18,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from auth import Identity
 from config import GiftSpec
+from rooms.rooms import RoomRegistry
 from rooms.social import SocialGraph
 from rooms.wallets import (
     PLATFORM_EARNINGS,
@@ -299,18 +301,32 @@ class GiftService:
         catalog: GiftCatalog,
         social: SocialGraph,
         creator_share_setting: float,
+        rooms: RoomRegistry,
     ) -> None:
         self.db = db
         self.ledger = ledger
         self.catalog = catalog
         self.social = social
         self.share = share_fraction(creator_share_setting)
+        self.rooms = rooms
 
-    async def send(self, sender: str, request: SendGift) -> GiftSent:
+    async def check_audience(self, identity: Identity, room_id: str) -> None:
+        """A room's gifts and leaderboard are for its audience (rooms/rooms.py's one rule)."""
+        room = await self.rooms.get(room_id)
+        if room is None:
+            raise refuse("room_not_found", f"no room {room_id}")
+        refusal = await self.rooms.audience_refusal(room, identity)
+        if refusal is not None:
+            raise refuse(refusal.code, refusal.message)
+
+    async def send(self, identity: Identity, request: SendGift) -> GiftSent:
         """Move the coins once. A repeated (sender, idempotencyKey) returns the first result."""
+        sender = identity.user_id
         first = await self._find_sent(sender, request.idempotency_key)
         if first is not None:
             return self._replay(first, request)
+        if request.room_id is not None:
+            await self.check_audience(identity, request.room_id)
         if request.to == sender:
             raise refuse("cannot_gift_self", "you cannot send a gift to yourself")
         if await self.social.is_blocked(sender, request.to):

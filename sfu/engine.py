@@ -21,6 +21,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from config.settings import Settings
 
 from . import metrics
+from .candidates import CandidatePolicy
 from .codecs import choose_publish_codec, match_subscriber_codec, pull_sections
 from .errors import (
     AtCapacity,
@@ -69,6 +70,7 @@ class MediaEngine:
     def __init__(self, settings: Settings, *, connect_timeout: float = 30.0) -> None:
         self.settings = settings
         self.connect_timeout = connect_timeout
+        self.candidates = CandidatePolicy(settings)  # sfu/candidates.py
         self.certificate = RTCCertificate.generateCertificate()
         self._sessions: dict[str, Session] = {}
         self._rooms: dict[str, Room] = {}
@@ -217,6 +219,10 @@ class MediaEngine:
 
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
+
+    def sessions(self) -> list[Session]:
+        """Every open session (revocation ends those of one owner)."""
+        return list(self._sessions.values())
 
     async def add_remote_candidate(self, session_id: str, candidate: str) -> None:
         """A trickled ``candidate:...`` line; ``""`` or ``end-of-candidates`` ends them."""

@@ -18,6 +18,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from .errors import SdpError
 
 MAX_SDP_LENGTH = 64 * 1024
+MAX_MEDIA_SECTIONS = 16  # an answer has one section per offered one: no amplification
 _ICE_CHARS = re.compile(r"^[A-Za-z0-9+/]+$")
 
 
@@ -77,6 +78,8 @@ def parse_offer(text: str) -> Offer:
         raise SdpError(f"unparseable SDP: {type(exc).__name__}") from None
     if not desc.media:
         raise SdpError("SDP has no media section")
+    if len(desc.media) > MAX_MEDIA_SECTIONS:
+        raise SdpError(f"SDP has more than {MAX_MEDIA_SECTIONS} media sections")
 
     bundle: list[str] = []
     for group in desc.group:

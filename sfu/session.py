@@ -121,6 +121,7 @@ class Session:
             candidate.component != 1
             or candidate.protocol.lower() != "udp"
             or candidate.ip.endswith(".local")
+            or not self._engine.candidates.admits(self, candidate, self._gatherer.getLocalCandidates())
         ):
             return
         if self._restart is not None:  # a candidate of the restart's generation
@@ -221,7 +222,13 @@ class Session:
     # -- pulling (an edge: we offer to a remote origin and receive its tracks) ---------------
 
     async def pull_offer(self, sections: list[AnswerSection]) -> str:
-        """Gather, then write our own offer (``actpass``) with ``sections``."""
+        """Gather, then write our own offer (``actpass``) with ``sections``.
+
+        We are the ICE controlling side from the start: the origin starts its
+        checks as soon as it answers, and may reach us before its answer does.
+        Were we still controlled then, the role conflict would flip the origin
+        to controlling, then us back to controlled, and nobody would nominate."""
+        seam.set_ice_controlling(self.ice, True)
         await self._gatherer.gather()
         return self._write(sections, setup="actpass")
 

@@ -275,6 +275,8 @@ class CallSignaling:
 
     # --------------------------------------------------------- client requests
     async def initiate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        if not await self.signaling.limits.allow("actions", identity.user_id):
+            raise SignalError("rate_limited", "too many calls placed: slow down")
         payload = _object(data)
         to = _string(payload, "to")
         media = payload.get("media", "video")

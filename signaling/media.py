@@ -31,6 +31,7 @@ MAX_SDP_CHARS = 64 * 1024
 
 Announce = Callable[[str, Session], Awaitable[None]]
 PrepareSubscribe = Callable[[str], Awaitable[None]]
+Admit = Callable[[Identity, str, str], Awaitable[None]]  # (identity, room, role); SignalError if not
 
 
 def _field(data: Any, name: str, limit: int = 256) -> str:
@@ -58,9 +59,11 @@ def register(
     bus: EventBus,
     announce: Announce,
     prepare_subscribe: PrepareSubscribe,
+    admit: Admit,
 ) -> SocketSessions:
     """``prepare_subscribe(room)`` runs before a subscription: in a cluster it
-    makes this node pull a room whose origin is another node."""
+    makes this node pull a room whose origin is another node. ``admit`` applies
+    the room's own rules (who may watch, who may publish) after the grant."""
     sessions = SocketSessions()
     by_socket = sessions.by_socket
 
@@ -78,6 +81,7 @@ def register(
         allowed = identity.can_publish(room) if role == "publish" else identity.can_subscribe(room)
         if not allowed:
             raise SignalError("forbidden", f"the token does not grant {role} for room {room!r}")
+        await admit(identity, room, role)
         try:
             if role == "publish":
                 session = await engine.publish(room, sdp, owner=identity.user_id)

@@ -87,19 +87,11 @@ class RoomSignals:
     # -- audience -------------------------------------------------------------------
 
     async def join(self, sid: str, identity: Identity, room_id: str) -> dict[str, Any]:
-        room = await self.registry.get(room_id)
-        if room is None:
-            raise SignalError("room_not_found", f"no room {room_id!r}")
+        room = await self.registry.admit(room_id, identity)  # the room's audience rule
         if room.type not in ("live", "group"):
             raise SignalError("not_joinable", f"a {room.type} room has no audience to join")
-        if room.type == "group" and not await self.registry.may_view(room, identity):
-            raise SignalError("not_member", "only the group's members may join it")
-        if room.type == "live" and not room.public and not await self.registry.may_view(room, identity):
-            raise SignalError("forbidden", "this room is private")
         if room.status == "ended":
             raise SignalError("room_ended", "this room has ended")
-        if not identity.is_admin and await self.registry.banned_until(room_id, identity.user_id):
-            raise SignalError("banned", "you were removed from this room and cannot rejoin yet")
         watching = self.watching.setdefault(sid, set())
         viewer = user_viewer(identity.user_id)
         if room_id not in watching:
