@@ -16,7 +16,21 @@ from types import ModuleType
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api import admin, calls, dev, edge, gifts, health, ice, media, nodes, rooms, rtmp, webapp, webhooks
+from api import (
+    admin,
+    calls,
+    dev,
+    edge,
+    gifts,
+    health,
+    ice,
+    media,
+    nodes,
+    rooms,
+    rtmp,
+    webapp,
+    webhooks,
+)
 from api.auth_http import TOKENS_KEY
 from api.components import AIRWAVE, Airwave
 from api.errors import error_middleware
