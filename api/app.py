@@ -16,7 +16,22 @@ from types import ModuleType
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api import calls, dev, edge, gifts, health, ice, media, nodes, rooms, webapp, webhooks
+from api import (
+    admin,
+    calls,
+    dev,
+    edge,
+    gifts,
+    health,
+    ice,
+    media,
+    nodes,
+    payouts,
+    rooms,
+    webapp,
+    webhook_events,
+    webhooks,
+)
 from api.auth_http import TOKENS_KEY
 from api.components import AIRWAVE, Airwave
 from api.errors import error_middleware
@@ -35,7 +50,10 @@ log = logging.getLogger("airwave")
 
 SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
 
-FEATURES: list[ModuleType] = [health, ice, media, nodes, rooms, gifts, webhooks, dev, webapp, calls, edge]
+FEATURES: list[ModuleType] = [
+    health, ice, media, nodes, webhook_events, rooms, gifts, webhooks, payouts, admin, dev, webapp,
+    calls, edge,
+]
 
 
 def airwave_version() -> str:

@@ -14,6 +14,7 @@ from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.routing import ApiRoutes
+from api.webhook_events import OUTBOX_KEY
 from rooms.gifts import GiftCatalog, GiftRefused, GiftService, SendGift
 from rooms.wallets import WalletLedger
 from signaling import gifts as gift_events
@@ -326,9 +327,12 @@ async def creator_leaderboard(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    ledger = WalletLedger(airwave.db)
+    outbox = airwave.services.get(OUTBOX_KEY)  # api/webhook_events.py, installed before
+    ledger = WalletLedger(airwave.db, outbox)
     catalog = GiftCatalog(airwave.db, airwave.settings.gifts)
-    gifts = GiftService(airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share)
+    gifts = GiftService(
+        airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share, outbox
+    )
     airwave.services[WALLETS_KEY] = ledger
     airwave.services[CATALOG_KEY] = catalog
     airwave.services[GIFTS_KEY] = gifts

@@ -28,7 +28,7 @@ from config import Settings
 from rooms.rate_limit import RateLimiter
 from rooms.rooms import Room, RoomError, RoomRegistry, Timers, room_not_found
 from rooms.social import SocialGraph, ordered_pair
-from store import Database
+from store import Database, Queries
 from store.database import Row
 
 log = logging.getLogger("airwave.chat")
@@ -109,6 +109,9 @@ class ChatService:
         self.social = social
         self.settings = settings
         self.limiter = limiter
+        # Called inside the transaction that stores a new message (webhooks write
+        # chat.message there); set by whoever wires the outbox.
+        self.on_stored: Callable[[Queries, ChatMessage, Room], Awaitable[None]] | None = None
 
     # -- access ----------------------------------------------------------------------
 
@@ -226,6 +229,8 @@ class ChatService:
                 )
                 if inserted is None:
                     raise _AlreadyStored
+                if self.on_stored is not None:
+                    await self.on_stored(tx, ChatMessage(message_id, int(seq), room_id, user, text, now, client_id), room)
         except _AlreadyStored:
             stored = await self.find_by_client_id(room_id, user, str(client_id))
             if stored is None:  # pragma: no cover - only a (room, seq) clash could get here

@@ -29,6 +29,7 @@ from rooms.wallets import (
     coins_account,
 )
 from store import Database, Queries
+from webhooks.outbox import Outbox
 
 GIFTS_SENT = Counter("airwave_gifts_sent", "Gift sends that moved coins")
 GIFT_COINS = Counter("airwave_gift_coins", "Coins paid by senders of gifts")
@@ -291,6 +292,10 @@ class GiftSent:
         }
 
 
+def metadata_target(request: SendGift) -> dict[str, Any]:
+    return {"roomId": request.room_id} if request.room_id else {"callId": request.call_id}
+
+
 class GiftService:
     def __init__(
         self,
@@ -299,12 +304,14 @@ class GiftService:
         catalog: GiftCatalog,
         social: SocialGraph,
         creator_share_setting: float,
+        outbox: Outbox | None = None,
     ) -> None:
         self.db = db
         self.ledger = ledger
         self.catalog = catalog
         self.social = social
         self.share = share_fraction(creator_share_setting)
+        self.outbox = outbox  # gift.sent, in the gift's transaction
 
     async def send(self, sender: str, request: SendGift) -> GiftSent:
         """Move the coins once. A repeated (sender, idempotencyKey) returns the first result."""
@@ -325,7 +332,7 @@ class GiftService:
                 metadata: dict[str, Any] = {
                     "giftId": gift.id, "quantity": request.quantity, "from": sender, "to": request.to,
                 }
-                metadata.update({"roomId": request.room_id} if request.room_id else {"callId": request.call_id})
+                metadata.update(metadata_target(request))
                 transfer_id, entries = await self.ledger.post(
                     tx,
                     kind="gift",
@@ -346,6 +353,15 @@ class GiftService:
                     transfer_id, sender, request.to, gift.id, request.quantity, gift.coins, total,
                     creator, platform, request.room_id, request.call_id, stream_id, now,
                 )
+                if self.outbox is not None:
+                    target = f"room:{request.room_id}" if request.room_id else f"call:{request.call_id}"
+                    await self.outbox.add(
+                        tx, "gift.sent", target,
+                        {"transferId": transfer_id, "giftId": gift.id, "from": sender, "to": request.to,
+                         "quantity": request.quantity, "coins": total, "creatorCoins": creator,
+                         "platformCoins": platform, **metadata_target(request)},
+                        now=now,
+                    )
         except DuplicateTransfer:
             first = await self._find_sent(sender, request.idempotency_key)
             if first is None:  # pragma: no cover - the twin committed before we failed
