@@ -110,7 +110,7 @@ TRANSACTIONS_SCHEMA = {
                 "type": "object",
                 "properties": {
                     "id": {"type": "string"},
-                    "kind": {"type": "string", "enum": ["gift", "topup"]},
+                    "kind": {"type": "string", "enum": ["gift", "topup", "refund", "chargeback", "payout", "payout_rejected"]},
                     "createdAt": {"type": "number"},
                     "details": {"type": "object"},
                     "entries": {
