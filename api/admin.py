@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from api.components import Airwave
-from api.nodes import STARTED_KEY, live_nodes
+from api.nodes import STARTED_KEY, describe, live_nodes
 from api.routing import ApiRoutes
 from api.webhook_events import OUTBOX_KEY, admin_request
 from rooms.payouts import reconcile
@@ -97,7 +97,9 @@ async def collect_stats(airwave: Airwave, started_at: float) -> dict[str, Any]:
         )
         assert row is not None
         gifts[name] = {"count": int(row["n"]), "coins": int(row["coins"])}
-    nodes = await live_nodes(airwave, started_at)
+    # This node's own figures fresh; the others' from their last heartbeat.
+    here = describe(airwave, started_at, airwave.draining)
+    nodes = [n for n in await live_nodes(airwave, started_at) if n.get("id") != here["id"]] + [here]
     return {
         "rooms": {"live": len(live), "viewers": viewers},
         "calls": {"active": calls.get("active", 0), "ringing": calls.get("ringing", 0)},
