@@ -29,6 +29,8 @@ class Receiver:
         self.refused_down = 0
         self.bad_signatures = 0
         self.signature_headers: list[str] = []
+        self.hold: asyncio.Event | None = None  # while set and not yet fired, requests hang
+        self.held = 0
         app = web.Application()
         app.router.add_post("/hooks", self._hook)
         self.server = TestServer(app, host="127.0.0.1", port=0)
@@ -42,6 +44,11 @@ class Receiver:
         return str(self.server.make_url("/hooks"))
 
     async def _hook(self, request: web.Request) -> web.Response:
+        if self.hold is not None and not self.hold.is_set():
+            self.held += 1
+            await self.hold.wait()
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # the sender is gone: it never got an answer
         if self.down:
             self.refused_down += 1
             return web.Response(status=503)
