@@ -24,6 +24,7 @@ from api import (
     gifts,
     health,
     ice,
+    inbox,
     media,
     nodes,
     payouts,
@@ -51,8 +52,8 @@ log = logging.getLogger("airwave")
 SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
 
 FEATURES: list[ModuleType] = [
-    health, ice, media, nodes, webhook_events, rooms, gifts, webhooks, payouts, admin, dev, webapp,
-    calls, edge,
+    health, ice, media, nodes, webhook_events, rooms, inbox, gifts, webhooks, payouts, admin, dev,
+    webapp, calls, edge,
 ]
 
 

@@ -194,6 +194,7 @@ class BusFacts:
             data: dict[str, Any] = {
                 "messageId": message.id, "roomId": room.id, "seq": message.seq,
                 "from": message.user_id, "to": member, "createdAt": message.created_at,
+                "hasAttachment": message.attachment is not None,
             }
             if self.outbox.chat_text:
                 data["text"] = message.text

@@ -71,7 +71,7 @@ async def test_a_direct_message_to_a_user_without_a_socket(
         assert message["key"] == f"room:{ack['roomId']}"
         assert message["data"] == {
             "messageId": ack["id"], "roomId": ack["roomId"], "seq": 1, "from": "alice", "to": "bob",
-            "createdAt": ack["createdAt"], "text": "hi bob",
+            "createdAt": ack["createdAt"], "hasAttachment": False, "text": "hi bob",
         }
         bob = await Party(app, "bob").connect()  # online now: no push needed, no event
         await alice.call("chat:send", {"roomId": ack["roomId"], "text": "there you are"})
