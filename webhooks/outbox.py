@@ -141,7 +141,10 @@ class Outbox:
         if not self.endpoints:
             return None
         now = time.time() if now is None else now
-        event_id = event_id or new_event_id()
+        if event_id is None:
+            event_id = new_event_id()
+        elif await tx.fetchval("SELECT 1 FROM webhook_outbox WHERE event_id = $1 LIMIT 1", event_id):
+            return event_id  # another node wrote this fact already
         seq = await tx.fetchval(
             "INSERT INTO webhook_keys (event_key, last_seq) VALUES ($1, 1) ON CONFLICT (event_key)"
             " DO UPDATE SET last_seq = webhook_keys.last_seq + 1 RETURNING last_seq",
