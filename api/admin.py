@@ -149,18 +149,33 @@ async def reconciliation(request: web.Request) -> web.Response:
     return web.json_response(await reconcile(airwave.db))
 
 
-async def _refresh(airwave: Airwave, started_at: float) -> None:
-    await airwave.migrated.wait()
-    while True:
+async def _refresh(airwave: Airwave, started_at: float, stop: asyncio.Event) -> None:
+    """Every ``REFRESH_SECONDS`` until ``stop``; a round in progress is finished, never cut
+    (cancelling one in the middle of its Redis and database calls could hang the shutdown)."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
+            return
+        except TimeoutError:
+            pass
+        if not airwave.migrated.is_set():
+            continue
         try:
             export(await collect_stats(airwave, started_at))
         except Exception as exc:  # a database away for a moment: the next round tries again
             log.warning("admin figures not refreshed: %s", exc)
-        await asyncio.sleep(REFRESH_SECONDS)
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
+    stop = asyncio.Event()
+    running: list[asyncio.Task[None]] = []
+
     async def start(app: web.Application) -> None:
-        airwave.spawn(_refresh(airwave, app[STARTED_KEY]), "admin-figures")
+        running.append(airwave.spawn(_refresh(airwave, app[STARTED_KEY], stop), "admin-figures"))
+
+    async def finish(app: web.Application) -> None:
+        stop.set()
+        await asyncio.wait(running, timeout=5)
 
     app.on_startup.append(start)
+    app.on_shutdown.append(finish)

@@ -11,6 +11,7 @@ id per fact, so the outbox keeps one), ``publisher.joined``/``publisher.left``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -217,9 +218,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
         airwave.bus.subscribe("rooms", facts.on_rooms)
         airwave.bus.subscribe("media", facts.on_media)
 
-    async def dispatch() -> None:
-        await airwave.migrated.wait()
-        await dispatcher.run()
+    running: list[asyncio.Task[None]] = []
 
     async def start(app: web.Application) -> None:
         if not outbox.enabled:
@@ -227,6 +226,14 @@ def install(airwave: Airwave, app: web.Application) -> None:
         chat = airwave.services.get("chat")
         if chat is not None:
             chat.on_stored = facts.on_chat_stored
-        airwave.spawn(dispatch(), "webhook-dispatcher")
+        running.append(airwave.spawn(dispatcher.run_when(airwave.migrated), "webhook-dispatcher"))
+
+    async def finish(app: web.Application) -> None:
+        """Let the deliveries in flight end (their rows stay claimed until the lease
+        runs out otherwise); whatever is left is cancelled with the other tasks."""
+        dispatcher.stop()
+        if running:
+            await asyncio.wait(running, timeout=5)
 
     app.on_startup.append(start)
+    app.on_shutdown.append(finish)

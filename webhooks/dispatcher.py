@@ -86,6 +86,22 @@ class WebhookDispatcher:
         self.endpoints: dict[str, WebhookEndpoint] = {e.url: e for e in settings.webhook_urls}
         self._http: aiohttp.ClientSession | None = None
         self._seen_written = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the pass in progress, then return from :meth:`run`."""
+        self._stop.set()
+
+    async def run_when(self, ready: asyncio.Event) -> None:
+        """:meth:`run` once ``ready`` is set (the schema is migrated), unless stopped first."""
+        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(self._stop.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if ready.is_set() and not self._stop.is_set():
+            await self.run()
 
     async def run(self) -> None:
         """Claim and deliver until cancelled; a database that is away is waited for."""
@@ -96,7 +112,7 @@ class WebhookDispatcher:
 
     async def _loop(self) -> None:
         last_sweep = last_metrics = 0.0
-        while True:
+        while not self._stop.is_set():
             try:
                 delivered = await self.deliver_due()
                 now = time.monotonic()
@@ -117,7 +133,7 @@ class WebhookDispatcher:
     async def _wait(self) -> None:
         """Up to one poll interval, sooner when this process wrote an event."""
         deadline = time.monotonic() + self.poll_interval
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self._stop.is_set():
             if self.outbox.written != self._seen_written:
                 self._seen_written = self.outbox.written
                 await asyncio.sleep(0.02)  # let the writer's transaction commit
