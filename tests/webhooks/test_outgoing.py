@@ -167,3 +167,38 @@ async def test_dead_letter_then_an_admin_redelivers(
     assert sorted(e["data"]["balance"] for e in receiver.events) == [10, 15]
     status, page = await rest(app, "GET", "/api/v1/admin/webhooks/failed", "ops", admin=True)
     assert page["failed"] == []
+
+
+async def test_delivered_events_are_kept_for_the_retention_then_deleted(
+    hooked: RunningApp, receiver: Receiver
+) -> None:
+    await fund(hooked, "keeper", 3)
+    await receiver.wait_for(1)
+    airwave = hooked.app[AIRWAVE]
+    dispatcher = airwave.services["webhook_dispatcher"]
+    db = airwave.db
+    for _ in range(50):  # the receiver answered; the row is marked right after
+        if await db.fetchval("SELECT COUNT(*) FROM webhook_outbox WHERE status = 'delivered'"):
+            break
+        await asyncio.sleep(0.05)
+    assert await dispatcher.sweep() == 0  # younger than the retention: kept
+    await db.execute(
+        "UPDATE webhook_outbox SET delivered_at = delivered_at - $1", hooked.settings.webhook_retention + 1
+    )
+    assert await dispatcher.sweep() == 1
+    assert await db.fetchval("SELECT COUNT(*) FROM webhook_outbox") == 0
+    backlog = await dispatcher.refresh_metrics()
+    assert backlog == {"queued": 0, "failed": 0, "oldestAgeSeconds": 0.0}
+
+
+async def test_the_suspension_hook_writes_user_suspended(hooked: RunningApp, receiver: Receiver) -> None:
+    """The suspension feature calls Outbox.user_suspended in its own transaction."""
+    airwave = hooked.app[AIRWAVE]
+    outbox = airwave.services["outbox"]
+    async with airwave.db.transaction() as tx:
+        await outbox.user_suspended(tx, "troll", reason="spam", until=None, by="ops")
+    await receiver.wait_for(1, "user.suspended", within=5)
+    (event,) = receiver.of_type("user.suspended")
+    assert (event["key"], event["data"]) == (
+        "user:troll", {"userId": "troll", "reason": "spam", "until": None, "by": "ops"}
+    )
