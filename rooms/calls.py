@@ -663,10 +663,13 @@ class CallService:
         live socket anywhere (false: the app's backend sends a push)."""
         if self.outbox is None or not self.outbox.enabled:
             return
-        online = await self.is_online(call.callee_id) if self.is_online is not None else None
-        data = {**call.to_json(), "ringsUntil": self.rings_until(call), "calleeOnline": online}
-        async with self.db.transaction() as tx:
-            await self.outbox.add(tx, "call.ringing", f"call:{call.id}", data)
+        try:
+            online = await self.is_online(call.callee_id) if self.is_online is not None else None
+            data = {**call.to_json(), "ringsUntil": self.rings_until(call), "calleeOnline": online}
+            async with self.db.transaction() as tx:
+                await self.outbox.add(tx, "call.ringing", f"call:{call.id}", data)
+        except Exception:  # the call rings on the sockets all the same
+            log.exception("call.ringing of %s could not be written", call.id)
 
     async def _announce_ended(self, call: Call, *, reject_reason: str | None = None) -> None:
         extra: dict[str, Any] = {"reason": call.end_reason, "duration": call.duration, "endedAt": call.ended_at}
