@@ -655,7 +655,10 @@ class CallService:
                 return None
             call = Call.from_row(row)
             if self.outbox is not None:
-                await self.outbox.add(tx, event, f"call:{call.id}", call.to_json())
+                data = call.to_json()
+                if event == "call.ended":
+                    data["reason"] = call.end_reason
+                await self.outbox.add(tx, event, f"call:{call.id}", data)
         return call
 
     async def _ringing_webhook(self, call: Call) -> None:

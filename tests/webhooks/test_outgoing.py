@@ -111,7 +111,8 @@ async def test_a_call_to_a_user_without_a_socket_rings_by_webhook(
         await alice.call("call:end", {"callId": ack["callId"]})
         await receiver.wait_for(1, "call.ended", within=5)
         done = receiver.of_type("call.ended")[0]
-        assert done["data"]["endReason"] == "hangup" and done["seq"] == 2
+        assert done["data"]["reason"] == done["data"]["endReason"] == "hangup" and done["seq"] == 2
+        assert (done["data"]["duration"], done["data"]["extensions"]) == (0, 0)
 
         bob = await Party(hooked, "bob").connect()
         ack = await alice.call("call:initiate", {"to": "bob", "media": "video"})
