@@ -1,161 +1,181 @@
-"""Revocation: suspend a user, or revoke one token by its id (``jti``).
-
-``POST /api/v1/admin/users/{id}/suspend`` (``DELETE`` lifts it) and ``POST
-/api/v1/admin/tokens/{jti}/revoke`` need an admin token. The decision is stored
-(suspended_users, revoked_tokens) and published on the bus, channel ``auth``;
-every node then refuses such tokens (TokenService's RevocationList) and ends what
-they hold on it: sockets (``auth:revoked {code}``), WHIP/WHEP sessions, and for
-a suspension the user's calls and every media session they own, with reason
-``suspended`` or ``token_revoked``. A node loads both lists at start.
-"""
+"""Admin figures: the state of the whole deployment in one answer, the same as
+Prometheus gauges, and the ledger's reconciliation."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import re
 import time
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Gauge
 
-from api.auth_http import require_admin
-from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
-from api.errors import ApiError, json_response
-from api.media import SESSIONS_KEY
+from api.components import Airwave
+from api.nodes import STARTED_KEY, describe, live_nodes
 from api.routing import ApiRoutes
-from auth import Identity
-from sfu import SessionNotFound
+from api.webhook_events import OUTBOX_KEY, admin_request
+from rooms.payouts import reconcile
 
 log = logging.getLogger("airwave.admin")
 
 routes = ApiRoutes("admin")
 
-CHANNEL = "auth"
-USER_ID = r"[^/]{1,128}"
-TOKEN_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-MAX_REASON = 200
+REFRESH_SECONDS = 15.0
+WINDOWS = {"lastHour": 3600.0, "lastDay": 86400.0}
+
+LIVE_ROOMS = Gauge("airwave_live_rooms", "Live rooms (the whole deployment)")
+LIVE_VIEWERS = Gauge("airwave_live_viewers", "Viewers of live rooms (the whole deployment)")
+CALLS_NOW = Gauge("airwave_calls_now", "Calls now, by status (the whole deployment)", ["status"])
+SOCKETS = Gauge("airwave_sockets", "Connected Socket.IO clients (the whole deployment)")
+NODES = Gauge("airwave_nodes", "Live nodes")
+GIFTS_WINDOW = Gauge("airwave_gifts_window", "Gifts sent in the window", ["window"])
+GIFT_COINS_WINDOW = Gauge("airwave_gift_coins_window", "Coins paid for gifts in the window", ["window"])
+WEBHOOK_BACKLOG = Gauge("airwave_webhook_backlog", "Outgoing webhook deliveries pending (the outbox)")
+
+STATS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "rooms": {"type": "object", "properties": {"live": {"type": "integer"}, "viewers": {"type": "integer"}}},
+        "calls": {"type": "object", "properties": {"active": {"type": "integer"}, "ringing": {"type": "integer"}}},
+        "sockets": {"type": "integer"},
+        "nodes": {"type": "integer"},
+        "gifts": {
+            "type": "object",
+            "description": "lastHour and lastDay: {count, coins}",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"count": {"type": "integer"}, "coins": {"type": "integer"}},
+            },
+        },
+        "webhooks": {
+            "type": "object",
+            "properties": {"queued": {"type": "integer"}, "failed": {"type": "integer"},
+                           "oldestAgeSeconds": {"type": "number"}},
+        },
+        "at": {"type": "number"},
+    },
+}
+RECONCILIATION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "checkedAt": {"type": "number"},
+        "invariants": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "ok": {"type": "boolean"},
+                    "offending": {"type": "array", "description": "the rows that break it (at most 100)"},
+                    "values": {"type": "object"},
+                },
+            },
+        },
+    },
+}
 
 
-async def _publish(request: web.Request, event: dict[str, Any]) -> None:
-    await request.app[AIRWAVE].bus.publish(CHANNEL, event)
+async def collect_stats(airwave: Airwave, started_at: float) -> dict[str, Any]:
+    db = airwave.db
+    now = time.time()
+    live = await db.fetch("SELECT id FROM rooms WHERE type = 'live' AND status = 'live'")
+    registry = airwave.services.get("rooms")
+    viewers = 0
+    if registry is not None:
+        for room in live:
+            viewers += await registry.viewers.count(room["id"])
+    calls = {r["status"]: int(r["n"]) for r in await db.fetch(
+        "SELECT status, COUNT(*) AS n FROM calls WHERE status IN ('ringing', 'active') GROUP BY status"
+    )}
+    gifts = {}
+    for name, seconds in WINDOWS.items():
+        row = await db.fetchrow(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(coins), 0) AS coins FROM gifts_sent WHERE created_at > $1",
+            now - seconds,
+        )
+        assert row is not None
+        gifts[name] = {"count": int(row["n"]), "coins": int(row["coins"])}
+    # This node's own figures fresh; the others' from their last heartbeat.
+    here = describe(airwave, started_at, airwave.draining)
+    nodes = [n for n in await live_nodes(airwave, started_at) if n.get("id") != here["id"]] + [here]
+    return {
+        "rooms": {"live": len(live), "viewers": viewers},
+        "calls": {"active": calls.get("active", 0), "ringing": calls.get("ringing", 0)},
+        "sockets": sum(int(n.get("sockets", 0)) for n in nodes),
+        "nodes": len(nodes),
+        "gifts": gifts,
+        "webhooks": await airwave.services[OUTBOX_KEY].backlog(),
+        "at": now,
+    }
 
 
-@routes.post(
-    f"/api/v1/admin/users/{{user_id:{USER_ID}}}/suspend",
-    summary="Admin: suspend a user; their tokens are refused and their sockets, calls and media end",
-    request={"application/json": {"type": "object", "properties": {"reason": {"type": "string"}}}},
-    responses={200: "{userId, suspended}", 400: "bad reason", 401: "no token", 403: "not an admin"},
+def export(stats: dict[str, Any]) -> None:
+    LIVE_ROOMS.set(stats["rooms"]["live"])
+    LIVE_VIEWERS.set(stats["rooms"]["viewers"])
+    for status in ("active", "ringing"):
+        CALLS_NOW.labels(status).set(stats["calls"][status])
+    SOCKETS.set(stats["sockets"])
+    NODES.set(stats["nodes"])
+    for window, figures in stats["gifts"].items():
+        GIFTS_WINDOW.labels(window).set(figures["count"])
+        GIFT_COINS_WINDOW.labels(window).set(figures["coins"])
+    WEBHOOK_BACKLOG.set(stats["webhooks"]["queued"])
+
+
+@routes.get(
+    "/api/v1/admin/stats",
+    summary="Live rooms, viewers, calls, sockets, nodes, gifts in the last hour and day, webhook backlog (admin)",
+    responses={200: "the figures", 401: "no or bad token", 403: "not an admin", 429: "rate limited"},
+    response_schema=STATS_SCHEMA,
 )
-async def suspend_user(request: web.Request) -> web.Response:
-    admin = require_admin(request)
-    user_id = request.match_info["user_id"]
-    body = await json_object(request) if request.can_read_body else {}
-    reason = body.get("reason", "")
-    if not isinstance(reason, str) or len(reason) > MAX_REASON:
-        raise ApiError(400, "bad_reason", f"reason is a string of at most {MAX_REASON} characters")
-    airwave = request.app[AIRWAVE]
-    await airwave.db.execute(
-        "INSERT INTO suspended_users (user_id, reason, suspended_by, created_at) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (user_id) DO UPDATE SET reason = excluded.reason",
-        user_id, reason, admin.user_id, time.time(),
-    )
-    await _publish(request, {"type": "user_suspended", "userId": user_id})
-    calls = airwave.services.get("calls")
-    if calls is not None:  # calls are shared state: ended once, here, for every node
-        for call in await calls.live_calls_of(user_id):
-            await calls.end(call.id, "suspended")
-    log.info("user %s suspended by %s", user_id, admin.user_id)
-    return json_response({"userId": user_id, "suspended": True})
+async def admin_stats(request: web.Request) -> web.Response:
+    airwave, _ = await admin_request(request)
+    stats = await collect_stats(airwave, request.app[STARTED_KEY])
+    export(stats)
+    return web.json_response(stats)
 
 
-@routes.delete(
-    f"/api/v1/admin/users/{{user_id:{USER_ID}}}/suspend",
-    summary="Admin: lift a user's suspension",
-    responses={200: "{userId, suspended: false}", 401: "no token", 403: "not an admin"},
+@routes.get(
+    "/api/v1/admin/ledger/reconciliation",
+    summary="The ledger's invariants and any row that breaks them (admin)",
+    responses={200: "checked: ok is false when a row breaks an invariant", 401: "no or bad token",
+               403: "not an admin", 429: "rate limited"},
+    response_schema=RECONCILIATION_SCHEMA,
 )
-async def lift_suspension(request: web.Request) -> web.Response:
-    admin = require_admin(request)
-    user_id = request.match_info["user_id"]
-    await request.app[AIRWAVE].db.execute("DELETE FROM suspended_users WHERE user_id = $1", user_id)
-    await _publish(request, {"type": "user_restored", "userId": user_id})
-    log.info("user %s restored by %s", user_id, admin.user_id)
-    return json_response({"userId": user_id, "suspended": False})
+async def reconciliation(request: web.Request) -> web.Response:
+    airwave, _ = await admin_request(request)
+    return web.json_response(await reconcile(airwave.db))
 
 
-@routes.post(
-    "/api/v1/admin/tokens/{jti}/revoke",
-    summary="Admin: revoke one token by its id (jti), e.g. a leaked OBS stream token",
-    responses={200: "{jti, revoked}", 400: "not a token id", 401: "no token", 403: "not an admin"},
-)
-async def revoke_token(request: web.Request) -> web.Response:
-    admin = require_admin(request)
-    jti = request.match_info["jti"]
-    if not TOKEN_ID.match(jti):
-        raise ApiError(400, "bad_token_id", "a token id has 1-128 letters, digits and _ . : -")
-    await request.app[AIRWAVE].db.execute(
-        "INSERT INTO revoked_tokens (jti, revoked_by, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        jti, admin.user_id, time.time(),
-    )
-    await _publish(request, {"type": "token_revoked", "jti": jti})
-    log.info("token %s revoked by %s", jti, admin.user_id)
-    return json_response({"jti": jti, "revoked": True})
-
-
-async def enforce(airwave: Airwave, app: web.Application, event: dict[str, Any]) -> None:
-    """On every node: remember the decision, then end what this node holds on it."""
-    revocations = airwave.tokens.revocations
-    kind = event.get("type")
-    matches: Callable[[Identity], bool]
-    if kind == "user_suspended":
-        user_id = str(event.get("userId", ""))
-        revocations.suspended_users.add(user_id)
-        code = "suspended"
-
-        def matches(identity: Identity) -> bool:
-            return identity.user_id == user_id
-
-        owned = {s.id for s in airwave.media.sessions() if s.owner == user_id}
-    elif kind == "token_revoked":
-        jti = str(event.get("jti", ""))
-        revocations.revoked_tokens.add(jti)
-        code = "token_revoked"
-
-        def matches(identity: Identity) -> bool:
-            return identity.token_id == jti
-
-        owned = {r.session.id for r in app[SESSIONS_KEY].values() if r.token_id == jti}
-    else:
-        if kind == "user_restored":
-            revocations.suspended_users.discard(str(event.get("userId", "")))
-        return
-    ended = await airwave.signaling.end_sockets(matches, code)
-    for session_id in owned:
+async def _refresh(airwave: Airwave, started_at: float, stop: asyncio.Event) -> None:
+    """Every ``REFRESH_SECONDS`` until ``stop``; a round in progress is finished, never cut
+    (cancelling one in the middle of its Redis and database calls could hang the shutdown)."""
+    while not stop.is_set():
         try:
-            await airwave.media.close_session(session_id, code)
-        except SessionNotFound:
+            await asyncio.wait_for(stop.wait(), REFRESH_SECONDS)
+            return
+        except TimeoutError:
             pass
-    if ended or owned:
-        log.info("%s: ended %d socket(s) and %d media session(s)", code, ended, len(owned))
-
-
-async def load(airwave: Airwave) -> None:
-    await airwave.migrated.wait()
-    revocations = airwave.tokens.revocations
-    rows = await airwave.db.fetch("SELECT user_id FROM suspended_users")
-    revocations.suspended_users.update(r["user_id"] for r in rows)
-    rows = await airwave.db.fetch("SELECT jti FROM revoked_tokens")
-    revocations.revoked_tokens.update(r["jti"] for r in rows)
+        if not airwave.migrated.is_set():
+            continue
+        try:
+            export(await collect_stats(airwave, started_at))
+        except Exception as exc:  # a database away for a moment: the next round tries again
+            log.warning("admin figures not refreshed: %s", exc)
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    async def on_event(event: dict[str, Any]) -> None:
-        await enforce(airwave, app, event)
-
-    airwave.bus.subscribe(CHANNEL, on_event)
+    stop = asyncio.Event()
+    running: list[asyncio.Task[None]] = []
 
     async def start(app: web.Application) -> None:
-        airwave.spawn(load(airwave), "load revocations")
+        running.append(airwave.spawn(_refresh(airwave, app[STARTED_KEY], stop), "admin-figures"))
+
+    async def finish(app: web.Application) -> None:
+        stop.set()
+        await asyncio.wait(running, timeout=5)
 
     app.on_startup.append(start)
+    app.on_shutdown.append(finish)

@@ -24,11 +24,15 @@ from api import (
     gifts,
     health,
     ice,
+    inbox,
     media,
     nodes,
+    payouts,
+    revocation,
     rooms,
     rtmp,
     webapp,
+    webhook_events,
     webhooks,
 )
 from api.auth_http import TOKENS_KEY
@@ -53,7 +57,8 @@ log = logging.getLogger("airwave")
 SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
 
 FEATURES: list[ModuleType] = [
-    health, ice, media, nodes, rooms, gifts, webhooks, dev, webapp, calls, edge, admin, rtmp,
+    health, ice, media, nodes, webhook_events, rooms, inbox, gifts, webhooks, payouts, dev,
+    webapp, calls, edge, admin, revocation, rtmp,
 ]
 
 

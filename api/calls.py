@@ -25,6 +25,7 @@ from api.errors import ApiError, json_response
 from api.ice import ice_servers_for
 from api.limits import check_rate
 from api.routing import ApiRoutes
+from api.webhook_events import OUTBOX_KEY
 from rooms.calls import CallError, CallService
 from rooms.redis_state import RedisCallLocks, RedisPartySockets
 from rooms.timers import InProcessTimers, RedisTimers, TimerService
@@ -247,6 +248,12 @@ async def delete_match(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     prefix = airwave.settings.redis_prefix
+    presence = airwave.services.get("presence")
+
+    async def callee_online(user_id: str) -> bool:
+        return presence is not None and await presence.sockets.count(user_id) > 0
+
+    webhooks: dict[str, Any] = {"outbox": airwave.services.get(OUTBOX_KEY), "is_online": callee_online}
     if airwave.redis is not None:  # deadlines, busy locks and grace counts shared by every node
         redis_timers = RedisTimers(airwave.redis, prefix, "calls")
         timers: TimerService = redis_timers
@@ -254,11 +261,12 @@ def install(airwave: Airwave, app: web.Application) -> None:
             airwave.db, airwave.bus, airwave.social, airwave.settings, timers,
             locks=RedisCallLocks(airwave.redis, prefix),
             party_sockets=RedisPartySockets(airwave.redis, prefix, airwave.node_id),
+            **webhooks,
         )
         app.on_startup.append(lambda app: _start_polling(redis_timers))
     else:
         timers = InProcessTimers()
-        calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers)
+        calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers, **webhooks)
     call_signaling = register_call_events(
         airwave.signaling, calls, airwave.media, airwave.ice, airwave.social, airwave.bus
     )

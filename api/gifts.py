@@ -14,6 +14,7 @@ from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
+from api.webhook_events import OUTBOX_KEY
 from rooms.gifts import GiftCatalog, GiftRefused, GiftService, SendGift
 from rooms.wallets import WalletLedger
 from signaling import gifts as gift_events
@@ -111,7 +112,7 @@ TRANSACTIONS_SCHEMA = {
                 "type": "object",
                 "properties": {
                     "id": {"type": "string"},
-                    "kind": {"type": "string", "enum": ["gift", "topup"]},
+                    "kind": {"type": "string", "enum": ["gift", "topup", "refund", "chargeback", "payout", "payout_rejected"]},
                     "createdAt": {"type": "number"},
                     "details": {"type": "object"},
                     "entries": {
@@ -329,10 +330,12 @@ async def creator_leaderboard(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    ledger = WalletLedger(airwave.db)
+    outbox = airwave.services.get(OUTBOX_KEY)  # api/webhook_events.py, installed before
+    ledger = WalletLedger(airwave.db, outbox)
     catalog = GiftCatalog(airwave.db, airwave.settings.gifts)
     gifts = GiftService(
-        airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share, airwave.services["rooms"]
+        airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share,
+        airwave.services["rooms"], outbox,
     )
     airwave.services[WALLETS_KEY] = ledger
     airwave.services[CATALOG_KEY] = catalog

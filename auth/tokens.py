@@ -10,7 +10,7 @@ key or a JWKS file, for apps whose own auth service signs the tokens. The
 verifier accepts exactly the configured algorithm: ``alg: none``, another
 algorithm, a bad signature or an expired token are refused, and so is a token
 of a suspended user or a revoked token id (:class:`RevocationList`, kept in step
-across nodes by api/admin.py).
+across nodes by api/revocation.py).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class Identity:
 
 
 class RevocationList:
-    """Suspended users and revoked token ids, in memory (api/admin.py loads and syncs it)."""
+    """Suspended users and revoked token ids, in memory (api/revocation.py loads and syncs it)."""
 
     def __init__(self) -> None:
         self.suspended_users: set[str] = set()

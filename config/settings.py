@@ -41,6 +41,15 @@ class GiftSpec:
     image_url: str = ""
 
 
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """One receiver of outgoing webhooks. ``secrets``: the first signs with the new
+    secret; more than one during a rotation (every one signs, the header carries all)."""
+
+    url: str
+    secrets: tuple[str, ...]
+
+
 DEFAULT_GIFTS: tuple[GiftSpec, ...] = (
     GiftSpec("rose", "Rose", 1),
     GiftSpec("heart", "Heart", 5),
@@ -127,8 +136,21 @@ class Settings:
 
     # --- gifts ----------------------------------------------------------------
     webhook_secret: str = ""
+    webhook_secret_previous: str = ""  # also accepted while the incoming secret rotates
     gift_creator_share: float = 0.60
     gifts: tuple[GiftSpec, ...] = DEFAULT_GIFTS
+
+    # --- money out ------------------------------------------------------------
+    payout_minimum: int = 100  # coins of earnings a payout request must at least ask for
+    payout_hold_seconds: float = 604800.0  # earnings younger than this cannot be withdrawn
+
+    # --- outgoing webhooks ----------------------------------------------------
+    webhook_urls: tuple[WebhookEndpoint, ...] = ()
+    webhook_retry_for: float = 86400.0  # seconds an event is retried before it is dead-lettered
+    webhook_retention: float = 604800.0  # seconds delivered events are kept
+    webhook_timeout: float = 10.0  # seconds one delivery may take
+    webhook_poll_interval: float = 0.5  # seconds between looks at the outbox
+    webhook_chat_text: bool = False  # chat.message carries the text (off: ids only)
 
     # ------------------------------------------------------------------------
     @property
@@ -202,6 +224,8 @@ def _coerce(setting: str, raw: Any, hint: Any) -> Any:
     args = get_args(hint)
     if hint is GiftSpec or (origin is tuple and args and args[0] is GiftSpec):
         return _coerce_gifts(setting, raw)
+    if origin is tuple and args and args[0] is WebhookEndpoint:
+        return _coerce_webhook_endpoints(setting, raw)
     if origin is tuple and len(args) == 2 and args[0] is int and args[1] is int:
         return _coerce_port_range(setting, raw)
     if type(None) in args:  # Optional[...]
@@ -281,6 +305,32 @@ def _coerce_gifts(setting: str, raw: Any) -> tuple[GiftSpec, ...]:
     return tuple(gifts)
 
 
+def _coerce_webhook_endpoints(setting: str, raw: Any) -> tuple[WebhookEndpoint, ...]:
+    """A JSON list (environment) or TOML array of ``{url, secret}`` or ``{url, secrets: [...]}``."""
+    if isinstance(raw, str):
+        import json
+
+        if not raw.strip():
+            return ()
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ConfigError(setting, 'expected a JSON list of {"url", "secrets"}') from None
+    if not isinstance(raw, list):
+        raise ConfigError(setting, 'expected a list of {"url", "secrets"}')
+    endpoints = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise ConfigError(setting, f"each endpoint needs a url: {item!r}")
+        keys = item.get("secrets", [item["secret"]] if "secret" in item else [])
+        if isinstance(keys, str):
+            keys = [keys]
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(setting, f"endpoint {item['url']} needs a secret (or secrets)")
+        endpoints.append(WebhookEndpoint(item["url"], tuple(keys)))
+    return tuple(endpoints)
+
+
 _POSITIVE = (
     "ring_timeout",
     "call_extension",
@@ -292,6 +342,11 @@ _POSITIVE = (
     "max_sessions",
     "media_connect_timeout",
     "max_remote_candidates",
+    "webhook_retry_for",
+    "webhook_retention",
+    "webhook_timeout",
+    "webhook_poll_interval",
+    "payout_minimum",
 )
 
 
@@ -356,6 +411,14 @@ def _validate(s: Settings) -> Settings:
             fail("turn_urls", f"expected turn: or turns: URIs, got {uri!r}")
     if s.turn_urls and not s.turn_secrets:
         fail("turn_secrets", "AIRWAVE_TURN_URLS is set but there is no secret to sign credentials")
+    urls = [e.url for e in s.webhook_urls]
+    if len(urls) != len(set(urls)):
+        fail("webhook_urls", "each endpoint URL once")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            fail("webhook_urls", f"expected http:// or https:// URLs, got {url!r}")
+    if s.payout_hold_seconds < 0:
+        fail("payout_hold_seconds", f"must not be negative, got {s.payout_hold_seconds}")
     ids = [g.id for g in s.gifts]
     if len(ids) != len(set(ids)):
         fail("gifts", "gift ids must be unique")
@@ -377,6 +440,7 @@ __all__ = [
     "ConfigError",
     "GiftSpec",
     "Settings",
+    "WebhookEndpoint",
     "load_settings",
     "env_name",
     "documented_settings",

@@ -4,7 +4,7 @@ Client to server (every one acknowledged; failures ``{"error": {code, message}}`
 
 - ``stream:join {roomId}`` ack ``{roomId, status, streamId, viewerCount}``;
   ``stream:leave {roomId}``
-- ``chat:send {roomId, text, clientId}`` ack ``{id, seq, createdAt}`` once stored
+- ``chat:send {roomId, text, clientId, replyTo?, attachment?}`` ack ``{id, seq, createdAt}`` once stored
   (``{userId, text, clientId}`` instead of ``roomId`` opens the direct chat, and
   the ack adds ``roomId``)
 - ``chat:read {roomId, upToSeq}`` ack ``{roomId, upToSeq}``
@@ -207,7 +207,10 @@ def register(
             if room_id is None and "userId" in data:
                 opened, _ = await chat.open_direct(identity, data.get("userId"))
                 room_id = opened.id
-            message, room, new = await chat.send(identity, room_id, data.get("text"), data.get("clientId"))
+            message, room, new = await chat.send(
+                identity, room_id, data.get("text"), data.get("clientId"),
+                reply_to=data.get("replyTo"), attachment=data.get("attachment"),
+            )
         except RoomError as exc:
             raise _signal_error(exc) from None
         if new:
