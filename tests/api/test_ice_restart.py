@@ -107,7 +107,7 @@ async def test_whep_viewer_restarts_ice_on_a_new_address(running: RunningApp, vp
 
             # A trickle PATCH of the new generation takes the new ETag; the old one is stale.
             trickle = client.sdpfrag()
-            frag_headers = {"Content-Type": SDPFRAG, "If-Match": new_etag}
+            frag_headers = auth(token, **{"Content-Type": SDPFRAG, "If-Match": new_etag})
             async with http.patch(url, data=trickle, headers=frag_headers) as r:
                 assert r.status == 204, await r.text()
                 assert r.headers["ETag"] == new_etag
@@ -151,7 +151,7 @@ async def test_restart_refusals_change_nothing(running: RunningApp, vp8) -> None
             # Unchanged: same path, same credentials, the old ETag still good, media flowing.
             assert nominated_pair(session.ice) == path and session._restart is None
             async with http.patch(url, data="a=end-of-candidates\r\n",
-                                  headers={"Content-Type": SDPFRAG, "If-Match": etag}) as r:
+                                  headers=auth(token, **{"Content-Type": SDPFRAG, "If-Match": etag})) as r:
                 assert r.status == 204
             before = len(viewer.frames["video"])
             await wait_for(lambda: len(viewer.frames["video"]) >= before + 10, 3)

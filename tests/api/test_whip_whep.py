@@ -106,7 +106,7 @@ async def test_trickle_patch_restart_and_if_match(running: RunningApp, vp8) -> N
         async with http.patch(url, data=frag, headers={"Content-Type": "application/sdp", **bob}) as r:
             assert r.status == 415
         restart = frag.replace(ufrag, "newufrag1234")
-        async with http.patch(url, data=restart, headers={"Content-Type": "application/trickle-ice-sdpfrag"}) as r:
+        async with http.patch(url, data=restart, headers={"Content-Type": "application/trickle-ice-sdpfrag", **bob}) as r:
             assert r.status == 428  # ICE restarts: tests/api/test_ice_restart.py
         # The session kept running through all of that.
         engine = running.app[AIRWAVE].media
