@@ -90,7 +90,7 @@ async def test_chromium_call_party_restarts_ice_and_the_call_survives(
 
     monkeypatch.setattr(RTCDtlsTransport, "_setup_srtp", counted)
     ensure_socket_io_bundle()
-    running = await start_app(make_settings(call_duration=60, ring_timeout=15))
+    running = await start_app(make_settings(dev=True, call_duration=60, ring_timeout=15))
     engine = running.app[AIRWAVE].media
     errors: list[str] = []
     try:

@@ -50,7 +50,7 @@ async def test_go_live_offers_simulcast_and_watch_shows_the_layer(lab: Netlab, a
         live = await signed_in(live_browser, live_origin, "Alice", "#/live")
         offers: list[str] = []
         live.on("request", lambda r: r.method == "POST" and "/whip/" in r.url and offers.append(r.post_data or ""))
-        await live.wait_for_function("(document.querySelector('#preview') || {}).videoWidth > 0")
+        await live.wait_for_function("() => (document.querySelector('#preview') || {}).videoWidth > 0")
         await live.click("#go-live")
         await live.wait_for_selector("#live-badge[data-room-id]")
         room_id = await live.get_attribute("#live-badge", "data-room-id")
@@ -64,7 +64,7 @@ async def test_go_live_offers_simulcast_and_watch_shows_the_layer(lab: Netlab, a
 
         watch = await signed_in(watch_browser, watch_origin, "Bob", f"#/watch/{room_id}")
         badge = await watch.wait_for_selector("#layer-badge:not([hidden])")
-        await watch.wait_for_function("(document.querySelector('#layer-badge') || {dataset: {}}).dataset.height > 0")
+        await watch.wait_for_function("() => (document.querySelector('#layer-badge') || {dataset: {}}).dataset.height > 0")
         text = (await badge.inner_text()).strip()
         height = int(await badge.get_attribute("data-height") or 0)
         assert re.fullmatch(rf"{height}p · \d+ fps", text), text
