@@ -16,7 +16,21 @@ from types import ModuleType
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api import calls, dev, edge, gifts, health, ice, media, nodes, rooms, rtmp, webapp, webhooks
+from api import (
+    calls,
+    dev,
+    edge,
+    gifts,
+    health,
+    ice,
+    media,
+    nodes,
+    recordings,
+    rooms,
+    rtmp,
+    webapp,
+    webhooks,
+)
 from api.auth_http import TOKENS_KEY
 from api.components import AIRWAVE, Airwave
 from api.errors import error_middleware
@@ -36,7 +50,7 @@ log = logging.getLogger("airwave")
 SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
 
 FEATURES: list[ModuleType] = [
-    health, ice, media, nodes, rooms, gifts, webhooks, dev, webapp, calls, edge, rtmp
+    health, ice, media, nodes, rooms, gifts, webhooks, dev, webapp, calls, edge, rtmp, recordings
 ]
 
 

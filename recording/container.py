@@ -5,7 +5,7 @@ from a template stream; the templates come from a tiny in-memory Matroska
 file made once per process (one frame of each codec), and each recording's
 streams then get their own dimensions and parameter sets. Fragmented MP4
 (``frag_keyframe+empty_moov+default_base_moof``, and a fragment at least
-every second) and WebM are written as they
+every second; a WebM cluster too) and WebM are written as they
 go, so a file whose writer died mid-way is playable up to its last fragment
 or cluster.
 """
@@ -23,6 +23,7 @@ import av
 FORMATS = {"vp8": ("webm", "webm"), "h264": ("mp4", "mp4")}
 MP4_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 FRAGMENT_MICROSECONDS = "1000000"  # a fragment at least every second, keyframe or not
+CLUSTER_MILLISECONDS = "1000"  # WebM: a cluster at least every second
 _TEMPLATE_CODECS = {"vp8": "libvpx", "h264": "libx264", "opus": "libopus"}
 _templates: dict[str, Any] = {}
 _templates_lock = threading.Lock()
@@ -79,7 +80,9 @@ class RecordingFile:
     def __init__(self, file: BinaryIO, video: VideoFormat | None, audio: bool) -> None:
         fmt, _ = container_format(video.codec if video else None)
         options = (
-            {"movflags": MP4_FLAGS, "frag_duration": FRAGMENT_MICROSECONDS} if fmt == "mp4" else {}
+            {"movflags": MP4_FLAGS, "frag_duration": FRAGMENT_MICROSECONDS}
+            if fmt == "mp4"
+            else {"cluster_time_limit": CLUSTER_MILLISECONDS}
         )
         self.file = file
         self.output = av.open(file, "w", format=fmt, options=options)

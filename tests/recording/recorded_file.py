@@ -26,12 +26,15 @@ def read_recording(path: Path | str) -> RecordedFile:
         recorded = RecordedFile({s.type: s.codec_context.name for s in container.streams})
         for s in container.streams:
             recorded.extradata[s.type] = s.codec_context.extradata or b""
-        for packet in container.demux():
-            if packet.size == 0 or packet.pts is None:
-                continue
-            kind = kinds[packet.stream.index]
-            recorded.packets.setdefault(kind, []).append(bytes(packet))
-            recorded.times.setdefault(kind, []).append(float(packet.pts * packet.time_base))
+        try:
+            for packet in container.demux():
+                if packet.size == 0 or packet.pts is None:
+                    continue
+                kind = kinds[packet.stream.index]
+                recorded.packets.setdefault(kind, []).append(bytes(packet))
+                recorded.times.setdefault(kind, []).append(float(packet.pts * packet.time_base))
+        except av.EOFError:
+            pass  # a file whose writer was killed ends mid-cluster
     return recorded
 
 
