@@ -220,3 +220,45 @@ async def test_a_killed_recorder_is_marked_interrupted_at_the_next_start(running
             await active.subscriber.close("test")
     finally:
         await publisher.close()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_a_publisher_back_within_the_grace_continues_the_same_file(make_settings, tmp_path) -> None:
+    running = await start_app(make_settings(room_publisher_grace=5))
+    try:
+        room_id = await _live_room(running, public=True)
+        first = await _publish(running, room_id)
+        media = running.app[AIRWAVE].media
+        await wait_for(lambda: media.has_publisher(room_id), 10)
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = await rest(running, "POST", f"/api/v1/rooms/{room_id}/recording", "alice")
+            if status == 201:
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await asyncio.sleep(2)
+        await first.close()  # a new RTP timeline, new SSRCs: the reconnect
+        await wait_for(lambda: not media.has_publisher(room_id), 10)
+        await asyncio.sleep(1)
+        second = await _publish(running, room_id)
+        await wait_for(lambda: media.has_publisher(room_id), 10)
+        await asyncio.sleep(2.5)
+        status, done = await rest(running, "DELETE", f"/api/v1/rooms/{room_id}/recording", "alice")
+        wall = time.monotonic() - started
+        await second.close()
+        assert status == 200 and done["status"] == "complete", done
+        listing = (await rest(running, "GET", f"/api/v1/rooms/{room_id}/recordings", "alice"))[1]
+        assert [r["id"] for r in listing["recordings"]] == [body["id"]]
+        path = running.app[AIRWAVE].services["recordings"].storage.local_path(f"{body['id']}.webm")
+        recorded = read_recording(path)
+        # the gap stays a gap in time, the timestamps only go forward
+        assert abs(recorded.duration - wall) < 1.0, (recorded.duration, wall)
+        for times in recorded.times.values():
+            assert times == sorted(times)
+        video = recorded.times["video"]
+        assert max(b - a for a, b in zip(video, video[1:], strict=False)) > 0.8  # the gap
+        assert decodes(path, frames=100) == 100  # across the gap
+    finally:
+        await running.server.close()
