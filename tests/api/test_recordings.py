@@ -262,3 +262,36 @@ async def test_a_publisher_back_within_the_grace_continues_the_same_file(make_se
         assert decodes(path, frames=100) == 100  # across the gap
     finally:
         await running.server.close()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_node_shutdown_finishes_the_file_as_interrupted(make_settings) -> None:
+    settings = make_settings()
+    running = await start_app(settings)
+    closed = False
+    try:
+        room_id = await _live_room(running, public=True)
+        publisher = await _publish(running, room_id)
+        await wait_for(lambda: running.app[AIRWAVE].media.has_publisher(room_id), 10)
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = await rest(running, "POST", f"/api/v1/rooms/{room_id}/recording", "alice")
+            if status == 201:
+                break
+            assert time.monotonic() < deadline, body
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2.5)
+        storage = running.app[AIRWAVE].services["recordings"].storage
+        await running.server.close()  # the node's shutdown: its hooks run
+        closed = True
+        await publisher.close()
+        running = await start_app(settings)
+        closed = False
+        status, done = await rest(running, "GET", f"/api/v1/recordings/{body['id']}", "alice")
+        assert done["status"] == "interrupted" and done["endReason"] == "shutdown", done
+        assert done["duration"] > 1.5
+        path = storage.local_path(f"{body['id']}.webm")
+        assert decodes(path) == 5 and read_recording(path).duration > 1.5
+    finally:
+        if not closed:
+            await running.server.close()
