@@ -442,7 +442,8 @@ class RecordingService:
         if days <= 0:
             return 0
         rows = await self.db.fetch(
-            "SELECT id, storage_key FROM recordings WHERE status <> 'recording' AND started_at < $1",
+            "SELECT id, storage_key FROM recordings WHERE status <> 'recording' "
+            "AND COALESCE(ended_at, started_at) < $1",
             time.time() - days * 86400,
         )
         for row in rows:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import time
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -33,7 +32,6 @@ class RecordingStorage(Protocol):
     def local_path(self, key: str) -> Path | None: ...
     def delete(self, key: str) -> bool: ...
     def usage(self) -> int: ...
-    def older_than(self, age_seconds: float) -> list[str]: ...
 
 
 class LocalDirectoryStorage:
@@ -76,15 +74,6 @@ class LocalDirectoryStorage:
         if not self.directory.is_dir():
             return 0
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
-
-    def older_than(self, age_seconds: float) -> list[str]:
-        if not self.directory.is_dir():
-            return []
-        cutoff = time.time() - age_seconds
-        return sorted(
-            p.name for p in self.directory.iterdir()
-            if p.is_file() and KEY.fullmatch(p.name) and p.stat().st_mtime < cutoff
-        )
 
 
 class QuotaWriter:

@@ -295,3 +295,29 @@ async def test_node_shutdown_finishes_the_file_as_interrupted(make_settings) -> 
     finally:
         if not closed:
             await running.server.close()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_retention_deletes_finished_recordings_and_their_files(make_settings) -> None:
+    running = await start_app(make_settings(recordings_retention_days=1))
+    try:
+        service = running.app[AIRWAVE].services["recordings"]
+        room_id = await _live_room(running, public=True)
+        now = time.time()
+        for recording_id, status, ended in (("rec_" + "a" * 16, "complete", now - 2 * 86400),
+                                            ("rec_" + "b" * 16, "complete", now - 3600),
+                                            ("rec_" + "c" * 16, "recording", None)):
+            with service.storage.open_write(f"{recording_id}.webm") as f:
+                f.write(b"x" * 100)
+            await service.db.execute(
+                "INSERT INTO recordings (id, room_id, status, storage_key, container, node_id, node_url, "
+                "started_at, ended_at) VALUES ($1, $2, $3, $4, 'webm', 'n', 'http://x', $5, $6)",
+                recording_id, room_id, status, f"{recording_id}.webm", now - 3 * 86400, ended,
+            )
+        assert await service.sweep() == 1
+        status, listing = await rest(running, "GET", f"/api/v1/rooms/{room_id}/recordings", "alice")
+        assert sorted(r["id"] for r in listing["recordings"]) == ["rec_" + "b" * 16, "rec_" + "c" * 16]
+        assert service.storage.local_path("rec_" + "a" * 16 + ".webm") is None
+        assert service.storage.local_path("rec_" + "b" * 16 + ".webm") is not None
+    finally:
+        await running.server.close()

@@ -156,3 +156,17 @@ def test_quota_writer_fails_as_enospc(tmp_path: Path) -> None:
             assert exc.errno == errno.ENOSPC
         else:
             raise AssertionError("the quota let the write through")
+
+
+async def test_an_audio_only_broadcast_is_recorded_to_webm(engine, opus_frames, tmp_path):
+    audio = PacketTrack("audio", opus_frames)
+    pub = await _publish(engine, "rec", [audio])
+    storage = LocalDirectoryStorage(tmp_path)
+    recorder, _, closed = await _record(engine, "rec", storage, "f.webm", 2.0)
+    await pub.close()
+    await wait_for(lambda: closed == ["publisher_left"], 10)
+    result = await recorder.stop()
+    assert result.status == "complete" and recorder.extension == "webm"
+    recorded = read_recording(tmp_path / "f.webm")
+    assert recorded.codecs == {"audio": "opus"}
+    assert sent_in_order(audio.sent, recorded.packets["audio"]) and recorded.duration > 1.5
