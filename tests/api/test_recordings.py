@@ -80,6 +80,8 @@ async def test_owner_records_audience_is_told_file_served_with_ranges(
         ack = await outsider.call("recording:start", {"roomId": room_id}, timeout=5)
         assert ack["error"]["code"] == "room_not_found"
         assert (await outsider.call("recording:start", {"roomId": 5}, timeout=5))["error"]["code"] == "bad_request"
+        ack = await outsider.call("recording:stop", {"roomId": room_id}, timeout=5)
+        assert ack["error"]["code"] == "room_not_found"
         await outsider.disconnect()
 
         deadline = time.monotonic() + 10
@@ -121,7 +123,8 @@ async def test_owner_records_audience_is_told_file_served_with_ranges(
         assert recorded.codecs == {"video": "vp8", "audio": "opus"}
         assert abs(recorded.duration - broadcast) < 1.0
         assert decodes(tmp_path / "got.webm") == 5
-        for route in (path, f"/api/v1/recordings/{recording_id}", f"/api/v1/rooms/{room_id}/recordings"):
+        for route in (path, f"/api/v1/recordings/{recording_id}", f"/api/v1/rooms/{room_id}/recordings",
+                      f"/api/v1/rooms/{room_id}/recording"):
             assert (await _get(running, route, "bob"))[0] == 404
             assert (await _get(running, route, None))[0] == 401
         status, listing = await rest(running, "GET", f"/api/v1/rooms/{room_id}/recordings", "alice")
@@ -321,3 +324,15 @@ async def test_retention_deletes_finished_recordings_and_their_files(make_settin
         assert service.storage.local_path("rec_" + "b" * 16 + ".webm") is not None
     finally:
         await running.server.close()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_recording_changes_are_rate_limited(running: RunningApp) -> None:
+    room_id = await _live_room(running, public=True)
+    statuses = [
+        (await rest(running, "PATCH", f"/api/v1/rooms/{room_id}/recording", "alice", {"record": n % 2 == 0}))
+        for n in range(8)
+    ]
+    assert [s for s, _ in statuses[:4]] == [200] * 4
+    limited = [body for s, body in statuses if s == 429]
+    assert limited and limited[0]["code"] == "rate_limited"

@@ -1,5 +1,6 @@
 """Recordings across nodes: the owner asks node B to record a room published
-on node A, and A (the origin) records it; B serves the file by proxying to A
+on node A, and A (the origin) records it (and stops it when B is asked to);
+B serves the file by proxying to A
 (no shared directory here), ranges included. A is SIGKILLed mid-recording:
 when it starts again, the recording is ``interrupted`` and its file plays."""
 
@@ -49,6 +50,12 @@ async def test_recorded_on_the_origin_served_from_any_node_and_recovered_after_s
                     break
                 assert status in (404, 409) and time.monotonic() < deadline, (status, body)
                 await asyncio.sleep(0.2)
+            await asyncio.sleep(2)
+            status, first, _, _ = await call(http, "DELETE", b, f"/api/v1/rooms/{ROOM}/recording", owner)
+            assert status == 200 and first["id"] == body["id"] and first["status"] == "complete", first
+            assert first["endReason"] == "stopped" and first["duration"] > 1.0
+            status, body, _, _ = await call(http, "POST", b, f"/api/v1/rooms/{ROOM}/recording", owner)
+            assert status == 201, body
             recording_id = body["id"]
             assert body["status"] == "recording"
             status, room, _, _ = await call(http, "GET", b, f"/api/v1/rooms/{ROOM}", owner)
