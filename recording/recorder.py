@@ -1,7 +1,7 @@
 """One recording: a room's RTP in, one file out, through a writer thread.
 
-The recorder is a local subscriber's sink (``on_rtp(kind, packet)``,
-``on_closed(reason)``, see sfu/recording_sink.py). Frames are reassembled on
+The recorder takes RTP through ``on_rtp(kind, packet)`` from a local
+subscriber's sink (see sfu/recording_sink.py). Frames are reassembled on
 the event loop and muxed on one writer thread per recording, in order, so
 that a slow disk never stalls forwarding.
 
@@ -113,13 +113,11 @@ class Recorder:
         codecs: dict[str, str],
         *,
         on_failed: Callable[[RecordingResult], None] | None = None,
-        on_source_closed: Callable[[str], None] | None = None,
     ) -> None:
         self.storage = storage
         self.key = key
         self.codecs = {kind: name.lower() for kind, name in codecs.items()}
         self.on_failed = on_failed
-        self.on_source_closed = on_source_closed
         self.source: RecorderClock | None = None
         self.error = ""
         self.status = "recording"
@@ -147,9 +145,10 @@ class Recorder:
         for track in self._times.values():
             track.reset()
 
-    # -- the sink ---------------------------------------------------------------------------
+    # -- RTP in ------------------------------------------------------------------------------
 
     def on_rtp(self, kind: str, packet: bytes) -> None:
+        """One RTP packet of the ``kind`` track, as a viewer receives it."""
         assembler = self._assemblers.get(kind)
         if assembler is None or self._stopped or self.error:
             return
@@ -159,10 +158,6 @@ class Recorder:
             self.source.request_keyframe(kind)
         if frame is not None:
             self._frame(kind, frame)
-
-    def on_closed(self, reason: str) -> None:
-        if self.on_source_closed is not None:
-            self.on_source_closed(reason)
 
     # -- frames to the file -------------------------------------------------------------------
 
@@ -180,7 +175,14 @@ class Recorder:
         if self._file is None and not self._opening:
             if kind != "video" and "video" in self.codecs:
                 return  # the file starts with the first video keyframe
-            self._open(frame, wall)
+            try:
+                self._open(frame, wall)
+            except ValueError as exc:  # e.g. an IDR without its SPS: wait for the next keyframe
+                log.info("recording %s cannot start at this frame: %s", self.key, exc)
+                self._assemblers[kind].needs_keyframe = True
+                if self.source is not None:
+                    self.source.request_keyframe(kind)
+                return
         if self._epoch is None:
             return
         pts = track.pts(frame.timestamp, time.monotonic(), wall, self._epoch)
