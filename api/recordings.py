@@ -65,8 +65,14 @@ READS_PER_SECOND, READS_BURST = 20.0, 60.0  # per user: metadata and files
 HANDOFF_WAIT = 5.0  # seconds a node waits for the origin to act on a request
 RETENTION_SWEEP = 600.0
 PAGE = 100
-_PROXY_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "Accept-Ranges", "ETag",
-                  "Last-Modified")
+_PROXY_HEADERS = (
+    "Content-Type",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "ETag",
+    "Last-Modified",
+)
 
 
 class Refused(Exception):
@@ -117,7 +123,11 @@ def recording_json(row: Row) -> dict[str, Any]:
         "status": row["status"],
         "endReason": row["end_reason"],
         "container": row["container"],
-        "codecs": {k: v for k, v in (("video", row["video_codec"]), ("audio", row["audio_codec"])) if v},
+        "codecs": {
+            kind: codec
+            for kind, codec in (("video", row["video_codec"]), ("audio", row["audio_codec"]))
+            if codec
+        },
         "startedBy": row["started_by"],
         "startedAt": row["started_at"],
         "endedAt": row["ended_at"],
@@ -172,7 +182,9 @@ class RecordingService:
     async def moderated_room(self, identity: Identity, room_id: str) -> Room:
         room = await self.viewable_room(identity, room_id)
         if not room.may_moderate(identity):
-            raise Refused(403, "forbidden", "only the room's owner or an admin manages its recordings")
+            raise Refused(
+                403, "forbidden", "only the room's owner or an admin manages its recordings"
+            )
         if room.type != "live":
             raise Refused(400, "not_live_room", f"a {room.type} room is not recorded")
         return room
@@ -227,7 +239,9 @@ class RecordingService:
         await self.airwave.bus.publish(
             "recordings", {"type": "start", "roomId": room.id, "userId": identity.user_id}
         )
-        row = await self._await_row(room.id, lambda r: r is not None and r["started_at"] >= since - 1)
+        row = await self._await_row(
+            room.id, lambda r: r is not None and r["started_at"] >= since - 1
+        )
         if row is None:
             raise Refused(409, "room_not_live", f"no node has the publisher of room {room.id!r}")
         return recording_json(row)
@@ -272,7 +286,9 @@ class RecordingService:
         try:
             subscriber = self.engine.subscribe_local(room_id, sink, owner=RECORDER_OWNER)
         except MediaError as exc:
-            raise Refused(409, "room_not_live", f"room {room_id!r} cannot be recorded here: {exc}") from None
+            raise Refused(
+                409, "room_not_live", f"room {room_id!r} cannot be recorded here: {exc}"
+            ) from None
         if any(getattr(d.up.publisher, "pulled", False) for d in subscriber.downtracks):
             await subscriber.close("not_origin")
             raise Refused(409, "not_origin", f"room {room_id!r} is recorded on its origin node")
@@ -280,7 +296,9 @@ class RecordingService:
         fmt, ext = container_format(codecs.get("video"))
         recording_id = "rec_" + secrets.token_hex(8)
         recorder = Recorder(
-            self.storage, f"{recording_id}.{ext}", codecs,
+            self.storage,
+            f"{recording_id}.{ext}",
+            codecs,
             on_failed=lambda result: self._failed(room_id, result),
         )
         recorder.attach(subscriber)
@@ -292,11 +310,24 @@ class RecordingService:
             "INSERT INTO recordings (id, room_id, stream_id, status, storage_key, container, "
             "video_codec, audio_codec, node_id, node_url, started_by, started_at) "
             "VALUES ($1, $2, $3, 'recording', $4, $5, $6, $7, $8, $9, $10, $11)",
-            recording_id, room_id, stream_id, recorder.key, fmt, codecs.get("video"),
-            codecs.get("audio"), self.airwave.node_id, self.node_url, started_by, time.time(),
+            recording_id,
+            room_id,
+            stream_id,
+            recorder.key,
+            fmt,
+            codecs.get("video"),
+            codecs.get("audio"),
+            self.airwave.node_id,
+            self.node_url,
+            started_by,
+            time.time(),
         )
-        log.info("recording %s of room %s started by %s", recording_id, room_id, started_by or "setting")
-        await socket_recordings.announce_recording(self.airwave.signaling, room_id, True, recording_id)
+        log.info(
+            "recording %s of room %s started by %s", recording_id, room_id, started_by or "setting"
+        )
+        await socket_recordings.announce_recording(
+            self.airwave.signaling, room_id, True, recording_id
+        )
         row = await self.db.fetchrow("SELECT * FROM recordings WHERE id = $1", recording_id)
         assert row is not None
         return row
@@ -317,21 +348,32 @@ class RecordingService:
         result = await active.recorder.stop(status)
         await self._write_result(active.id, result, reason)
         active.done.set()
-        log.info("recording %s of room %s: %s (%s)", active.id, active.room_id, result.status, reason)
-        await socket_recordings.announce_recording(self.airwave.signaling, active.room_id, False, active.id)
+        log.info(
+            "recording %s of room %s: %s (%s)", active.id, active.room_id, result.status, reason
+        )
+        await socket_recordings.announce_recording(
+            self.airwave.signaling, active.room_id, False, active.id
+        )
 
     async def _write_result(self, recording_id: str, result: RecordingResult, reason: str) -> None:
         await self.db.execute(
             "UPDATE recordings SET status = $2, end_reason = $3, ended_at = $4, duration = $5, "
             "size_bytes = $6, error = $7 WHERE id = $1",
-            recording_id, result.status, reason, time.time(), result.duration, result.size,
+            recording_id,
+            result.status,
+            reason,
+            time.time(),
+            result.duration,
+            result.size,
             result.error or None,
         )
 
     def _failed(self, room_id: str, result: RecordingResult) -> None:
         active = self.active.get(room_id)
         if active is not None:
-            self.airwave.spawn(self.finish(active, result.status, "write_failed"), "recording failed")
+            self.airwave.spawn(
+                self.finish(active, result.status, "write_failed"), "recording failed"
+            )
 
     # -- the broadcast's events ----------------------------------------------------------
 
@@ -432,8 +474,12 @@ class RecordingService:
                 except (av.FFmpegError, OSError) as exc:
                     log.warning("recording %s cannot be read: %s", row["id"], exc)
             size = self.storage.size(row["storage_key"]) or 0
-            await self._write_result(row["id"], RecordingResult("interrupted", size, duration), "node_restarted")
-            log.info("recording %s left open by a killed node: interrupted (%.1f s)", row["id"], duration)
+            await self._write_result(
+                row["id"], RecordingResult("interrupted", size, duration), "node_restarted"
+            )
+            log.info(
+                "recording %s left open by a killed node: interrupted (%.1f s)", row["id"], duration
+            )
         return len(rows)
 
     async def sweep(self) -> int:
@@ -464,7 +510,9 @@ class RecordingService:
     async def delete(self, identity: Identity, recording_id: str) -> dict[str, Any]:
         row, room = await self.viewable_recording(identity, recording_id)
         if not room.may_moderate(identity):
-            raise Refused(403, "forbidden", "only the room's owner or an admin deletes its recordings")
+            raise Refused(
+                403, "forbidden", "only the room's owner or an admin deletes its recordings"
+            )
         if row["status"] == "recording":
             raise Refused(409, "still_recording", "stop the recording before deleting it")
         self.storage.delete(row["storage_key"])
@@ -484,26 +532,47 @@ async def _limited(request: web.Request, kind: str) -> Identity:
     identity = require_identity(request)
     limiter: InProcessTokenBucket = request.app[AIRWAVE].services[f"recording_{kind}"]
     if not await limiter.allow(identity.user_id):
-        raise ApiError(429, "rate_limited", "too many requests; wait a moment", headers={"Retry-After": "1"})
+        raise ApiError(
+            429, "rate_limited", "too many requests; wait a moment", headers={"Retry-After": "1"}
+        )
     return identity
 
 
-_RECORDING_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
-    "id": {"type": "string"}, "roomId": {"type": "string"}, "streamId": {"type": ["string", "null"]},
-    "status": {"type": "string",
-               "enum": ["recording", "complete", "interrupted", "failed_disk_full", "failed"]},
-    "endReason": {"type": ["string", "null"]}, "container": {"type": "string", "enum": ["webm", "mp4"]},
-    "codecs": {"type": "object"}, "startedBy": {"type": ["string", "null"]},
-    "startedAt": {"type": "number"}, "endedAt": {"type": ["number", "null"]},
-    "duration": {"type": ["number", "null"]}, "size": {"type": ["integer", "null"]},
-    "error": {"type": ["string", "null"]}, "fileUrl": {"type": "string"}}}
+_RECORDING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "roomId": {"type": "string"},
+        "streamId": {"type": ["string", "null"]},
+        "status": {
+            "type": "string",
+            "enum": ["recording", "complete", "interrupted", "failed_disk_full", "failed"],
+        },
+        "endReason": {"type": ["string", "null"]},
+        "container": {"type": "string", "enum": ["webm", "mp4"]},
+        "codecs": {"type": "object"},
+        "startedBy": {"type": ["string", "null"]},
+        "startedAt": {"type": "number"},
+        "endedAt": {"type": ["number", "null"]},
+        "duration": {"type": ["number", "null"]},
+        "size": {"type": ["integer", "null"]},
+        "error": {"type": ["string", "null"]},
+        "fileUrl": {"type": "string"},
+    },
+}
 
 
 @routes.post(
     "/api/v1/rooms/{id}/recording",
     summary="Owner or admin: record the room's live broadcast (on its origin node)",
-    responses={201: "the recording", 400: "not a live room", 403: "not the owner",
-               404: "no such room", 409: "already recording, or not live", 429: "rate limited"},
+    responses={
+        201: "the recording",
+        400: "not a live room",
+        403: "not the owner",
+        404: "no such room",
+        409: "already recording, or not live",
+        429: "rate limited",
+    },
     response_schema=_RECORDING_SCHEMA,
 )
 async def start_recording(request: web.Request) -> web.Response:
@@ -518,8 +587,12 @@ async def start_recording(request: web.Request) -> web.Response:
 @routes.delete(
     "/api/v1/rooms/{id}/recording",
     summary="Owner or admin: stop the room's recording (the file is finished)",
-    responses={200: "the finished recording", 403: "not the owner", 404: "no such room or not recording",
-               429: "rate limited"},
+    responses={
+        200: "the finished recording",
+        403: "not the owner",
+        404: "no such room or not recording",
+        429: "rate limited",
+    },
     response_schema=_RECORDING_SCHEMA,
 )
 async def stop_recording(request: web.Request) -> web.Response:
@@ -534,7 +607,11 @@ async def stop_recording(request: web.Request) -> web.Response:
 @routes.get(
     "/api/v1/rooms/{id}/recording",
     summary="Whether the room is being recorded now, and whether every broadcast is",
-    responses={200: "{roomId, recording, recordingId, record}", 404: "no such room", 429: "rate limited"},
+    responses={
+        200: "{roomId, recording, recordingId, record}",
+        404: "no such room",
+        429: "rate limited",
+    },
 )
 async def room_recording(request: web.Request) -> web.Response:
     identity = await _limited(request, "reads")
@@ -549,10 +626,20 @@ async def room_recording(request: web.Request) -> web.Response:
 @routes.patch(
     "/api/v1/rooms/{id}/recording",
     summary="Owner or admin: {record: true} records every broadcast of the room",
-    request={"application/json": {"type": "object", "required": ["record"],
-                                  "properties": {"record": {"type": "boolean"}}}},
-    responses={200: "{roomId, recording, recordingId, record}", 400: "bad input", 403: "not the owner",
-               404: "no such room", 429: "rate limited"},
+    request={
+        "application/json": {
+            "type": "object",
+            "required": ["record"],
+            "properties": {"record": {"type": "boolean"}},
+        }
+    },
+    responses={
+        200: "{roomId, recording, recordingId, record}",
+        400: "bad input",
+        403: "not the owner",
+        404: "no such room",
+        429: "rate limited",
+    },
 )
 async def set_record_all(request: web.Request) -> web.Response:
     identity = await _limited(request, "changes")
@@ -566,9 +653,13 @@ async def set_record_all(request: web.Request) -> web.Response:
         raise _api(exc) from None
     await service.db.execute(
         "INSERT INTO room_recording_settings (room_id, record_all, updated_by, updated_at) "
-        "VALUES ($1, $2, $3, $4) ON CONFLICT (room_id) DO UPDATE SET record_all = excluded.record_all, "
+        "VALUES ($1, $2, $3, $4) ON CONFLICT (room_id) DO UPDATE SET "
+        "record_all = excluded.record_all, "
         "updated_by = excluded.updated_by, updated_at = excluded.updated_at",
-        room.id, int(record), identity.user_id, time.time(),
+        room.id,
+        int(record),
+        identity.user_id,
+        time.time(),
     )
     return web.json_response({"roomId": room.id, **await service.room_fields(room.id)})
 
@@ -577,7 +668,10 @@ async def set_record_all(request: web.Request) -> web.Response:
     "/api/v1/rooms/{id}/recordings",
     summary="The room's recordings, newest first (the live room's audience may list them)",
     responses={200: "{recordings}", 404: "no such room (or not yours to see)", 429: "rate limited"},
-    response_schema={"type": "object", "properties": {"recordings": {"type": "array", "items": _RECORDING_SCHEMA}}},
+    response_schema={
+        "type": "object",
+        "properties": {"recordings": {"type": "array", "items": _RECORDING_SCHEMA}},
+    },
 )
 async def list_recordings(request: web.Request) -> web.Response:
     identity = await _limited(request, "reads")
@@ -587,14 +681,21 @@ async def list_recordings(request: web.Request) -> web.Response:
     except Refused as exc:
         raise _api(exc) from None
     rows = await service.db.fetch(
-        "SELECT * FROM recordings WHERE room_id = $1 ORDER BY started_at DESC LIMIT $2", room.id, PAGE
+        "SELECT * FROM recordings WHERE room_id = $1 ORDER BY started_at DESC LIMIT $2",
+        room.id,
+        PAGE,
     )
     return web.json_response({"recordings": [recording_json(r) for r in rows]})
 
 
 @routes.get(
-    "/api/v1/recordings/{id}", summary="One recording's metadata",
-    responses={200: "the recording", 404: "no such recording (or not yours to see)", 429: "rate limited"},
+    "/api/v1/recordings/{id}",
+    summary="One recording's metadata",
+    responses={
+        200: "the recording",
+        404: "no such recording (or not yours to see)",
+        429: "rate limited",
+    },
     response_schema=_RECORDING_SCHEMA,
 )
 async def get_recording(request: web.Request) -> web.Response:
@@ -609,8 +710,13 @@ async def get_recording(request: web.Request) -> web.Response:
 @routes.get(
     "/api/v1/recordings/{id}/file",
     summary="The recording's file (video/webm or video/mp4), with HTTP range requests",
-    responses={200: "the file", 206: "a range of it", 404: "no such recording or file",
-               416: "range not satisfiable", 429: "rate limited"},
+    responses={
+        200: "the file",
+        206: "a range of it",
+        404: "no such recording or file",
+        416: "range not satisfiable",
+        429: "rate limited",
+    },
 )
 async def recording_file(request: web.Request) -> web.StreamResponse:
     identity = await _limited(request, "reads")
@@ -630,7 +736,9 @@ async def recording_file(request: web.Request) -> web.StreamResponse:
 
 async def _proxy(request: web.Request, node_url: str) -> web.StreamResponse:
     """The node that wrote the file serves it; its answer is passed through."""
-    headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Range", "If-Range")}
+    headers = {
+        k: v for k, v in request.headers.items() if k in ("Authorization", "Range", "If-Range")
+    }
     headers["X-Airwave-Proxied"] = "1"
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
     try:
@@ -646,13 +754,21 @@ async def _proxy(request: web.Request, node_url: str) -> web.StreamResponse:
                 await response.write_eof()
                 return response
     except aiohttp.ClientError as exc:
-        raise ApiError(502, "node_unreachable", f"the node with the file is unreachable: {exc}") from None
+        raise ApiError(
+            502, "node_unreachable", f"the node with the file is unreachable: {exc}"
+        ) from None
 
 
 @routes.delete(
-    "/api/v1/recordings/{id}", summary="Owner or admin: delete a finished recording and its file",
-    responses={200: "{id, deleted}", 403: "not the owner", 404: "no such recording",
-               409: "still recording", 429: "rate limited"},
+    "/api/v1/recordings/{id}",
+    summary="Owner or admin: delete a finished recording and its file",
+    responses={
+        200: "{id, deleted}",
+        403: "not the owner",
+        404: "no such recording",
+        409: "still recording",
+        429: "rate limited",
+    },
 )
 async def delete_recording(request: web.Request) -> web.Response:
     identity = await _limited(request, "changes")
@@ -685,7 +801,10 @@ def install(airwave: Airwave, app: web.Application) -> None:
         return act
 
     socket_recordings.register(
-        airwave.signaling, socket_action(service.request_start), socket_action(service.request_stop), changes
+        airwave.signaling,
+        socket_action(service.request_start),
+        socket_action(service.request_stop),
+        changes,
     )
     airwave.bus.subscribe("media", service.on_media_event)
     airwave.bus.subscribe("rooms", service.on_room_event)

@@ -54,8 +54,9 @@ async def _call(http: aiohttp.ClientSession, method: str, url: str, token: str) 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = VideoSpec()
     video, audio = video_clip(spec), audio_clip()
-    publisher = WhipPublisher([LoopedClipTrack("video", video, fps=spec.fps),
-                               LoopedClipTrack("audio", audio, fps=50)])
+    publisher = WhipPublisher(
+        [LoopedClipTrack("video", video, fps=spec.fps), LoopedClipTrack("audio", audio, fps=50)]
+    )
     base = args.url.rstrip("/")
     rows: list[dict[str, Any]] = []
     async with aiohttp.ClientSession() as http:
@@ -78,23 +79,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 finally:
                     await viewer.close(http, args.token)
                 await _call(http, "DELETE", f"{base}/api/v1/recordings/{started['id']}", args.token)
-                row = {"round": n + 1, "publisher_cpu_pct": alone, "viewer_cpu_pct": with_viewer,
-                       "recording_cpu_pct": with_recording,
-                       "viewer_cost_pct": round(with_viewer - alone, 2),
-                       "recording_cost_pct": round(with_recording - with_viewer, 2),
-                       "file_kbps": round(done["size"] * 8 / max(done["duration"], 0.001) / 1000),
-                       "status": done["status"]}
+                row = {
+                    "round": n + 1,
+                    "publisher_cpu_pct": alone,
+                    "viewer_cpu_pct": with_viewer,
+                    "recording_cpu_pct": with_recording,
+                    "viewer_cost_pct": round(with_viewer - alone, 2),
+                    "recording_cost_pct": round(with_recording - with_viewer, 2),
+                    "file_kbps": round(done["size"] * 8 / max(done["duration"], 0.001) / 1000),
+                    "status": done["status"],
+                }
                 print(row, file=sys.stderr, flush=True)
                 rows.append(row)
         finally:
             await publisher.stop(http, args.token)
-    return {"video": f"VP8 {spec.width}x{spec.height} {spec.fps} fps",
-            "video_kbps": round(bitrate(video, spec.fps) / 1000),
-            "audio_kbps": round(bitrate(audio, 50) / 1000), "rounds": rows}
+    return {
+        "video": f"VP8 {spec.width}x{spec.height} {spec.fps} fps",
+        "video_kbps": round(bitrate(video, spec.fps) / 1000),
+        "audio_kbps": round(bitrate(audio, 50) / 1000),
+        "rounds": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.recording", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.recording", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--url", required=True, help="the server's HTTP URL")
     p.add_argument("--token", required=True, help="publish + subscribe for the room; its owner")
     p.add_argument("--server-pid", type=int, required=True, help="server pid, for CPU from /proc")
@@ -105,14 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the result as JSON here")
     args = p.parse_args(argv)
     result = asyncio.run(run(args))
-    print(f"publisher: {result['video']}, {result['video_kbps']} kbit/s video, "
-          f"{result['audio_kbps']} kbit/s audio")
-    print("| round | publisher only | + 1 viewer | + 1 recording | viewer costs | recording costs | file kbit/s |")
+    print(
+        f"publisher: {result['video']}, {result['video_kbps']} kbit/s video, "
+        f"{result['audio_kbps']} kbit/s audio"
+    )
+    print(
+        "| round | publisher only | + 1 viewer | + 1 recording | viewer costs "
+        "| recording costs | file kbit/s |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in result["rounds"]:
-        print(f"| {r['round']} | {r['publisher_cpu_pct']} | {r['viewer_cpu_pct']} | "
-              f"{r['recording_cpu_pct']} | {r['viewer_cost_pct']} | {r['recording_cost_pct']} | "
-              f"{r['file_kbps']} |")
+        print(
+            f"| {r['round']} | {r['publisher_cpu_pct']} | {r['viewer_cpu_pct']} | "
+            f"{r['recording_cpu_pct']} | {r['viewer_cost_pct']} | {r['recording_cost_pct']} | "
+            f"{r['file_kbps']} |"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -124,7 +124,9 @@ class Recorder:
         self.started_at = time.time()
         self.frames = 0
         self._assemblers = {kind: FrameAssembler(name) for kind, name in self.codecs.items()}
-        self._times = {kind: _TrackTime(90000 if kind == "video" else 48000) for kind in self.codecs}
+        self._times = {
+            kind: _TrackTime(90000 if kind == "video" else 48000) for kind in self.codecs
+        }
         self._file: RecordingFile | None = None
         self._opening = False
         self._epoch: float | None = None

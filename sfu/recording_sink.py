@@ -67,7 +67,8 @@ class LocalSubscriber:
         for up in uptracks:
             if up.kind in self._by_kind or up.closed:
                 continue
-            down = DownTrack(self, up, mid=up.mid, payload_type=up.codec.payloadType)  # type: ignore[arg-type]
+            session: Any = self  # a DownTrack's session: what it reads of one, this has
+            down = DownTrack(session, up, mid=up.mid, payload_type=up.codec.payloadType)
             self._by_kind[up.kind] = down
             self.downtracks.append(down)
             down.start(self._target(up.kind))

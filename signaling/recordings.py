@@ -51,7 +51,9 @@ def register(
         return await stop(identity, room_id)
 
 
-async def announce_recording(signaling: Signaling, room_id: str, on: bool, recording_id: str) -> None:
+async def announce_recording(
+    signaling: Signaling, room_id: str, on: bool, recording_id: str
+) -> None:
     """``stream:recording`` to the room's audience, on every node (through the manager)."""
     await signaling.sio.emit(
         "stream:recording",
