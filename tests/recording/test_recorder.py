@@ -14,6 +14,7 @@ from aiortc import RTCRtpSender
 from recording import LocalDirectoryStorage, Recorder, RecordingResult
 from recording.frames import annexb_units
 from sfu import MediaEngine
+from tests.sfu.sfu_media import encoded_opus
 from tests.sfu.sfu_peers import PacketTrack, Publisher, wait_for
 
 from .recorded_file import decodes, length_prefixed_units, read_recording
@@ -170,3 +171,45 @@ async def test_an_audio_only_broadcast_is_recorded_to_webm(engine, opus_frames, 
     recorded = read_recording(tmp_path / "f.webm")
     assert recorded.codecs == {"audio": "opus"}
     assert sent_in_order(audio.sent, recorded.packets["audio"]) and recorded.duration > 1.5
+
+
+class TimedTrack(PacketTrack):
+    """A PacketTrack that notes when (wall clock) each frame was handed to its sender."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent_at: list[float] = []
+
+    async def recv(self):
+        packet = await super().recv()
+        self.sent_at.append(time.monotonic())
+        return packet
+
+
+def _offsets(sent: list[bytes], sent_at: list[float], recorded: list[bytes], times: list[float]) -> list[float]:
+    """File time minus send time of each recorded frame (the latest run of sent frames it matches)."""
+    n = len(recorded)
+    start = max(i for i, x in enumerate(sent) if x == recorded[0] and sent[i : i + n] == recorded)
+    return [t - sent_at[start + j] for j, t in enumerate(times)]
+
+
+async def test_audio_and_video_keep_the_time_they_were_sent_at(engine, vp8_frames, tmp_path):
+    """Each track maps send time to file time with the same offset: in sync,
+    the publisher's sender reports tying their RTP clocks together."""
+    video, audio = TimedTrack("video", vp8_frames), TimedTrack("audio", encoded_opus(500))
+    pub = await _publish(engine, "rec", [video, audio])
+    storage = LocalDirectoryStorage(tmp_path)
+    await asyncio.sleep(2)  # sender reports have arrived
+    recorder, _, closed = await _record(engine, "rec", storage, "s.webm", 4.0)
+    result = await recorder.stop()
+    await pub.close()
+    assert result.status == "complete"
+    recorded = read_recording(tmp_path / "s.webm")
+    video_offsets = _offsets(video.sent, video.sent_at, recorded.packets["video"], recorded.times["video"])
+    audio_offsets = _offsets(audio.sent, audio.sent_at, recorded.packets["audio"], recorded.times["audio"])
+    video_offsets.sort()
+    audio_offsets.sort()
+    skew = video_offsets[len(video_offsets) // 2] - audio_offsets[len(audio_offsets) // 2]
+    assert abs(skew) < 0.08, skew
+    for offsets in (video_offsets, audio_offsets):  # no drift along the file
+        assert offsets[-1] - offsets[0] < 0.15
