@@ -44,9 +44,15 @@ from recording.storage import RecordingStorage
 log = logging.getLogger("airwave.recording")
 
 NTP_UNIT = float(1 << 32)
+NTP_FROM_UNIX = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 RTP_WRAP = 1 << 32
 JUMP_SECONDS = 2.0  # RTP time and arrival time disagreeing by more is a new timeline
 STATUSES = ("recording", "complete", "interrupted", "failed_disk_full", "failed")
+
+
+def ntp_now() -> float:
+    """Now in NTP seconds, the timeline sender reports use."""
+    return time.time() + NTP_FROM_UNIX
 
 
 class RecorderClock(Protocol):
@@ -64,7 +70,7 @@ class RecordingResult:
     error: str = ""
 
 
-class _TrackTime:
+class TrackTimeline:
     """One track's RTP timestamps onto the file's timeline, in its clock units."""
 
     def __init__(self, rate: int) -> None:
@@ -92,7 +98,7 @@ class _TrackTime:
                     self.anchor = (self.extended, self.last_pts + max(1, round(waited * self.rate)))
         self.last_rtp = rtp
         if self.anchor is None:
-            seconds = (wall if wall is not None else time.time()) - epoch
+            seconds = (wall if wall is not None else ntp_now()) - epoch
             self.anchor = (self.extended, round(seconds * self.rate))
         pts = self.anchor[1] + (self.extended - self.anchor[0])
         if self.last_pts is not None and pts <= self.last_pts:
@@ -121,17 +127,15 @@ class Recorder:
         self.source: RecorderClock | None = None
         self.error = ""
         self.status = "recording"
-        self.started_at = time.time()
         self.frames = 0
         self._assemblers = {kind: FrameAssembler(name) for kind, name in self.codecs.items()}
         self._times = {
-            kind: _TrackTime(90000 if kind == "video" else 48000) for kind in self.codecs
+            kind: TrackTimeline(90000 if kind == "video" else 48000) for kind in self.codecs
         }
         self._file: RecordingFile | None = None
         self._opening = False
         self._epoch: float | None = None
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"rec-{key}")
-        self._pending: concurrent.futures.Future[None] | None = None
         self._loop = asyncio.get_running_loop()
         self._stopped = False
 
@@ -202,7 +206,7 @@ class Recorder:
         elif codec == "h264":
             width, height = h264_dimensions(first.data)
             video = VideoFormat("h264", width, height, h264_parameter_sets(first.data))
-        self._epoch = wall if wall is not None else time.time()
+        self._epoch = wall if wall is not None else ntp_now()
         self._opening = True
         self._submit(self._create, video, "audio" in self.codecs)
 
@@ -216,8 +220,7 @@ class Recorder:
     def _submit(self, fn: Callable[..., None], *args: object) -> None:
         if self.error:
             return
-        future = self._writer.submit(self._guarded, fn, *args)
-        self._pending = future
+        self._writer.submit(self._guarded, fn, *args)
 
     def _guarded(self, fn: Callable[..., None], *args: object) -> None:
         if self.error:
