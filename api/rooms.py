@@ -48,6 +48,9 @@ _ROOM_SCHEMA: dict[str, Any] = {
         "streamId": {"type": ["string", "null"]},
         "liveAt": {"type": ["number", "null"]},
         "endedAt": {"type": ["number", "null"]},
+        "recording": {"type": "boolean"},
+        "recordingId": {"type": ["string", "null"]},
+        "record": {"type": "boolean"},
     },
 }
 _MESSAGE_SCHEMA: dict[str, Any] = {
@@ -175,7 +178,11 @@ async def list_rooms(request: web.Request) -> web.Response:
 )
 async def get_room(request: web.Request) -> web.Response:
     room = await _viewable_room(request, require_identity(request))
-    return json_response(await _registry(request).to_json(room))
+    body = await _registry(request).to_json(room)
+    recordings = request.app[AIRWAVE].services.get("recordings")  # api/recordings.py
+    if recordings is not None:
+        body.update(await recordings.room_fields(room.id))
+    return json_response(body)
 
 
 @routes.patch(

@@ -107,6 +107,11 @@ class Settings:
     room_publisher_grace: float = 10.0  # seconds a live room waits for its publisher
     rtmp_port: int = 0  # RTMP ingest (rtmp://host:port/live/ROOM); 0 = off
 
+    # --- recordings -----------------------------------------------------------
+    recordings_dir: str = ""  # empty = <data_dir>/recordings
+    recordings_quota_bytes: int = 0  # all recordings together; 0 = as much as the disk holds
+    recordings_retention_days: float = 0.0  # finished recordings older are deleted; 0 = keep
+
     # --- STUN / TURN ----------------------------------------------------------
     stun_port: int = 3478  # 0 = off
     stun_rate_limit: int = 50  # requests per second per source address
@@ -162,6 +167,10 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir) / 'airwave.db'}"
+
+    @property
+    def effective_recordings_dir(self) -> str:
+        return self.recordings_dir or str(Path(self.data_dir) / "recordings")
 
     @property
     def database_backend(self) -> str:
@@ -360,6 +369,10 @@ def _validate(s: Settings) -> Settings:
         fail("stun_port", f"must be 0-65535, got {s.stun_port}")
     if not (0 <= s.rtmp_port <= 65535):
         fail("rtmp_port", f"must be 0-65535, got {s.rtmp_port}")
+    if s.recordings_quota_bytes < 0:
+        fail("recordings_quota_bytes", f"must be 0 or more, got {s.recordings_quota_bytes}")
+    if s.recordings_retention_days < 0:
+        fail("recordings_retention_days", f"must be 0 or more, got {s.recordings_retention_days}")
     if s.env == "development":
         fail("env", "development mode is asked for with `airwave serve --dev` (or AIRWAVE_DEV=true)")
     if s.env not in ("", "production"):

@@ -17,12 +17,14 @@ from .errors import (
     SessionNotFound,
 )
 from .local import LocalPublisher
+from .recording_sink import LocalSubscriber, RtpSink
 from .session import Session
 
 __all__ = [
     "AtCapacity",
     "IceRestartRefused",
     "LocalPublisher",
+    "LocalSubscriber",
     "MediaEngine",
     "MediaError",
     "NothingAcceptable",
@@ -30,6 +32,7 @@ __all__ = [
     "RestartTooSoon",
     "RoomInfo",
     "RoomNotLive",
+    "RtpSink",
     "SdpError",
     "Session",
     "SessionNotFound",
