@@ -28,6 +28,7 @@ from api import (
     media,
     nodes,
     payouts,
+    recordings,
     revocation,
     rooms,
     rtmp,
@@ -58,7 +59,7 @@ SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
 
 FEATURES: list[ModuleType] = [
     health, ice, media, nodes, webhook_events, rooms, inbox, gifts, webhooks, payouts, dev,
-    webapp, calls, edge, admin, revocation, rtmp,
+    webapp, calls, edge, admin, revocation, rtmp, recordings,
 ]
 
 
