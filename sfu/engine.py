@@ -28,7 +28,7 @@ from .errors import (
     SdpError,
     SessionNotFound,
 )
-from .sdp import Offer, OfferedMedia, parse_candidate, parse_offer
+from .sdp import EXT_ABS_SEND_TIME, MAX_LAYERS, Offer, OfferedMedia, parse_candidate, parse_offer
 from .session import MediaLine, Session
 from .track import DownTrack, UpTrack
 
@@ -209,6 +209,16 @@ class MediaEngine:
         except (ValueError, TypeError) as exc:
             raise SdpError(f"unusable candidate: {exc}") from None
 
+    def set_max_layer(self, session_id: str, max_layer: int | None) -> None:
+        """A subscriber's cap on the simulcast layer it receives: 0 is the
+        lowest, None lifts the cap. Tracks without simulcast are not affected."""
+        session = self._sessions.get(session_id)
+        if session is None or session.closed:
+            raise SessionNotFound(session_id)
+        if max_layer is not None and not 0 <= max_layer < MAX_LAYERS:
+            raise SdpError(f"max layer must be 0..{MAX_LAYERS - 1} or none")
+        session.set_max_layer(max_layer)
+
     async def close_session(self, session_id: str, reason: str = "closed") -> None:
         session = self._sessions.get(session_id)
         if session is None:
@@ -352,7 +362,13 @@ async def _awaited(result: Awaitable[Any]) -> None:
 
 def _send_on(line: MediaLine, session: Session, up: UpTrack, peer_codec: Any) -> None:
     """``line`` forwards ``up`` to ``session`` with the peer's payload type."""
-    line.down = DownTrack(session, up, mid=line.media.mid, payload_type=peer_codec.payloadType)
+    line.down = DownTrack(
+        session,
+        up,
+        mid=line.media.mid,
+        payload_type=peer_codec.payloadType,
+        abs_send_time_id=line.media.extensions.get(EXT_ABS_SEND_TIME, 0),
+    )
     line.down_codec = peer_codec
 
 

@@ -41,7 +41,11 @@ async def test_chrome_shaped_offer(engine):
     assert "a=fmtp:111 minptime=10;useinbandfec=1" in audio
     assert "m=video 9" not in video and "a=rtpmap:96 VP8/90000" in video
     assert "a=rtcp-fb:96 nack pli" in video and "transport-cc" not in video and "rtx" not in video
-    assert "a=extmap" not in answer  # we take and send no header extensions
+    # the extensions we read (mid, abs-send-time), under the offer's ids; not the others
+    assert "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid" in video
+    assert "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time" in video
+    assert "toffset" not in answer and "ssrc-audio-level" not in answer
+    assert "a=simulcast" not in answer
     assert "a=setup:active" in answer
     assert "a=group:BUNDLE 0 1" in answer
     assert re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host", answer)
