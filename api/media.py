@@ -32,7 +32,7 @@ from api.errors import ApiError
 from api.ice import request_host
 from api.routing import ApiRoutes
 from auth import Identity
-from sfu import MediaError, Session, SessionNotFound
+from sfu import MediaError, Session, SessionNotFound, max_layer_value
 from signaling import SignalError
 from signaling import media as socket_media
 
@@ -170,6 +170,12 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     airwave = request.app[AIRWAVE]
     room = request.match_info["room"]
     identity = await _authorize(request, kind, room)
+    max_layer = None
+    if kind == "whep" and "maxLayer" in request.query:
+        try:
+            max_layer = max_layer_value(request.query["maxLayer"])
+        except ValueError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
     offer = await _read_sdp(request, SDP)
     owner = identity.user_id if identity else ""
     try:
@@ -178,6 +184,8 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         else:
             await local_copy(airwave, room)
             session = await airwave.media.subscribe(room, offer, owner=owner)
+            if max_layer is not None:
+                airwave.media.set_max_layer(session.id, max_layer)
     except MediaError as exc:
         raise media_error(exc) from None
     record = SessionRecord(session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer))

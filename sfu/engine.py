@@ -356,6 +356,25 @@ class MediaEngine:
         self._notify(self.on_session_closed, session, reason)
 
 
+LAYER_NAMES = {"low": 0, "medium": 1, "high": 2}
+
+
+def max_layer_value(value: object) -> int | None:
+    """A viewer's layer cap as the faces take it: ``"low"``, ``"medium"``,
+    ``"high"``, a layer index 0..3, or ``None``/``"none"`` for no cap.
+    Raises ValueError on anything else."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str):
+        if value in LAYER_NAMES:
+            return LAYER_NAMES[value]
+        if value.isdigit() and len(value) == 1:
+            value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_LAYERS:
+        return value
+    raise ValueError("maxLayer must be low, medium, high, 0..3 or none")
+
+
 async def _awaited(result: Awaitable[Any]) -> None:
     await result
 
@@ -428,4 +447,4 @@ def _check_bundle(offer: Offer, used: list[OfferedMedia]) -> None:
         raise SdpError("an offer with several media sections must BUNDLE them")
 
 
-__all__ = ["MediaEngine", "Room", "RoomInfo"]
+__all__ = ["LAYER_NAMES", "MediaEngine", "Room", "RoomInfo", "max_layer_value"]
