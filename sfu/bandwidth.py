@@ -4,7 +4,7 @@ The subscriber's browser estimates its own downlink: we negotiate
 ``goog-remb`` and ``abs-send-time`` (never ``transport-cc``) on its leg and
 write abs-send-time into every packet we send it, so Chromium runs its
 receive-side estimator and sends REMB. :class:`DownlinkEstimate` keeps the
-latest REMB plus the loss and round-trip time from its receiver reports.
+latest REMB.
 :class:`LayerPolicy` turns that estimate and the publisher's measured layer
 bitrates into one layer per subscriber track: down at once when the estimate
 stays under the current layer for a second or loss passes 10 %, up only after
@@ -29,26 +29,20 @@ ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
 
 
 class DownlinkEstimate:
-    """What one subscriber's browser tells us about its downlink."""
+    """What one subscriber's browser says of its downlink (REMB); the loss and
+    round-trip time of its receiver reports are kept per track (DownTrack)."""
 
-    __slots__ = ("bitrate", "updated", "fraction_lost", "rtt", "rembs")
+    __slots__ = ("bitrate", "updated", "rembs")
 
     def __init__(self) -> None:
         self.bitrate: int | None = None  # bits per second, from the latest REMB
         self.updated = 0.0
-        self.fraction_lost = 0.0
-        self.rtt: float | None = None
         self.rembs = 0
 
     def on_remb(self, bitrate: int, now: float) -> None:
         self.bitrate = bitrate
         self.updated = now
         self.rembs += 1
-
-    def on_report(self, fraction_lost: int, rtt: float | None) -> None:
-        self.fraction_lost = fraction_lost / 256.0
-        if rtt is not None:
-            self.rtt = rtt
 
     def current(self, now: float) -> int | None:
         """The estimate, or None when the subscriber sends no (recent) REMB."""
