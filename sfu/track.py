@@ -202,8 +202,9 @@ class UpTrack:
         """The highest layer that is flowing (within ``max_layer``), or the
         highest one when none is flowing yet."""
         top = len(self.layers) - 1 if max_layer is None else min(max_layer, len(self.layers) - 1)
+        now = time.monotonic()
         for layer in reversed(self.layers[: top + 1]):
-            if layer.bitrate > 0 or (layer.packets and not layer.bitrate_measured):
+            if layer.bitrate > 0 or (layer.packets and now - layer.last_ts_time < 1.0):
                 return layer
         return self.layers[top]
 
@@ -275,7 +276,7 @@ class Layer:
 
         # bitrate over the last second or two (bits/s), for the layer choice
         self.bitrate = 0.0
-        self.bitrate_measured = False
+        self._bitrate_measured = False
         self._rate_mark = (0, time.monotonic())
 
         # upstream receive statistics (for RR) and loss (for NACK)
@@ -542,10 +543,10 @@ class Layer:
         if elapsed < 0.25:
             return
         rate = (self.octets - octets) * 8 / elapsed
-        self.bitrate = rate if rate == 0 or not self.bitrate_measured else (
+        self.bitrate = rate if rate == 0 or not self._bitrate_measured else (
             0.5 * self.bitrate + 0.5 * rate
         )
-        self.bitrate_measured = True
+        self._bitrate_measured = True
         self._rate_mark = (self.octets, now)
 
     def periodic(self) -> list[Any]:
