@@ -59,6 +59,7 @@ PADDING_SIZE = 255  # bytes of padding in one padding-only probe packet
 MAX_PADDING_BURST = 16  # padding packets sent at one frame end
 
 _pack_ssrc = struct.Struct("!I").pack
+_pack_header = struct.Struct("!BBHII").pack
 _MASK = HISTORY_SIZE - 1
 
 Target = tuple[Any, Any, Any]  # (protect, sendto, addr)
@@ -265,6 +266,9 @@ class Layer:
         self._pending_since = 0.0
         self._frame_start = True  # the next packet starts a frame
         self._fanout: tuple[tuple[int, int, tuple[Target, ...]], ...] = ()
+        # rewriting subscribers with the same offsets share their bytes too
+        self._rewrite_fanout: tuple[tuple[tuple[int, ...], tuple[Target, ...]], ...] = ()
+        self._probing: tuple[DownTrack, ...] = ()  # padding: one by one
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
 
         # counters, flushed to prometheus in batches
@@ -381,11 +385,40 @@ class Layer:
                     _send_each(packet, targets)
                 self.forwarded += len(targets)
                 self.forwarded_bytes += len(targets) * size
-        if self.rewriting:
-            for down in self.rewriting:
+        if self._rewrite_fanout:
+            # one header (and VP8 descriptor) per group, the payload shared
+            first = base[0]
+            ssrc = self.track.out_ssrc
+            cut = 12
+            if vp8 is not None:
+                cut = 13 + max(vp8[0] + (2 if vp8[1] == 15 else 1), vp8[2])
+            rest = bytes(base[cut:])
+            for (pt, abs_id, seq_off, ts_off, pid_off, tl0_off), targets in self._rewrite_fanout:
+                head = _pack_header(first, mbit | pt, (seq + seq_off) & 0xFFFF,
+                                    (ts + ts_off) & 0xFFFFFFFF, ssrc)
+                if abs_id:
+                    head = bytes((first | 0x10,)) + head[1:] + abs_send_time(
+                        abs_id, time.monotonic()
+                    )
+                if cut > 12:
+                    descriptor = bytearray(12) + base[12:cut]
+                    if pid_off or tl0_off:
+                        _shift_vp8_ids(descriptor, vp8, pid_off, tl0_off)  # type: ignore[arg-type]
+                    packet = head + descriptor[12:] + rest
+                else:
+                    packet = head + rest
+                try:
+                    for protect, sendto, addr in targets:
+                        sendto(protect(packet), addr)
+                except Exception:  # noqa: BLE001
+                    _send_each(packet, targets)
+                self.forwarded += len(targets)
+                self.forwarded_bytes += len(targets) * size
+        if self._probing:
+            for down in self._probing:
                 down.forward(base, seq, ts, mbit, vp8)
-            self.forwarded += len(self.rewriting)
-            self.forwarded_bytes += len(self.rewriting) * size
+            self.forwarded += len(self._probing)
+            self.forwarded_bytes += len(self._probing) * size
         if mbit and self.padders:
             for down in self.padders:
                 down.pad_paused()
@@ -461,11 +494,24 @@ class Layer:
             self.rebuild()
 
     def rebuild(self) -> None:
+        """Group the subscribers that can share bytes (after any change of
+        membership, target or offsets)."""
         groups: dict[tuple[int, int], list[Target]] = {}
         for d in self.plain:
             if d.target is not None:
                 groups.setdefault((d.payload_type, d.abs_send_time_id), []).append(d.target)
         self._fanout = tuple((pt, ext, tuple(ts)) for (pt, ext), ts in groups.items())
+        rewriting: dict[tuple[int, ...], list[Target]] = {}
+        probing = []
+        for d in self.rewriting:
+            if d.target is None:
+                continue
+            if d.probing:
+                probing.append(d)
+            else:
+                rewriting.setdefault(d.offsets(), []).append(d.target)
+        self._rewrite_fanout = tuple((key, tuple(ts)) for key, ts in rewriting.items())
+        self._probing = tuple(probing)
 
     def history(self, seq: int) -> bytes | None:
         packet = self._history[seq & _MASK]
@@ -620,7 +666,7 @@ class Layer:
         if self._pli_handle is not None:
             self._pli_handle.cancel()
             self._pli_handle = None
-        self._fanout = ()
+        self._fanout = self._rewrite_fanout = self._probing = ()
         self.plain.clear()
         self.rewriting.clear()
         self.padders.clear()
@@ -686,13 +732,14 @@ class DownTrack:
         self._pid_off = 0
         self._tl0_off = 0
         self._left: _Sent | None = None
+        # NACKs: our sequence number minus _seq_off is the layer's, from
+        # _offset_since on; before that (padding changed the offset) the map says
+        self._offset_since = 0
         self._out_map: list[int] = []
         self._probe_bps = 0
         self._pad_credit = 0.0
         self._pad_time = 0.0
         self._sr_sent: dict[int, float] = {}
-        self.sent = 0  # packets sent by the rewriting path
-        self.sent_bytes = 0
         self._base = (0, 0)
 
     # -- life ---------------------------------------------------------------------------
@@ -733,6 +780,7 @@ class DownTrack:
         else:
             self._start_rewriting()
             if left is not None:
+                self._offset_since = (left.seq + 1) & 0xFFFF
                 self._seq_off = (left.seq + 1 - seq) & 0xFFFF
                 step = max(1, int((now - left.at) * self.up.clock_rate))
                 self._ts_off = (left.ts + step - ts) & 0xFFFFFFFF
@@ -814,6 +862,7 @@ class DownTrack:
 
     def set_probe(self, bps: int) -> None:
         """Pad at ``bps`` on top of the media (at frame ends) to let the estimate grow."""
+        toggled = bool(bps) != bool(self._probe_bps)
         if bps and not self._probe_bps:
             self._pad_time = time.monotonic()
             self._pad_credit = 0.0
@@ -829,13 +878,33 @@ class DownTrack:
             # padding takes sequence numbers: from now on ours differ from the layer's
             layer.plain.remove(self)
             self._start_rewriting()
+            # what we sent so far had the layer's own numbers (offset 0)
+            self._offset_since = ((layer.max_seq or 0) + 1 - HISTORY_SIZE) & 0xFFFF
             layer.rewriting.append(self)
             layer.rebuild()
+        elif toggled and layer is not None and self in layer.rewriting:
+            layer.rebuild()
+
+    @property
+    def probing(self) -> bool:
+        return bool(self._probe_bps)
+
+    def offsets(self) -> tuple[int, ...]:
+        """What a rewriting subscriber shares its bytes with others by."""
+        return (
+            self.payload_type,
+            self.abs_send_time_id,
+            self._seq_off,
+            self._ts_off,
+            self._pid_off,
+            self._tl0_off,
+        )
 
     # -- the rewriting path ------------------------------------------------------------------
 
     def forward(self, base: bytearray, seq: int, ts: int, mbit: int, vp8: Vp8Ids | None) -> None:
-        """One packet of our layer, with our own sequence number, timestamp and picture id."""
+        """One packet of our layer, with our own sequence number, timestamp and
+        picture id, while we probe (others share theirs: Layer.on_rtp)."""
         target = self.target
         if target is None:
             return
@@ -859,8 +928,6 @@ class DownTrack:
         except Exception as exc:  # noqa: BLE001
             logger.debug("forward failed: %s", exc)
             return
-        self.sent += 1
-        self.sent_bytes += len(packet)
         if mbit and self._probe_bps:
             self._pad(out, (ts + self._ts_off) & 0xFFFFFFFF)
 
@@ -894,6 +961,7 @@ class DownTrack:
             self._pad_credit -= len(packet)
         if self.layer is not None:
             self._seq_off = (self._seq_off + count) & 0xFFFF
+            self._offset_since = (last_seq + count + 1) & 0xFFFF
         elif self._left is not None:
             self._left.seq = (self._left.seq + count) & 0xFFFF
 
@@ -945,9 +1013,15 @@ class DownTrack:
         for seq in lost[:128]:
             if self.rewrites:
                 entry = self._out_map[seq & _MASK]
-                if entry < 0 or entry >> 17 != seq or not entry & 0x10000:
+                if entry >= 0 and entry >> 17 == seq:
+                    if not entry & 0x10000:
+                        continue  # padding
+                    in_seq = entry & 0xFFFF
+                elif (seq - self._offset_since) & 0xFFFF < 0x8000:
+                    in_seq = (seq - self._seq_off) & 0xFFFF
+                else:
                     continue
-                packet = layer.history(entry & 0xFFFF)
+                packet = layer.history(in_seq)
                 if packet is None:
                     continue
                 buf = self._rewritten(packet, seq)
@@ -987,14 +1061,11 @@ class DownTrack:
         layer = self.layer or self.up.layers[0]
         ntp, rtp_ts = layer.clock_now()
         rtp_ts = (rtp_ts + self._ts_off) & 0xFFFFFFFF
-        if self.rewrites:
-            packets, octets = self.sent, self.sent_bytes
-        else:
-            # counts are the up track's since this subscriber joined: an
-            # estimate shared by its subscribers, which is what SR counts are for
-            n = len(self.up.down) or 1
-            packets = (self.up.forwarded - self._base[0]) // n
-            octets = (self.up.forwarded_bytes - self._base[1]) // n
+        # counts are the up track's since this subscriber joined: an
+        # estimate shared by its subscribers, which is what SR counts are for
+        n = len(self.up.down) or 1
+        packets = (self.up.forwarded - self._base[0]) // n
+        octets = (self.up.forwarded_bytes - self._base[1]) // n
         lsr = (ntp >> 16) & 0xFFFFFFFF
         if len(self._sr_sent) > 8:
             self._sr_sent.clear()

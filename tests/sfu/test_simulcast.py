@@ -14,6 +14,7 @@ from sfu import bandwidth
 from .sfu_media import encoded_vp8
 from .sfu_peers import Viewer, wait_for
 from .sfu_simulcast import SimulcastPublisher, quiet_remb, send_remb
+from .test_feedback import _drop_on_the_wire
 
 
 @pytest.fixture(scope="module")
@@ -187,5 +188,32 @@ async def test_below_the_lowest_layer_video_pauses_and_audio_flows(
     await asyncio.sleep(1.0)
     assert len(_media(rec.packets)) == video_before  # (padding may probe for the way back)
     assert len(viewer.payloads["audio"]) > audio_before + 20
+    await viewer.close()
+    await pub.close()
+
+
+async def test_nacks_after_a_switch_are_answered_with_our_numbering(engine, layer_frames):
+    pub, session = await _publish(engine, "s6", layer_frames)
+    up = session.uptracks[-1]
+    await wait_for(lambda: all(layer.bitrate > 0 for layer in up.layers), 5)
+    viewer, vs, rec = await _watch(engine, "s6")
+    await wait_for(lambda: len(rec.packets) > 30, 8)
+    engine.set_max_layer(vs.id, 1)
+    await wait_for(lambda: _layers(pub, rec.packets)[-5:] == [1] * 5, 5)
+    down = vs.downtracks[0]
+    assert down.rewrites  # our sequence numbers are no longer the layer's
+    start = len(rec.packets)
+    dropped, recovered = _drop_on_the_wire(
+        rec.receiver.transport.transport, down.ssrc, lambda seq: seq % 7 == 3, 10
+    )
+    await wait_for(lambda: len(dropped) == 10 and recovered == dropped, 8)
+    await asyncio.sleep(0.2)
+    # in sequence order, what arrived (resent packets late) is one continuous stream
+    after = rec.packets[start:]
+    first = after[0][0]
+    ordered = sorted(after, key=lambda p: (p[0] - first) & 0xFFFF)
+    _assert_continuous(ordered)
+    assert all(pub.layer_of(p[3]) == 1 for p in ordered if p[0] in dropped)
+    assert down.retransmitted >= 10
     await viewer.close()
     await pub.close()
