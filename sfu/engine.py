@@ -293,7 +293,7 @@ class MediaEngine:
         if session.closed:  # closed while gathering (engine shutdown, room ended)
             raise SessionNotFound("session closed during set-up")
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -312,14 +312,14 @@ class MediaEngine:
             logger.exception("sfu observer failed")
             return
         if inspect.isawaitable(result):
-            self._spawn(_awaited(result))
+            self.spawn(_awaited(result))
 
-    def _session_connected(self, session: Session) -> None:
+    def session_connected(self, session: Session) -> None:
         if session.role in ("publisher", "peer") and session.uptracks and not session.pulled:
             self._started.add(session.id)
             self._notify(self.on_publisher_started, session.room, session)
 
-    async def _session_closing(self, session: Session, reason: str) -> None:
+    async def session_closing(self, session: Session, reason: str) -> None:
         """First step of a session's close: leave the room; a leaving publisher
         takes the sessions subscribed to it along."""
         r = self._rooms.get(session.room)
@@ -338,7 +338,7 @@ class MediaEngine:
         else:
             r.subscribers.pop(session.id, None)
 
-    def _session_closed(self, session: Session, reason: str) -> None:
+    def session_closed(self, session: Session, reason: str) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
         metrics.SESSIONS.dec()

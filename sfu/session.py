@@ -13,10 +13,11 @@ import random
 import secrets
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Coroutine
+from typing import Any, Literal, Protocol
 
 from aiortc.rate import RemoteBitrateEstimator
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
@@ -29,6 +30,8 @@ from aiortc.rtp import (
     pack_remb_fci,
     unpack_remb_fci,
 )
+
+from config.settings import Settings
 
 from . import aiortc_seam as seam
 from .bandwidth import DownlinkEstimate
@@ -50,14 +53,33 @@ from .sdp import (
 )
 from .track import DownTrack, Layer, UpTrack, receiver_report
 
-if TYPE_CHECKING:
-    from .engine import MediaEngine
-
 logger = logging.getLogger(__name__)
 
 Role = Literal["publisher", "subscriber", "peer"]
 RTCP_INTERVAL = 1.0
 REMB_INTERVAL = 1.0  # seconds between two REMBs to a publisher when nothing changed
+
+
+class SessionHost(Protocol):
+    """What a session needs of the engine that made it (the engine imports
+    sessions; a session knows only this)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def certificate(self) -> RTCCertificate: ...
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    def session_connected(self, session: Session) -> None: ...
+
+    async def session_closing(self, session: Session, reason: str) -> None: ...
+
+    def session_closed(self, session: Session, reason: str) -> None: ...
 
 
 def random_ssrc() -> int:
@@ -71,7 +93,7 @@ class Session:
     one sendrecv connection; tracks that appear later are offered by the
     server (:meth:`create_offer` / :meth:`accept_answer`)."""
 
-    def __init__(self, engine: MediaEngine, role: Role, room: str, owner: str) -> None:
+    def __init__(self, engine: SessionHost, role: Role, room: str, owner: str) -> None:
         self.id = uuid.uuid4().hex
         self.role: Role = role
         self.room = room
@@ -420,20 +442,20 @@ class Session:
             async with asyncio.timeout(self._engine.connect_timeout):
                 await self.ice.start(self._offer.ice)
                 if self.ice.state != "completed":
-                    self._engine._spawn(self.close("ice_failed"))
+                    self._engine.spawn(self.close("ice_failed"))
                     return
                 await self.dtls.start(self._offer.dtls)
         except TimeoutError:
-            self._engine._spawn(self.close("connect_timeout"))
+            self._engine.spawn(self.close("connect_timeout"))
             return
         except Exception as exc:  # noqa: BLE001 - aiortc can raise on odd peers
             logger.info("session %s: connect failed: %s", self.id, exc)
-            self._engine._spawn(self.close("dtls_failed"))
+            self._engine.spawn(self.close("dtls_failed"))
             return
         if self._closing:
             return
         if self.dtls.state != "connected":
-            self._engine._spawn(self.close("dtls_failed"))
+            self._engine.spawn(self.close("dtls_failed"))
             return
         self._on_connected()
 
@@ -449,7 +471,7 @@ class Session:
         for up in self.uptracks:
             up.wants_keyframe_on_connect()
         self._rtcp_task = asyncio.create_task(self._run_rtcp(), name=f"sfu-rtcp-{self.id}")
-        self._engine._session_connected(self)
+        self._engine.session_connected(self)
 
     def _target(self) -> tuple[Any, Any, Any] | None:
         s = self.sender
@@ -620,14 +642,14 @@ class Session:
 
     def _on_ice_state(self) -> None:
         if self.ice.state == "failed":
-            self._engine._spawn(self.close("ice_failed"))
+            self._engine.spawn(self.close("ice_failed"))
 
     def _on_dtls_state(self) -> None:
         state = self.dtls.state
         if state == "failed":
-            self._engine._spawn(self.close("dtls_failed"))
+            self._engine.spawn(self.close("dtls_failed"))
         elif state == "closed":
-            self._engine._spawn(self.close("disconnected"))
+            self._engine.spawn(self.close("disconnected"))
 
     async def close(self, reason: str = "closed") -> None:
         """End the session and release everything it holds. Idempotent."""
@@ -644,7 +666,7 @@ class Session:
         for up in self.uptracks:
             up.close()
         # the engine ends the subscribers of a publisher that leaves
-        await self._engine._session_closing(self, reason)
+        await self._engine.session_closing(self, reason)
 
         current = asyncio.current_task()
         for task in (self._connect_task, self._rtcp_task):
@@ -668,7 +690,7 @@ class Session:
         self.sender = None
         self.state = "closed"
         self._closed.set()
-        self._engine._session_closed(self, reason)
+        self._engine.session_closed(self, reason)
 
     def __repr__(self) -> str:
         return f"Session({self.role} {self.id[:8]} room={self.room!r} {self.state})"

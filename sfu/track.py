@@ -46,7 +46,7 @@ from aiortc.rtp import (
 )
 
 from . import metrics
-from .bandwidth import LayerPolicy
+from .bandwidth import DownlinkEstimate, LayerPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,21 @@ class PublisherLink(Protocol):
     """What an up track needs of its publisher's session."""
 
     @property
+    def id(self) -> str: ...
+
+    @property
     def rtcp_ssrc(self) -> int: ...
 
     @property
     def sender(self) -> RtcpSender | None: ...
+
+
+class SubscriberLink(Protocol):
+    """What is asked of a down track's subscriber session (by the publisher's
+    session, relaying a call party's downlink as its REMB)."""
+
+    @property
+    def downlink(self) -> DownlinkEstimate: ...
 
 
 def abs_send_time(ext_id: int, now: float) -> bytes:
@@ -700,7 +711,7 @@ class DownTrack:
 
     def __init__(
         self,
-        session: Any,
+        session: SubscriberLink | None,
         up: UpTrack,
         *,
         mid: str,
@@ -1191,4 +1202,4 @@ def receiver_report(rtcp_ssrc: int, reports: list[Any]) -> bytes:
     return bytes(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
 
 
-__all__ = ["DownTrack", "Layer", "PublisherLink", "UpTrack", "receiver_report"]
+__all__ = ["DownTrack", "Layer", "PublisherLink", "SubscriberLink", "UpTrack", "receiver_report"]
