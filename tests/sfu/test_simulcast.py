@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import REGISTRY
 
 from sfu import bandwidth
 
@@ -122,6 +123,7 @@ async def test_a_forced_switch_is_one_continuous_stream(engine, layer_frames):
     viewer, vs, rec = await _watch(engine, "s3")
     await wait_for(lambda: len(rec.packets) > 30, 8)
     requests = pub.layers[0].keyframe_requests
+    switches = REGISTRY.get_sample_value("airwave_sfu_layer_switches_total") or 0.0
     engine.set_max_layer(vs.id, 0)
     await wait_for(lambda: _layers(pub, rec.packets)[-5:] == [0] * 5, 5)
     assert pub.layers[0].keyframe_requests > requests  # the switch asked layer q for one
@@ -136,6 +138,7 @@ async def test_a_forced_switch_is_one_continuous_stream(engine, layer_frames):
     await wait_for(lambda: _layers(pub, rec.packets)[-5:] == [2] * 5, 5)
     _assert_continuous(rec.packets)
     assert vs.downtracks[0].switches == 2
+    assert REGISTRY.get_sample_value("airwave_sfu_layer_switches_total") - switches >= 2
     await viewer.close()
     await pub.close()
 
@@ -183,6 +186,7 @@ async def test_below_the_lowest_layer_video_pauses_and_audio_flows(
         if video.paused:
             break
     assert video.paused and vs.stats()["tracks"][1]["paused"]
+    assert REGISTRY.get_sample_value("airwave_sfu_paused_viewers") >= 1
     await asyncio.sleep(0.3)
     video_before, audio_before = len(_media(rec.packets)), len(viewer.payloads["audio"])
     await asyncio.sleep(1.0)
