@@ -70,12 +70,17 @@ def encoded_vp8(
     return _encode_video("libvpx", n, options, seed=seed, size=size, bit_rate=bit_rate)
 
 
-def encoded_h264(n: int) -> list[EncodedFrame]:
+def encoded_h264(
+    n: int, seed: int = 1, size: tuple[int, int] = (320, 240), bit_rate: int = 800_000
+) -> list[EncodedFrame]:
     return _encode_video(
         "libx264",
         n,
         {"preset": "ultrafast", "tune": "zerolatency", "bf": "0"},
         profile="Constrained Baseline",
+        seed=seed,
+        size=size,
+        bit_rate=bit_rate,
     )
 
 

@@ -1,9 +1,10 @@
 """A simulcast publisher for the sfu/ tests. aiortc cannot send rids, so this
 one negotiates with an aiortc peer connection (its offer gets the rid lines a
-browser's would have) and then writes VP8 RTP itself on the connection's
-DTLS transport: three layers, each its own SSRC, sequence numbers,
-timestamps and picture ids, with the rtp-stream-id and mid header extensions
-on every packet; a PLI for a layer's SSRC restarts that layer at its keyframe."""
+browser's would have) and then writes VP8 or H.264 RTP itself on the
+connection's DTLS transport: three layers, each its own SSRC, sequence
+numbers, timestamps and (VP8) picture ids, with the rtp-stream-id and mid
+header extensions on every packet; a PLI for a layer's SSRC restarts that
+layer at its keyframe."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import random
 import re
 import struct
 
-from aiortc import RTCSessionDescription
+from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -22,7 +23,7 @@ from aiortc.rtp import (
     unpack_remb_fci,
 )
 
-from .sfu_media import EncodedFrame
+from .sfu_media import EncodedFrame, nal_units
 from .sfu_peers import PacketTrack, client_pc, wait_for
 
 RID_EXT_ID = 10
@@ -39,9 +40,25 @@ class _Silent(MediaStreamTrack):
         await asyncio.Event().wait()
 
 
+def h264_payloads(data: bytes) -> list[bytes]:
+    """An Annex B access unit as RTP payloads (RFC 6184): single NAL units, FU-A above CHUNK."""
+    out = []
+    for nal in nal_units(data):
+        if len(nal) <= CHUNK:
+            out.append(nal)
+            continue
+        body = nal[1:]
+        for k in range(0, len(body), CHUNK):
+            start, end = k == 0, k + CHUNK >= len(body)
+            fu = (0x80 if start else 0) | (0x40 if end else 0) | (nal[0] & 0x1F)
+            out.append(bytes([(nal[0] & 0xE0) | 28, fu]) + body[k : k + CHUNK])
+    return out
+
+
 class LayerStream:
-    def __init__(self, rid: str, frames: list[EncodedFrame], index: int) -> None:
+    def __init__(self, rid: str, frames: list[EncodedFrame], index: int, codec: str) -> None:
         self.rid = rid
+        self.codec = codec
         self.frames = frames
         self.ssrc = random.randint(1, 0xFFFFFFFE)
         self.seq = random.randint(0, 0xFFFF)
@@ -50,10 +67,14 @@ class LayerStream:
         self.tl0 = random.randint(0, 255)
         self.i = 0
         self.keyframe_requests = 0
-        self.chunks: set[bytes] = set()  # every VP8 payload after its descriptor
+        # every payload (VP8: after its descriptor) this layer may send
+        self.chunks: set[bytes] = set()
         for frame in frames:
-            for k in range(0, len(frame.data), CHUNK):
-                self.chunks.add(frame.data[k : k + CHUNK])
+            if codec == "h264":
+                self.chunks.update(h264_payloads(frame.data))
+            else:
+                for k in range(0, len(frame.data), CHUNK):
+                    self.chunks.add(frame.data[k : k + CHUNK])
 
     def next_frame(self) -> EncodedFrame:
         frame = self.frames[self.i % len(self.frames)]
@@ -65,7 +86,10 @@ class LayerStream:
     def packets(self, mid: str, pt: int) -> list[bytes]:
         frame = self.next_frame()
         data = frame.data
-        chunks = [data[k : k + CHUNK] for k in range(0, len(data), CHUNK)]
+        if self.codec == "h264":
+            chunks = h264_payloads(data)
+        else:
+            chunks = [data[k : k + CHUNK] for k in range(0, len(data), CHUNK)]
         rid = self.rid.encode()
         ext = bytes([(RID_EXT_ID << 4) | (len(rid) - 1)]) + rid
         ext += bytes([(MID_EXT_ID << 4) | (len(mid) - 1)]) + mid.encode()
@@ -77,15 +101,17 @@ class LayerStream:
                 "!BBHII", 0x90, (0x80 if last else 0) | pt, self.seq, self.ts, self.ssrc
             )
             header += struct.pack("!HH", 0xBEDE, len(ext) // 4) + ext
-            descriptor = bytes(
-                [
-                    0x80 | (0x10 if k == 0 else 0),
-                    0xC0,
-                    0x80 | (self.picture_id >> 8),
-                    self.picture_id & 0xFF,
-                    self.tl0,
-                ]
-            )
+            descriptor = b""
+            if self.codec == "vp8":
+                descriptor = bytes(
+                    [
+                        0x80 | (0x10 if k == 0 else 0),
+                        0xC0,
+                        0x80 | (self.picture_id >> 8),
+                        self.picture_id & 0xFF,
+                        self.tl0,
+                    ]
+                )
             out.append(header + descriptor + chunk)
             self.seq = (self.seq + 1) & 0xFFFF
         self.ts = (self.ts + 3000) & 0xFFFFFFFF
@@ -97,14 +123,29 @@ class LayerStream:
 class SimulcastPublisher:
     """Video in three layers (rids q, h, f: low to high) and, optionally, aiortc audio."""
 
-    def __init__(self, layers: list[list[EncodedFrame]], audio: list[EncodedFrame] | None = None):
+    def __init__(
+        self,
+        layers: list[list[EncodedFrame]],
+        audio: list[EncodedFrame] | None = None,
+        codec: str = "vp8",
+    ):
         self.pc = client_pc()
-        self.layers = [LayerStream(rid, frames, i) for i, (rid, frames) in
+        self.codec = codec
+        self.layers = [LayerStream(rid, frames, i, codec) for i, (rid, frames) in
                        enumerate(zip(("q", "h", "f"), layers, strict=True))]
         self.audio = PacketTrack("audio", audio) if audio else None
         if self.audio is not None:
             self.pc.addTransceiver(self.audio, direction="sendonly")
         self.video = self.pc.addTransceiver(_Silent(), direction="sendonly")
+        if codec == "h264":
+            self.video.setCodecPreferences(
+                [
+                    c
+                    for c in RTCRtpSender.getCapabilities("video").codecs
+                    if c.mimeType == "video/H264"
+                    and c.parameters.get("profile-level-id") == "42e01f"
+                ]
+            )
         self._task: asyncio.Task[None] | None = None
         self.mid = ""
         self.pt = 0
@@ -114,7 +155,8 @@ class SimulcastPublisher:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         sdp = self.pc.localDescription.sdp
         self.mid = self.video.mid
-        self.pt = int(re.search(r"a=rtpmap:(\d+) VP8/90000", sdp).group(1))
+        name = "H264" if self.codec == "h264" else "VP8"
+        self.pt = int(re.search(rf"a=rtpmap:(\d+) {name}/90000", sdp).group(1))
         head, _, video = sdp.partition("m=video")
         lines = video.split("\r\n")
         at = next(i for i, line in enumerate(lines) if line.startswith("a=mid:"))
@@ -156,11 +198,10 @@ class SimulcastPublisher:
             await asyncio.sleep(max(0.0, start + n / 30 - loop.time()))
 
     def layer_of(self, payload: bytes) -> int | None:
-        """Which layer a forwarded VP8 payload (5-byte descriptor) came from."""
-        for i, layer in enumerate(self.layers):
-            if payload[5:] in layer.chunks:
-                return i
-        return None
+        """Which layer a forwarded payload (VP8: after its 5-byte descriptor) came from."""
+        data = payload if self.codec == "h264" else payload[5:]
+        found = [i for i, layer in enumerate(self.layers) if data in layer.chunks]
+        return found[0] if len(found) == 1 else None
 
     async def close(self) -> None:
         if self._task is not None:

@@ -11,8 +11,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from sfu import bandwidth
+from sfu.track import h264_keyframe_start
 
-from .sfu_media import encoded_vp8
+from .sfu_media import encoded_h264, encoded_vp8
 from .sfu_peers import Viewer, wait_for
 from .sfu_simulcast import SimulcastPublisher, quiet_remb, send_remb
 from .test_feedback import _drop_on_the_wire
@@ -66,7 +67,9 @@ def _media(packets):
 
 
 def _layers(pub, packets):
-    return [pub.layer_of(p[3]) for p in _media(packets)]
+    """The layer of each media packet (payloads every layer sends alike, such
+    as an H.264 PPS, left out)."""
+    return [x for x in (pub.layer_of(p[3]) for p in _media(packets)) if x is not None]
 
 
 def _assert_continuous(packets):
@@ -219,5 +222,32 @@ async def test_nacks_after_a_switch_are_answered_with_our_numbering(engine, laye
     _assert_continuous(ordered)
     assert all(pub.layer_of(p[3]) == 1 for p in ordered if p[0] in dropped)
     assert down.retransmitted >= 10
+    await viewer.close()
+    await pub.close()
+
+
+async def test_h264_layers_switch_at_an_idr_without_payload_changes(engine):
+    frames = [
+        encoded_h264(40, seed=3, size=(96, 64), bit_rate=60_000),
+        encoded_h264(40, seed=4, size=(160, 128), bit_rate=200_000),
+        encoded_h264(40, seed=5, size=(320, 240), bit_rate=700_000),
+    ]
+    pub = SimulcastPublisher(frames, codec="h264")
+    session = await engine.publish("s7", await pub.offer())
+    assert "H264/90000" in session.answer_sdp
+    await pub.accept(session.answer_sdp)
+    up = session.uptracks[-1]
+    await wait_for(lambda: all(layer.bitrate > 0 for layer in up.layers), 5)
+    viewer, vs, rec = await _watch(engine, "s7")
+    await wait_for(lambda: len(_media(rec.packets)) > 30, 8)
+    engine.set_max_layer(vs.id, 0)
+    await wait_for(lambda: _layers(pub, rec.packets)[-5:] == [0] * 5, 5)
+    layers = _layers(pub, rec.packets)
+    first_low = layers.index(0)
+    assert set(layers[:first_low]) == {2} and set(layers[first_low:]) == {0}
+    first = next(p for p in _media(rec.packets) if pub.layer_of(p[3]) == 0)
+    assert h264_keyframe_start(bytes(12) + first[3], 12)
+    for (s0, t0, _, _), (s1, t1, _, _) in zip(rec.packets, rec.packets[1:], strict=False):
+        assert s1 == (s0 + 1) & 0xFFFF and 0 <= (t1 - t0) & 0xFFFFFFFF < 45000
     await viewer.close()
     await pub.close()
