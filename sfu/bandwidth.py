@@ -6,10 +6,10 @@ write abs-send-time into every packet we send it, so Chromium runs its
 receive-side estimator and sends REMB. :class:`DownlinkEstimate` keeps the
 latest REMB.
 :class:`LayerPolicy` turns that estimate and the publisher's measured layer
-bitrates into one layer per subscriber track: down at once when the estimate
-stays under the current layer for a second or loss passes 10 %, up only after
-the estimate showed headroom for a few seconds, probing with padding when
-the estimate sits just under the next layer (REMB only grows with traffic).
+bitrates into one layer per subscriber track: down when the estimate stays
+under the current layer for a second or at once when loss passes 10 %, up
+only after the estimate showed headroom for two seconds, probing with padding
+when the estimate sits under the next layer (REMB only grows with traffic).
 Nothing here knows tracks or sessions: numbers in, a decision out.
 """
 
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 HEADROOM = 0.85  # share of the estimate a layer may use
 DOWNGRADE_AFTER = 1.0  # seconds the estimate stays under the current layer
-UPGRADE_AFTER = 3.0  # seconds the estimate shows room for a higher layer
+UPGRADE_AFTER = 2.0  # seconds the estimate shows room for a higher layer
 HIGH_LOSS = 0.10  # fraction lost (receiver reports) that forces a step down
-PROBE_SECONDS = 3.0  # one padding probe toward the next layer
+PROBE_SECONDS = 3.0  # one padding probe toward the next layer (again at once while it works)
 PROBE_GAP = 6.0  # seconds between two probes (doubled after a failed one, up to MAX)
 MAX_PROBE_GAP = 30.0
 MAX_PROBE_BPS = 2_000_000
@@ -117,7 +117,7 @@ class LayerPolicy:
             if now - self._above_since >= UPGRADE_AFTER:
                 self._above_since = None
                 self._probe_gap = PROBE_GAP
-                return Decision(min(i for i in active if i > current))
+                return Decision(fits)
             return Decision(current)
         self._above_since = None
         higher = [i for i in active if i > current]
@@ -129,21 +129,24 @@ class LayerPolicy:
         """Padding toward the next layer when the estimate sits under it."""
         target = rates[nxt] / HEADROOM
         base = rates[current] if current >= 0 else 0.0
+        rate = int(min(MAX_PROBE_BPS, max(0.0, target - base)))
         if now < self._probe_until:
-            return int(min(MAX_PROBE_BPS, max(0.0, target - base)))
-        if self._probe_until and now - self._probe_until < 1.0:
-            return 0
-        if self._probe_until:  # a probe just ended without an upgrade
-            if budget <= self._probe_start_estimate * 1.05:
-                self._probe_gap = min(MAX_PROBE_GAP, self._probe_gap * 2)
+            return rate
+        if self._probe_until:  # a probe ended without an upgrade
             self._probe_until = 0.0
+            if budget > self._probe_start_estimate * 1.05:  # but the estimate grew: go on
+                self._probe_gap = PROBE_GAP
+                self._probe_until = now + PROBE_SECONDS
+                self._probe_start_estimate = budget
+                return rate
+            self._probe_gap = min(MAX_PROBE_GAP, self._probe_gap * 2)
             self._next_probe = now + self._probe_gap
             return 0
         if now < self._next_probe:
             return 0
         self._probe_until = now + PROBE_SECONDS
         self._probe_start_estimate = budget
-        return int(min(MAX_PROBE_BPS, max(0.0, target - base)))
+        return rate
 
 
 __all__ = ["Decision", "DownlinkEstimate", "LayerPolicy"]

@@ -62,10 +62,11 @@ def test_upgrade_only_after_the_estimate_showed_room_for_a_while():
     policy = LayerPolicy()
     chosen, _ = run(policy, 0, 3_000_000, 12.0)
     assert chosen[0] == 0
-    up1 = chosen.index(1)
-    assert up1 * 0.5 >= UPGRADE_AFTER
-    up2 = chosen.index(2)
-    assert (up2 - up1) * 0.5 >= UPGRADE_AFTER  # one step at a time
+    up = next(i for i, layer in enumerate(chosen) if layer > 0)
+    assert up * 0.5 >= UPGRADE_AFTER
+    assert chosen[up] == 2  # straight to the highest layer that fits with headroom
+    chosen, _ = run(LayerPolicy(), 0, 700_000, 12.0)
+    assert set(chosen) == {0, 1}  # room for the middle one only
 
 
 def test_pause_below_the_lowest_layer_and_resume():
@@ -83,9 +84,17 @@ def test_probe_toward_the_next_layer_then_back_off():
     assert d.layer == 1 and d.probe_bps >= RATES[2] / HEADROOM - RATES[1] - 1
     _, d = run(policy, 1, 800_000, 2.0, start=0.5)
     assert d.probe_bps > 0
-    # the estimate did not grow: a pause, longer each time
+    # the estimate did not grow: a pause
     _, d = run(policy, 1, 800_000, 5.0, start=4.0)
     assert d.probe_bps == 0
+    # while a probe makes the estimate grow, probing goes on
+    policy = LayerPolicy()
+    t, budget = 0.0, 800_000
+    while t < 12.0:
+        d = policy.decide(1, RATES, budget, 0.0, t)
+        assert d.layer == 1 and d.probe_bps > 0
+        t += 0.5
+        budget = min(int(budget * 1.03), int(RATES[2] * 1.1))
     # on the top layer there is nothing to probe for
     assert policy.decide(2, RATES, 5_000_000, 0.0, 100.0).probe_bps == 0
 
