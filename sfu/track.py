@@ -55,6 +55,7 @@ KEYFRAME_INTERVAL = 1.0  # seconds between two PLIs to one publisher layer
 MAX_NACK_GAP = 200  # a larger jump in sequence numbers is a reset, not loss
 NACK_RETRIES = 3
 KEYFRAME_WAIT = 4.0  # seconds a waiting subscriber waits for a keyframe before starting anyway
+LAYER_GONE = 2.0  # seconds without a packet after which a layer counts as not sent
 PADDING_SIZE = 255  # bytes of padding in one padding-only probe packet
 MAX_PADDING_BURST = 16  # padding packets sent at one frame end
 
@@ -600,9 +601,12 @@ class Layer:
         if elapsed < 0.25:
             return
         rate = (self.octets - octets) * 8 / elapsed
-        self.bitrate = rate if rate == 0 or not self._bitrate_measured else (
-            0.5 * self.bitrate + 0.5 * rate
-        )
+        if not self._bitrate_measured:
+            self.bitrate = rate
+        elif rate == 0 and now - self.last_ts_time > LAYER_GONE:
+            self.bitrate = 0.0  # the publisher stopped sending this layer
+        else:
+            self.bitrate = 0.5 * self.bitrate + 0.5 * rate
         self._bitrate_measured = True
         self._rate_mark = (self.octets, now)
 
