@@ -67,6 +67,7 @@ class LayerPolicy:
         self._next_probe = 0.0
         self._probe_gap = PROBE_GAP
         self._probe_start_estimate = 0
+        self._last_budget: int | None = None
 
     def decide(
         self,
@@ -90,12 +91,17 @@ class LayerPolicy:
         if not active:
             return Decision(current if current <= top else top)
         if budget is None:
-            self._below_since = self._above_since = None
+            self._below_since = self._above_since = self._last_budget = None
             return Decision(active[-1])
         fits = -1
         for i in active:
             if rates[i] <= budget * HEADROOM:
                 fits = i
+        # a receiver that is not congested reports about what it receives and
+        # grows from there: while the estimate rises, a layer above it (the
+        # publisher ramping up) is no reason to step down
+        rising = self._last_budget is not None and budget > self._last_budget * 1.01
+        self._last_budget = budget
         if current > top or (current >= 0 and rates[current] <= 0):
             return Decision(max(fits, active[0]) if current > top else fits)
         if loss > HIGH_LOSS and current >= 0:
@@ -104,7 +110,7 @@ class LayerPolicy:
             return Decision(min(fits, lower[-1] if lower else -1))
         if current >= 0 and rates[current] > budget:
             self._above_since = None
-            if self._below_since is None:
+            if self._below_since is None or rising:
                 self._below_since = now
             if now - self._below_since >= DOWNGRADE_AFTER:
                 self._below_since = None

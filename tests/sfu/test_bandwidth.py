@@ -44,6 +44,19 @@ def test_downgrade_after_a_second_under_the_current_layer():
     assert set(chosen[first:]) == {1}
 
 
+def test_no_downgrade_while_the_estimate_rises():
+    # the publisher ramps its layer up faster than the receiver's REMB follows
+    policy = LayerPolicy()
+    t, budget = 0.0, 1_300_000
+    while t < 6.0:
+        assert policy.decide(2, RATES, budget, 0.0, t).layer == 2
+        t += 0.5
+        budget += 15_000  # +1.1 % or more a step, still under the layer
+    # the estimate stops rising under the layer: down after DOWNGRADE_AFTER
+    chosen, _ = run(policy, 2, budget, 3.0, start=t)
+    assert chosen[-1] == 1
+
+
 def test_high_loss_steps_down_at_once():
     policy = LayerPolicy()
     assert policy.decide(2, RATES, 5_000_000, 0.2, 0.0).layer == 1
