@@ -268,7 +268,8 @@ class Layer:
         self.parse_vp8_ids = False
         self._ssrc_bytes = track.ssrc_bytes
         self._codec_name = track.codec_name
-        self._nack = track.kind == "video"
+        self._video = track.kind == "video"
+        self._nack = self._video
         self.plain: list[DownTrack] = []
         self.rewriting: list[DownTrack] = []
         self.padders: list[DownTrack] = []  # paused subscribers probing at our frame ends
@@ -362,7 +363,9 @@ class Layer:
 
         if self._pending and self._frame_start and self._may_start(data, hlen):
             self._activate_pending(seq, ts)
-        self._frame_start = data[1] >= 0x80  # marker: the last packet of a frame
+        # marker: the last packet of a video frame; every audio packet is a
+        # frame (Chromium marks only a talkspurt's first one)
+        self._frame_start = data[1] >= 0x80 or not self._video
 
         if hlen == 12:
             base = bytearray(data)
