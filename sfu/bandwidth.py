@@ -32,17 +32,15 @@ class DownlinkEstimate:
     """What one subscriber's browser says of its downlink (REMB); the loss and
     round-trip time of its receiver reports are kept per track (DownTrack)."""
 
-    __slots__ = ("bitrate", "updated", "rembs")
+    __slots__ = ("bitrate", "updated")
 
     def __init__(self) -> None:
         self.bitrate: int | None = None  # bits per second, from the latest REMB
         self.updated = 0.0
-        self.rembs = 0
 
     def on_remb(self, bitrate: int, now: float) -> None:
         self.bitrate = bitrate
         self.updated = now
-        self.rembs += 1
 
     def current(self, now: float) -> int | None:
         """The estimate, or None when the subscriber sends no (recent) REMB."""

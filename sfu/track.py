@@ -792,6 +792,8 @@ class DownTrack:
         for other in self.up.layers:
             if other is not layer:
                 other.remove(self)
+        if self in layer.padders:
+            layer.padders.remove(self)
         left = self._left
         if left is None and not self.rewrites:
             layer.plain.append(self)

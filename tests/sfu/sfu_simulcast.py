@@ -20,7 +20,6 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     RtcpPsfbPacket,
     pack_remb_fci,
-    unpack_remb_fci,
 )
 
 from .sfu_media import EncodedFrame, nal_units
@@ -149,7 +148,6 @@ class SimulcastPublisher:
         self._task: asyncio.Task[None] | None = None
         self.mid = ""
         self.pt = 0
-        self.rembs: list[int] = []
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -223,8 +221,6 @@ class _FeedbackSink:
                 if layer.ssrc == packet.media_ssrc:
                     layer.keyframe_requests += 1
                     layer.i = 0
-        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            self.publisher.rembs.append(unpack_remb_fci(packet.fci)[0])
 
 
 def quiet_remb(receiver) -> None:  # noqa: ANN001
