@@ -1,7 +1,10 @@
 # The two set-up commands of the README:
 #   make run    installs airwave into .venv and starts it on its embedded defaults
-#   make test   installs what the tests need (Python packages, coturn, chromium) and runs them all
+#   make test   installs what the tests need (Python packages; postgresql, redis-server, coturn,
+#               chromium, npm from Debian) and runs them all against a private PostgreSQL and Redis
 PYTHON ?= python3.11
+# xdist workers for the parallel run (tests/suite.py); the serial run is always one process.
+TEST_WORKERS ?= 2
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -21,12 +24,12 @@ $(WEB_BUNDLE):
 	cd web && npm ci --no-audit --no-fund
 
 run: $(STAMP) $(WEB_BUNDLE)
-	$(BIN)/airwave serve
+	$(BIN)/airwave serve --dev
 
 test: $(STAMP)
 	bash tests/prepare-machine.sh
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m tests.suite --workers=$(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

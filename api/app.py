@@ -16,15 +16,36 @@ from types import ModuleType
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from api import calls, dev, edge, gifts, health, ice, media, nodes, rooms, webapp, webhooks
+from api import (
+    admin,
+    calls,
+    dev,
+    edge,
+    gifts,
+    health,
+    ice,
+    inbox,
+    media,
+    nodes,
+    payouts,
+    revocation,
+    rooms,
+    rtmp,
+    webapp,
+    webhook_events,
+    webhooks,
+)
 from api.auth_http import TOKENS_KEY
 from api.components import AIRWAVE, Airwave
 from api.errors import error_middleware
+from api.limits import rate_limit_middleware
 from api.metrics import NODE_KEY
 from api.openapi import build_document
 from auth import TokenService
 from config import Settings
 from rooms.bus import InProcessBus, RedisBus
+from rooms.rate_limit import InProcessTokenBucket, Limit, RateLimiter, RateLimits
+from rooms.redis_state import RedisTokenBucket
 from rooms.social import SocialGraph
 from sfu import MediaEngine
 from signaling import Signaling
@@ -35,7 +56,10 @@ log = logging.getLogger("airwave")
 
 SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
 
-FEATURES: list[ModuleType] = [health, ice, media, nodes, rooms, gifts, webhooks, dev, webapp, calls, edge]
+FEATURES: list[ModuleType] = [
+    health, ice, media, nodes, webhook_events, rooms, inbox, gifts, webhooks, payouts, dev,
+    webapp, calls, edge, admin, revocation, rtmp,
+]
 
 
 def airwave_version() -> str:
@@ -47,20 +71,24 @@ def airwave_version() -> str:
 
 async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Application:
     """``serve_stun=False`` for a worker whose supervisor runs the STUN server."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[error_middleware, rate_limit_middleware], client_max_size=1024 * 1024
+    )
     tokens = TokenService(settings)
     db = await Database.connect(settings)
     redis_client = aioredis.from_url(settings.redis_url) if settings.redis_url else None
-    signaling = Signaling(settings, tokens)
+    limits = rate_limits(settings, redis_client)
+    signaling = Signaling(settings, tokens, limits)
     airwave = Airwave(
         settings=settings,
         tokens=tokens,
         db=db,
         bus=RedisBus(settings.redis_url, settings.redis_prefix) if settings.redis_url else InProcessBus(),
         signaling=signaling,
-        media=MediaEngine(settings),
+        media=MediaEngine(settings, connect_timeout=settings.media_connect_timeout),
         ice=IceServerProvider(settings),
         social=SocialGraph(db),
+        limits=limits,
         redis=redis_client,
         openapi=build_document([f.routes for f in FEATURES], airwave_version()),
     )
@@ -79,6 +107,22 @@ async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Appl
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
     return app
+
+
+def rate_limits(settings: Settings, redis_client: aioredis.Redis | None) -> RateLimits:
+    """The client rate limits, shared by every node through Redis when there is one."""
+
+    def bucket(rate: float, burst: float) -> RateLimiter:
+        if redis_client is not None:
+            return RedisTokenBucket(redis_client, settings.redis_prefix, rate, burst)
+        return InProcessTokenBucket(rate, burst)
+
+    return RateLimits([
+        Limit("http", settings.rate_limit_http),
+        Limit("http_ip", settings.rate_limit_http_ip),
+        Limit("events", settings.rate_limit_events),
+        Limit("actions", settings.rate_limit_actions),
+    ], bucket)
 
 
 async def _try_migrate(airwave: Airwave, delay: float) -> bool:
@@ -108,13 +152,8 @@ async def _start(app: web.Application) -> None:
     await airwave.bus.start()
     if not await _try_migrate(airwave, 1.0):
         airwave.spawn(_migrate_until_done(airwave), "migrate")
-    if airwave.settings.stun_port and app[SERVE_STUN]:
-        airwave.stun = StunServer.from_settings(airwave.settings)
-        try:
-            await airwave.stun.start("::", airwave.settings.stun_port)
-        except OSError as exc:
-            log.error("embedded STUN server cannot bind UDP %s: %s", airwave.settings.stun_port, exc)
-            airwave.stun = None
+    if app[SERVE_STUN]:
+        airwave.stun = await StunServer.start_embedded(airwave.settings)
 
 
 async def _shutdown(app: web.Application) -> None:

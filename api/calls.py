@@ -21,9 +21,11 @@ from aiohttp import web
 from api.auth_http import require_admin, require_identity
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.ice import ice_servers_for
+from api.limits import check_rate
 from api.routing import ApiRoutes
+from api.webhook_events import OUTBOX_KEY
 from rooms.calls import CallError, CallService
 from rooms.redis_state import RedisCallLocks, RedisPartySockets
 from rooms.timers import InProcessTimers, RedisTimers, TimerService
@@ -105,6 +107,7 @@ def _user_id(value: Any, name: str) -> str:
 async def create_call(request: web.Request) -> web.Response:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
+    await check_rate(airwave.limits, "actions", identity.user_id)
     body = await json_object(request)
     await airwave.social.seen(identity)
     host = request.url.host or None
@@ -118,7 +121,7 @@ async def create_call(request: web.Request) -> web.Response:
         "ringsUntil": _calls(request).rings_until(call),
         "iceServers": ice_servers_for(airwave, identity.user_id, request),
     }
-    return web.json_response(payload, status=201)
+    return json_response(payload, status=201)
 
 
 @routes.get(
@@ -139,7 +142,7 @@ async def get_call(request: web.Request) -> web.Response:
             call = await _calls(request).require(call_id, identity.user_id)
     except CallError as exc:
         raise _refused(exc) from None
-    return web.json_response(call.to_json())
+    return json_response(call.to_json())
 
 
 @routes.get(
@@ -154,7 +157,7 @@ async def list_calls(request: web.Request) -> web.Response:
     identity = require_identity(request)
     raw_limit = request.query.get("limit", "")
     try:
-        limit = int(raw_limit) if raw_limit else DEFAULT_PAGE
+        limit = int(raw_limit) if raw_limit and len(raw_limit) <= 6 else DEFAULT_PAGE
     except ValueError:
         raise ApiError(400, "bad_limit", "limit must be an integer") from None
     if not 1 <= limit <= MAX_PAGE:
@@ -164,7 +167,7 @@ async def list_calls(request: web.Request) -> web.Response:
         calls, next_cursor = await _calls(request).history(identity.user_id, limit, before)
     except CallError as exc:
         raise _refused(exc) from None
-    return web.json_response({"calls": [c.to_json() for c in calls], "next": next_cursor})
+    return json_response({"calls": [c.to_json() for c in calls], "next": next_cursor})
 
 
 # ---------------------------------------------------------------------- blocks
@@ -181,7 +184,7 @@ async def block_user(request: web.Request) -> web.Response:
     if other == identity.user_id:
         raise ApiError(400, "bad_request", "you cannot block yourself")
     await request.app[AIRWAVE].social.block(identity.user_id, other)
-    return web.json_response({"userId": other, "blocked": True})
+    return json_response({"userId": other, "blocked": True})
 
 
 @routes.delete(
@@ -193,7 +196,7 @@ async def unblock_user(request: web.Request) -> web.Response:
     identity = require_identity(request)
     other = request.match_info["user_id"]
     removed = await request.app[AIRWAVE].social.unblock(identity.user_id, other)
-    return web.json_response({"userId": other, "blocked": False, "removed": removed})
+    return json_response({"userId": other, "blocked": False, "removed": removed})
 
 
 # --------------------------------------------------------------------- matches
@@ -225,7 +228,7 @@ async def put_match(request: web.Request) -> web.Response:
         at = time.time()
         for me, other in ((user_a, user_b), (user_b, user_a)):
             await airwave.signaling.sio.emit("match:created", {"userId": other, "at": at}, room=user_room(me))
-    return web.json_response({"userA": user_a, "userB": user_b, "matched": True, "created": created})
+    return json_response({"userA": user_a, "userB": user_b, "matched": True, "created": created})
 
 
 @routes.delete(
@@ -237,7 +240,7 @@ async def put_match(request: web.Request) -> web.Response:
 async def delete_match(request: web.Request) -> web.Response:
     user_a, user_b = await _pair(request)
     removed = await request.app[AIRWAVE].social.unmatch(user_a, user_b)
-    return web.json_response({"userA": user_a, "userB": user_b, "matched": False, "removed": removed})
+    return json_response({"userA": user_a, "userB": user_b, "matched": False, "removed": removed})
 
 
 # ---------------------------------------------------------------------- wiring
@@ -245,6 +248,12 @@ async def delete_match(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     prefix = airwave.settings.redis_prefix
+    presence = airwave.services.get("presence")
+
+    async def callee_online(user_id: str) -> bool:
+        return presence is not None and await presence.sockets.count(user_id) > 0
+
+    webhooks: dict[str, Any] = {"outbox": airwave.services.get(OUTBOX_KEY), "is_online": callee_online}
     if airwave.redis is not None:  # deadlines, busy locks and grace counts shared by every node
         redis_timers = RedisTimers(airwave.redis, prefix, "calls")
         timers: TimerService = redis_timers
@@ -252,11 +261,12 @@ def install(airwave: Airwave, app: web.Application) -> None:
             airwave.db, airwave.bus, airwave.social, airwave.settings, timers,
             locks=RedisCallLocks(airwave.redis, prefix),
             party_sockets=RedisPartySockets(airwave.redis, prefix, airwave.node_id),
+            **webhooks,
         )
         app.on_startup.append(lambda app: _start_polling(redis_timers))
     else:
         timers = InProcessTimers()
-        calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers)
+        calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers, **webhooks)
     call_signaling = register_call_events(
         airwave.signaling, calls, airwave.media, airwave.ice, airwave.social, airwave.bus
     )

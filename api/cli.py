@@ -47,7 +47,14 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("airwave %s starting (%s)", airwave_version(), settings.env)
+    if settings.dev:
+        log.warning(
+            "airwave %s starting in DEVELOPMENT mode: anyone may take a demo token "
+            "(POST /api/v1/dev/token) with publish rights on every room and welcome coins; "
+            "never expose this node", airwave_version(),
+        )
+    else:
+        log.info("airwave %s starting in production mode (no demo sign-in)", airwave_version())
     for line in _describe(settings):
         log.info(line)
     # A worker's STUN server is the supervisor's.
@@ -67,7 +74,8 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
         log.info("listening on http://%s:%s/ (bound to %s)", shown_host, settings.port, settings.host)
     else:
         assert runner.server is not None
-        adopting = asyncio.get_running_loop().create_task(adopt_connections(worker_fd, runner.server))
+        adopting = loop.create_task(adopt_connections(worker_fd, runner.server))
+        adopting.add_done_callback(lambda task: _supervisor_gone(task, stop))
         log.info("worker %s serving http://%s:%s/", settings.node_id, shown_host, settings.port)
 
     await stop.wait()
@@ -79,8 +87,21 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
     log.info("stopped")
 
 
+SUPERVISOR_GONE_EXIT = 0.8  # seconds a worker whose supervisor died gets to wind down
+
+
+def _supervisor_gone(adopting: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """The supervisor's end of the channel closed (whatever killed it, SIGKILL too):
+    nobody hands us connections or restarts us. Stop, and exit within a second."""
+    if adopting.cancelled():
+        return  # our own shutdown
+    log.error("the supervisor is gone: this worker exits")
+    stop.set()
+    asyncio.get_running_loop().call_later(SUPERVISOR_GONE_EXIT, os._exit, 1)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    settings = _settings_from(args, host=args.host, port=args.port)
+    settings = _settings_from(args, host=args.host, port=args.port, dev=args.dev or None)
     from api.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
@@ -150,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int,
         help="node processes behind the one HTTP port (default: one per core with Redis, else 1)",
+    )
+    serve.add_argument(
+        "--dev", action="store_true",
+        help="development mode: demo sign-in for the web app (AIRWAVE_DEV); never on a public node",
     )
     serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)

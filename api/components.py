@@ -13,6 +13,7 @@ from aiohttp import web
 from auth import TokenService
 from config import Settings
 from rooms.bus import EventBus
+from rooms.rate_limit import RateLimits
 from rooms.social import SocialGraph
 from sfu import MediaEngine
 from signaling import Signaling
@@ -32,6 +33,7 @@ class Airwave:
     media: MediaEngine
     ice: IceServerProvider
     social: SocialGraph
+    limits: RateLimits
     redis: aioredis.Redis | None = None
     stun: StunServer | None = None
     node_id: str = ""

@@ -1,4 +1,4 @@
-"""Demo sign-in for the web app at ``/``, in the embedded default only.
+"""Demo sign-in for the web app at ``/``, in development mode only (``airwave serve --dev``).
 
 ``POST /api/v1/dev/token {name}`` mints a token for a new demo user (room
 ``*``, publish and subscribe, never admin), so that the pages work without an
@@ -7,9 +7,9 @@ open, for the Call page. When the gifts feature is installed, each new demo
 user gets a one-time welcome top-up of :data:`WELCOME_COINS` through the
 gifts feature's own ledger, so that a gift can be sent at once.
 
-None of these routes exist when ``AIRWAVE_ENV=production``: the table below
-adds itself to the router only in development (the OpenAPI document still
-describes them, marked development only).
+None of these routes exist unless development mode was asked for: the table
+below adds itself to the router only when ``settings.dev`` is set (the OpenAPI
+document still describes them, marked development only).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from aiohttp import web
 from api.auth_http import require_identity
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Grants
 
@@ -38,10 +38,10 @@ WALLET_SERVICE = "wallets"  # api/gifts.py WALLETS_KEY
 
 
 class DevelopmentRoutes(ApiRoutes):
-    """An ApiRoutes table that joins the router only when the server is not in production."""
+    """An ApiRoutes table that joins the router only in development mode (``--dev``)."""
 
     def add_to(self, app: web.Application) -> None:
-        if app[AIRWAVE].settings.embedded:
+        if app[AIRWAVE].settings.dev:
             super().add_to(app)
 
 
@@ -103,7 +103,7 @@ async def welcome_coins(airwave: Airwave, user_id: str) -> int:
 
 @routes.post(
     "/api/v1/dev/token",
-    summary="Development only (absent when AIRWAVE_ENV=production): a token for a new demo user",
+    summary="Development mode only (`airwave serve --dev`): a token for a new demo user",
     auth=False,
     request={"application/json": {
         "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}},
@@ -118,12 +118,12 @@ async def dev_token(request: web.Request) -> web.Response:
     token = airwave.tokens.mint(user_id, name=name, grants=DEMO_GRANTS, ttl=DEMO_TOKEN_TTL)
     coins = await welcome_coins(airwave, user_id)
     log.info("demo user %s (%s) signed in", user_id, name)
-    return web.json_response({"token": token, "userId": user_id, "name": name, "coins": coins})
+    return json_response({"token": token, "userId": user_id, "name": name, "coins": coins})
 
 
 @routes.get(
     "/api/v1/dev/online",
-    summary="Development only (absent when AIRWAVE_ENV=production): users with a socket open on this node",
+    summary="Development mode only (`airwave serve --dev`): users with a socket open on this node",
     responses={200: "everyone online but the caller", 401: "no token"},
     response_schema=ONLINE_SCHEMA,
 )
@@ -135,4 +135,4 @@ async def dev_online(request: web.Request) -> web.Response:
         if other.user_id != identity.user_id:
             users[other.user_id] = other.name or other.user_id
     listed = [{"userId": uid, "name": name} for uid, name in sorted(users.items(), key=lambda u: u[1].lower())]
-    return web.json_response({"users": listed})
+    return json_response({"users": listed})

@@ -34,8 +34,9 @@ import aiohttp
 from aiohttp import web
 
 from api.auth_http import require_identity
+from api.bodies import parse_json
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Grants, Identity
 from sfu import RoomNotLive, Session
@@ -325,14 +326,14 @@ async def call_media(request: web.Request) -> web.Response:
     require_node(request)
     airwave = request.app[AIRWAVE]
     try:
-        body = await request.json()
+        body = parse_json(await request.read())
     except ValueError:
         raise ApiError(400, "bad_request", "JSON body expected") from None
     if not isinstance(body, dict) or not isinstance(body.get("userId"), str):
         raise ApiError(400, "bad_request", "'userId' is required")
     signaling: CallSignaling = airwave.services["call_signaling"]
     reply = await signaling.local_media_request(request.match_info["call_id"], body["userId"], body)
-    return web.json_response(reply)
+    return json_response(reply)
 
 
 # ------------------------------------------------------------------------ wiring

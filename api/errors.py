@@ -39,6 +39,18 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def strict_dumps(value: object) -> str:
+    """JSON as RFC 8259 has it: NaN or Infinity raise rather than go out."""
+    return json.dumps(value, allow_nan=False)
+
+
+def json_response(
+    data: object, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """Every JSON answer of the API goes out through here."""
+    return web.json_response(data, status=status, headers=headers, dumps=strict_dumps)
+
+
 def error_response(
     request: web.Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
@@ -46,7 +58,7 @@ def error_response(
     body = {"status": status, "code": code, "message": message, "requestId": request_id}
     return web.Response(
         status=status,
-        text=json.dumps(body),
+        text=strict_dumps(body),
         content_type="application/json",
         headers=headers,
     )
@@ -83,6 +95,12 @@ async def error_middleware(
     request[REQUEST_ID_KEY] = request_id
     started = time.perf_counter()
     try:
+        try:
+            request.url  # noqa: B018 - a Host header yarl cannot parse fails here, not in a handler
+        except ValueError:
+            raise ApiError(400, "bad_host", "the Host header is not a host name") from None
+        if "\x00" in request.path or "\x00" in request.query_string or "%00" in request.raw_path:
+            raise ApiError(400, "bad_request", "NUL characters are not allowed in the path or query")
         response = await handler(request)
     except ApiError as exc:
         response = error_response(request, exc.status, exc.code, exc.message, exc.headers)

@@ -12,8 +12,9 @@ from aiohttp import web
 from api.auth_http import require_admin, require_identity
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
+from api.webhook_events import OUTBOX_KEY
 from rooms.gifts import GiftCatalog, GiftRefused, GiftService, SendGift
 from rooms.wallets import WalletLedger
 from signaling import gifts as gift_events
@@ -40,6 +41,8 @@ REFUSAL_STATUS: dict[str, int] = {
     "room_not_found": 404,
     "call_not_found": 404,
     "blocked": 403,
+    "banned": 403,
+    "not_member": 403,
     "not_receiver": 403,
     "not_call_party": 403,
     "insufficient_funds": 409,
@@ -109,7 +112,7 @@ TRANSACTIONS_SCHEMA = {
                 "type": "object",
                 "properties": {
                     "id": {"type": "string"},
-                    "kind": {"type": "string", "enum": ["gift", "topup"]},
+                    "kind": {"type": "string", "enum": ["gift", "topup", "refund", "chargeback", "payout", "payout_rejected"]},
                     "createdAt": {"type": "number"},
                     "details": {"type": "object"},
                     "entries": {
@@ -152,7 +155,7 @@ def _limit(request: web.Request, default: int, maximum: int = 100) -> int:
     raw = request.query.get("limit", "")
     if not raw:
         return default
-    if not raw.isdigit() or not (1 <= int(raw) <= maximum):
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not (1 <= int(raw) <= maximum):
         raise ApiError(422, "bad_limit", f"limit must be an integer from 1 to {maximum}")
     return int(raw)
 
@@ -172,7 +175,7 @@ async def list_gifts(request: web.Request) -> web.Response:
     include_inactive = request.query.get("includeInactive") in ("1", "true") and identity.is_admin
     gifts = await catalog.list(include_inactive=include_inactive)
     items = [{**g.as_json(), **({} if g.active else {"active": False})} for g in gifts]
-    return web.json_response({"gifts": items})
+    return json_response({"gifts": items})
 
 
 @routes.post(
@@ -190,7 +193,7 @@ async def create_gift(request: web.Request) -> web.Response:
         gift = await catalog.create(await json_object(request))
     except GiftRefused as exc:
         raise api_error(exc) from None
-    return web.json_response(gift.as_json(), status=201)
+    return json_response(gift.as_json(), status=201)
 
 
 @routes.patch(
@@ -208,7 +211,7 @@ async def update_gift(request: web.Request) -> web.Response:
         gift = await catalog.update(request.match_info["gift_id"], await json_object(request))
     except GiftRefused as exc:
         raise api_error(exc) from None
-    return web.json_response({**gift.as_json(), "active": gift.active})
+    return json_response({**gift.as_json(), "active": gift.active})
 
 
 @routes.delete(
@@ -249,12 +252,12 @@ async def send_gift(request: web.Request) -> web.Response:
     airwave = request.app[AIRWAVE]
     gifts, _, _ = _services(request)
     try:
-        sent = await gifts.send(identity.user_id, SendGift.parse(await json_object(request)))
+        sent = await gifts.send(identity, SendGift.parse(await json_object(request)))
     except GiftRefused as exc:
         raise api_error(exc) from None
     await gift_events.announce_gift(airwave.signaling, sent)
     headers = {"Idempotent-Replayed": "true"} if sent.replayed else None
-    return web.json_response(sent.as_json(), headers=headers)
+    return json_response(sent.as_json(), headers=headers)
 
 
 # ------------------------------------------------------------------------ wallet
@@ -269,7 +272,7 @@ async def send_gift(request: web.Request) -> web.Response:
 async def get_wallet(request: web.Request) -> web.Response:
     identity = require_identity(request)
     _, _, ledger = _services(request)
-    return web.json_response((await ledger.balance(identity.user_id)).as_json())
+    return json_response((await ledger.balance(identity.user_id)).as_json())
 
 
 @routes.get(
@@ -287,7 +290,7 @@ async def list_transactions(request: web.Request) -> web.Response:
         raise ApiError(422, "bad_before", "before is a transaction id from a previous page")
     items = await ledger.transactions(identity.user_id, before=before, limit=limit)
     next_before = items[-1]["id"] if len(items) == limit else None
-    return web.json_response({"transactions": items, "nextBefore": next_before})
+    return json_response({"transactions": items, "nextBefore": next_before})
 
 
 # ------------------------------------------------------------------------ leaderboards
@@ -300,13 +303,14 @@ async def list_transactions(request: web.Request) -> web.Response:
     response_schema=LEADERBOARD_SCHEMA,
 )
 async def room_leaderboard(request: web.Request) -> web.Response:
-    require_identity(request)
+    identity = require_identity(request)
     gifts, _, _ = _services(request)
     try:
+        await gifts.check_audience(identity, request.match_info["room_id"])
         entries = await gifts.room_leaderboard(request.match_info["room_id"], _limit(request, 10))
     except GiftRefused as exc:
         raise api_error(exc) from None
-    return web.json_response({"entries": entries})
+    return json_response({"entries": entries})
 
 
 @routes.get(
@@ -319,16 +323,20 @@ async def creator_leaderboard(request: web.Request) -> web.Response:
     require_identity(request)
     gifts, _, _ = _services(request)
     entries = await gifts.creator_leaderboard(request.match_info["user_id"], _limit(request, 10))
-    return web.json_response({"entries": entries})
+    return json_response({"entries": entries})
 
 
 # ------------------------------------------------------------------------ wiring
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    ledger = WalletLedger(airwave.db)
+    outbox = airwave.services.get(OUTBOX_KEY)  # api/webhook_events.py, installed before
+    ledger = WalletLedger(airwave.db, outbox)
     catalog = GiftCatalog(airwave.db, airwave.settings.gifts)
-    gifts = GiftService(airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share)
+    gifts = GiftService(
+        airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share,
+        airwave.services["rooms"], outbox,
+    )
     airwave.services[WALLETS_KEY] = ledger
     airwave.services[CATALOG_KEY] = catalog
     airwave.services[GIFTS_KEY] = gifts

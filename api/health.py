@@ -7,7 +7,7 @@ import asyncio
 from aiohttp import web
 
 from api.components import AIRWAVE
-from api.errors import REQUEST_ID_KEY
+from api.errors import REQUEST_ID_KEY, json_response
 from api.metrics import metrics
 from api.routing import ApiRoutes
 
@@ -16,7 +16,7 @@ routes = ApiRoutes("health")
 
 @routes.get("/health/liveness", summary="The process is up", auth=False)
 async def liveness(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 @routes.get(
@@ -55,7 +55,7 @@ async def readiness(request: web.Request) -> web.Response:
             requestId=request.get(REQUEST_ID_KEY, ""),
         )
         body["status"] = 503
-    return web.json_response(body, status=status)
+    return json_response(body, status=status)
 
 
 routes.get("/metrics", summary="Prometheus metrics", auth=False)(metrics)
@@ -63,4 +63,4 @@ routes.get("/metrics", summary="Prometheus metrics", auth=False)(metrics)
 
 @routes.get("/api/v1/openapi.json", summary="This document", auth=False)
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(request.app[AIRWAVE].openapi)
+    return json_response(request.app[AIRWAVE].openapi)

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from api.auth_http import require_identity
 from api.components import AIRWAVE, Airwave
+from api.errors import json_response
 from api.routing import ApiRoutes
 
 routes = ApiRoutes("ice")
@@ -48,6 +49,6 @@ def ice_servers_for(airwave: Airwave, user_id: str, request: web.Request) -> lis
 async def get_ice_servers(request: web.Request) -> web.Response:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
-    return web.json_response(
+    return json_response(
         {"iceServers": ice_servers_for(airwave, identity.user_id, request), "ttl": airwave.ice.ttl}
     )

@@ -3,11 +3,15 @@
 POST an SDP offer, get ``201 Created`` with the answer, a ``Location`` for the
 session (an unguessable id), a strong ``ETag`` and ``Link`` headers for the
 ICE servers. ``PATCH`` the session with ``application/trickle-ice-sdpfrag``
-to trickle candidates; ``DELETE`` ends it.
+to trickle candidates, or with new ICE credentials to restart ICE (RFC 9725
+section 4.4.1: ``200`` with the server's new credentials and candidates and a
+new ``ETag``; the session, its tracks and its DTLS association stay);
+``DELETE`` ends it.
 
-The session URL is the capability to PATCH or DELETE it (128 random bits, as
-RFC 9725 section 4.3 allows); a request that also carries a token must carry
-the owner's token or an admin's.
+A session created with a token is PATCHed and DELETEd with that same token
+(accepted after its ``exp``, so a long OBS stream can still end cleanly) or a
+valid token of its owner or an admin; an anonymous WHEP viewer's session URL is
+its capability alone (128 random bits, as RFC 9725 section 4.3 allows).
 
 Media events go on the bus, channel ``media``, for rooms/ to keep its rules:
 ``publisher_started``, ``publisher_ended``, ``subscriber_joined``,
@@ -30,9 +34,13 @@ from api.auth_http import bearer_token, require_identity
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.ice import request_host
+from api.limits import RETRY_AFTER_SECONDS as QUOTA_RETRY_AFTER
+from api.limits import MediaQuota, SessionLimitExceeded, client_address
 from api.routing import ApiRoutes
 from auth import Identity
+from rooms.rooms import RoomError
 from sfu import MediaError, Session, SessionNotFound, max_layer_value
+from sfu.sdp import write_ice_fragment
 from signaling import SignalError
 from signaling import media as socket_media
 
@@ -67,9 +75,12 @@ class SessionRecord:
     user_id: str
     etag: str
     remote_ufrag: str
+    token_id: str = ""  # the jti of the POST's token: revoking it ends the session
+    token_hash: str = ""  # sha256 of the POST's bearer token; "" for an anonymous WHEP viewer
 
 
 SESSIONS_KEY: web.AppKey[dict[str, SessionRecord]] = web.AppKey("whip_sessions", dict)
+QUOTA_KEY: web.AppKey[MediaQuota] = web.AppKey("media_quota", MediaQuota)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -113,6 +124,11 @@ def _ufrag(sdp: str) -> str:
     return match.group(1) if match else ""
 
 
+def _attribute(fragment: str, pattern: str) -> str:
+    match = re.search(pattern, fragment, flags=re.M)
+    return match.group(1) if match else ""
+
+
 def _etag(session: Session, ufrag: str) -> str:
     return '"' + hashlib.sha256(f"{session.id}:{ufrag}".encode()).hexdigest()[:32] + '"'
 
@@ -128,16 +144,52 @@ async def _room_is_public(airwave: Airwave, room: str) -> bool:
     return bool(value)
 
 
+async def room_door(airwave: Airwave, identity: Identity | None, room_id: str, role: str) -> None:
+    """The room's own rules at a media door, after the token's grant; RoomError when not.
+
+    A viewer (``role`` "subscribe") must be in the room's audience (rooms/rooms.py
+    ``audience_refusal``); a room the registry does not know (yet) has no rules
+    beyond the grant. A publisher must be the room's owner, an admin, or hold a
+    token naming this very room; an unknown room id is published into (and so
+    created, owned by the publisher) only with such a token: a wildcard publish
+    grant cannot take a room id nobody created."""
+    registry = airwave.services.get("rooms")
+    if registry is None:
+        return
+    room = await registry.get(room_id)
+    if role == "subscribe":
+        refusal = await registry.audience_refusal(room, identity) if room is not None else None
+        if refusal is not None:
+            raise refusal
+        return
+    assert identity is not None  # publishing always takes a token
+    if identity.is_admin or identity.grants.room == room_id:
+        return
+    if room is None:
+        raise RoomError(
+            "not_found", "room_not_found",
+            f"no room {room_id!r}: create it first (POST /api/v1/rooms) or use a token naming it",
+        )
+    if room.owner_id != identity.user_id:
+        raise RoomError("forbidden", "not_owner", "only the room's owner publishes into it")
+
+
 async def _authorize(request: web.Request, kind: str, room: str) -> Identity | None:
     airwave = request.app[AIRWAVE]
+    identity: Identity | None = None
     if kind == "whep" and bearer_token(request) is None and airwave.settings.whep_public:
-        if await _room_is_public(airwave, room):
-            return None  # anonymous viewer of a public room
-    identity = require_identity(request)
-    allowed = identity.can_publish(room) if kind == "whip" else identity.can_subscribe(room)
-    if not allowed:
-        grant = "publish" if kind == "whip" else "subscribe"
-        raise ApiError(403, "forbidden", f"the token does not grant {grant} for room {room!r}")
+        if not await _room_is_public(airwave, room):
+            require_identity(request)  # 401: this room is not open to anonymous viewers
+    else:
+        identity = require_identity(request)
+        allowed = identity.can_publish(room) if kind == "whip" else identity.can_subscribe(room)
+        if not allowed:
+            grant = "publish" if kind == "whip" else "subscribe"
+            raise ApiError(403, "forbidden", f"the token does not grant {grant} for room {room!r}")
+    try:
+        await room_door(airwave, identity, room, "publish" if kind == "whip" else "subscribe")
+    except RoomError as exc:
+        raise ApiError(404 if exc.kind == "not_found" else 403, exc.code, exc.message) from None
     return identity
 
 
@@ -178,17 +230,29 @@ async def _create(request: web.Request, kind: str) -> web.Response:
             raise ApiError(400, "bad_request", str(exc)) from None
     offer = await _read_sdp(request, SDP)
     owner = identity.user_id if identity else ""
+    quota = request.app[QUOTA_KEY]
+    # Admins (and so edge nodes pulling a room) are not held to the per-user limits.
+    exempt = identity is not None and identity.is_admin
+    address = "" if exempt else client_address(request, airwave.settings)
     try:
-        if kind == "whip":
-            session = await airwave.media.publish(room, offer, owner=owner)
-        else:
-            await local_copy(airwave, room)
-            session = await airwave.media.subscribe(room, offer, owner=owner)
-            if max_layer is not None:
-                airwave.media.set_max_layer(session.id, max_layer)
+        with quota.reserve("" if exempt else owner, address):
+            if kind == "whip":
+                session = await airwave.media.publish(room, offer, owner=owner)
+            else:
+                await local_copy(airwave, room)
+                session = await airwave.media.subscribe(room, offer, owner=owner)
+                if max_layer is not None:
+                    airwave.media.set_max_layer(session.id, max_layer)
+    except SessionLimitExceeded as exc:
+        raise ApiError(429, exc.code, exc.message, headers={"Retry-After": str(QUOTA_RETRY_AFTER)}) from None
     except MediaError as exc:
         raise media_error(exc) from None
-    record = SessionRecord(session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer))
+    quota.opened(session.id, "" if exempt else owner, address)
+    token = bearer_token(request)
+    record = SessionRecord(
+        session, kind, owner, _etag(session, _ufrag(offer)), _ufrag(offer),
+        identity.token_id if identity else "", _token_hash(token) if token else "",
+    )
     request.app[SESSIONS_KEY][session.id] = record
     if kind == "whep" and not _is_node(owner):
         await announce(airwave, "subscriber_joined", session)
@@ -213,11 +277,22 @@ def _record(request: web.Request, kind: str) -> SessionRecord:
     record = request.app[SESSIONS_KEY].get(request.match_info["session"])
     if record is None or record.kind != kind or record.session.room != request.match_info["room"]:
         raise ApiError(404, "session_not_found", "no such session")
-    if bearer_token(request) is not None:
+    token = bearer_token(request)
+    if record.token_hash and token is None:
+        raise ApiError(
+            401, "missing_token", "this session was created with a token: send it (or a fresh one of yours)",
+            headers={"WWW-Authenticate": 'Bearer realm="airwave"'},
+        )
+    if token is not None and _token_hash(token) != record.token_hash:
+        # Not the POST's token (which still works after its exp): a valid one of the owner or an admin.
         identity = require_identity(request)
         if identity.user_id != record.user_id and not identity.is_admin:
             raise ApiError(403, "forbidden", "this session belongs to someone else")
     return record
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 async def _patch(request: web.Request, kind: str) -> web.Response:
@@ -227,12 +302,11 @@ async def _patch(request: web.Request, kind: str) -> web.Response:
         raise ApiError(412, "precondition_failed", "If-Match does not match the session's ETag")
     fragment = await _read_sdp(request, SDPFRAG)
     ufrag = _ufrag(fragment)
-    if ufrag and ufrag != record.remote_ufrag:
-        # aiortc's ICE agent cannot restart; the session keeps running as it is.
-        raise ApiError(422, "ice_restart_unsupported", "ICE restart is not supported by this server")
-    airwave = request.app[AIRWAVE]
     lines = [line.strip() for line in fragment.splitlines()]
     candidates = [line[2:] for line in lines if line.startswith("a=candidate:")]
+    if ufrag and ufrag != record.remote_ufrag:
+        return await _restart(request, record, if_match, ufrag, fragment, candidates)
+    airwave = request.app[AIRWAVE]
     try:
         for candidate in candidates:
             await airwave.media.add_remote_candidate(record.session.id, candidate)
@@ -243,6 +317,48 @@ async def _patch(request: web.Request, kind: str) -> web.Response:
     response = web.Response(status=204)
     response.headers["ETag"] = record.etag
     _add_cors(request, response)
+    return response
+
+
+async def _restart(
+    request: web.Request,
+    record: SessionRecord,
+    if_match: str | None,
+    ufrag: str,
+    fragment: str,
+    candidates: list[str],
+) -> web.Response:
+    """ICE restart (RFC 9725 section 4.4.1): new credentials in, ours out."""
+    if if_match is None:
+        raise ApiError(428, "precondition_required", "an ICE restart needs If-Match: \"*\"")
+    pwd = _attribute(fragment, r"^a=ice-pwd:(\S+)")
+    if not pwd:
+        raise ApiError(400, "bad_sdp", "an ICE restart needs a=ice-ufrag and a=ice-pwd")
+    if re.search(r"^a=end-of-candidates\s*$", fragment, flags=re.M):
+        candidates = [*candidates, "end-of-candidates"]
+    session = record.session
+    try:
+        parameters, ours = await request.app[AIRWAVE].media.restart_ice(
+            session.id, ufrag, pwd, candidates
+        )
+    except MediaError as exc:
+        error = media_error(exc)
+        if exc.status == 429:
+            error.headers["Retry-After"] = "1"
+        raise error from None
+    record.remote_ufrag = ufrag
+    record.etag = _etag(session, ufrag)
+    first = session.lines[0].media if session.lines else None
+    body = write_ice_fragment(
+        parameters,
+        ours,
+        kind=_attribute(fragment, r"^m=(\w+) ") or (first.kind if first else "audio"),
+        mid=_attribute(fragment, r"^a=mid:(\S+)") or (first.mid if first else "0"),
+    )
+    response = web.Response(status=200, body=body.encode(), headers={"Content-Type": SDPFRAG})
+    response.headers["ETag"] = record.etag
+    _add_cors(request, response)
+    log.info("%s session %s restarted ICE", record.kind, session.id)
     return response
 
 
@@ -299,21 +415,27 @@ async def whep_create(request: web.Request) -> web.Response:
 
 
 _PATCH_RESPONSES = {
+    200: "ICE restarted: the server's new credentials and candidates, a new ETag",
     204: "candidates added",
+    400: "malformed fragment or candidate",
+    401: "an ICE restart without the owner's token",
+    403: "another user's token",
     404: "no such session",
+    409: "the session cannot restart ICE now (not connected yet)",
     412: "If-Match does not match",
     415: "wrong content type",
-    422: "ICE restart is not supported",
+    428: "an ICE restart without If-Match",
+    429: "a second ICE restart within a second",
 }
 
 
-@routes.patch(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE",
+@routes.patch(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whip_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whip")
 
 
-@routes.patch(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE",
+@routes.patch(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whep_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whep")
@@ -346,6 +468,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
     sessions: dict[str, SessionRecord] = {}
     app[SESSIONS_KEY] = sessions
     engine = airwave.media
+    quota = app[QUOTA_KEY] = MediaQuota(engine, airwave.settings)
 
     async def announce_session(event: str, session: Session) -> None:
         await announce(airwave, event, session)
@@ -356,8 +479,16 @@ def install(airwave: Airwave, app: web.Application) -> None:
         except ApiError as exc:  # the origin refused or is unreachable
             raise SignalError(exc.code, exc.message) from None
 
+    async def admit(identity: Identity, room: str, role: str) -> None:
+        try:
+            await room_door(airwave, identity, room, role)
+            if not identity.is_admin:
+                quota.check(identity.user_id, "")
+        except (RoomError, SessionLimitExceeded) as exc:
+            raise SignalError(exc.code, exc.message) from None
+
     socket_sessions = socket_media.register(
-        airwave.signaling, engine, airwave.bus, announce_session, prepare_subscribe
+        airwave.signaling, engine, airwave.bus, announce_session, prepare_subscribe, admit
     )
 
     async def publisher_started(room: str, session: Session) -> None:
@@ -368,6 +499,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
 
     async def session_closed(session: Session, reason: str) -> None:
         sessions.pop(session.id, None)
+        quota.closed(session.id)
         socket_sessions.forget(session.id)
         if session.role == "subscriber" and not _is_node(session.owner):
             await announce(airwave, "subscriber_left", session, reason=reason)

@@ -6,8 +6,17 @@ Other packages define their own ``airwave_*`` metrics in the default registry;
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 HTTP_REQUESTS = Counter(
     "airwave_http_requests_total", "HTTP requests by method, route and status", ["method", "route", "status"]
@@ -40,7 +49,11 @@ def with_node_label(text: str, node: str) -> str:
 NODE_KEY: web.AppKey[str] = web.AppKey("node_id", str)
 
 
+ASYNCIO_TASKS = Gauge("airwave_asyncio_tasks", "asyncio tasks alive in this process (read at each scrape)")
+
+
 async def metrics(request: web.Request) -> web.Response:
+    ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
     text = generate_latest(REGISTRY).decode()
     body = with_node_label(text, request.app[NODE_KEY]).encode()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from api.auth_http import require_admin
 from api.components import AIRWAVE, Airwave
+from api.errors import json_response
 from api.routing import ApiRoutes
 
 log = logging.getLogger("airwave.nodes")
@@ -108,7 +109,7 @@ STARTED_KEY: web.AppKey[float] = web.AppKey("node_started_at", float)
 async def list_nodes(request: web.Request) -> web.Response:
     require_admin(request)
     airwave = request.app[AIRWAVE]
-    return web.json_response({"nodes": await live_nodes(airwave, request.app[STARTED_KEY])})
+    return json_response({"nodes": await live_nodes(airwave, request.app[STARTED_KEY])})
 
 
 def install(airwave: Airwave, app: web.Application) -> None:

@@ -14,7 +14,8 @@ from aiohttp import web
 from api.auth_http import require_identity
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, json_response
+from api.limits import check_rate
 from api.routing import ApiRoutes
 from auth import Identity
 from rooms.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
@@ -87,25 +88,27 @@ def _signals(request: web.Request) -> RoomSignals:
     return request.app[AIRWAVE].services["room_signals"]
 
 
+MAX_INT_PARAM = 2**31 - 1
+
+
 def _int_param(request: web.Request, name: str, default: int | None = None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = int(raw) if raw.isascii() and len(raw) <= 12 else -1
     except ValueError:
         raise ApiError(400, f"bad_{name}", f"{name} must be an integer") from None
-    if value < 0:
-        raise ApiError(400, f"bad_{name}", f"{name} must not be negative")
+    if not 0 <= value <= MAX_INT_PARAM:
+        raise ApiError(400, f"bad_{name}", f"{name} must be an integer from 0 to {MAX_INT_PARAM}")
     return value
 
 
 async def _viewable_room(request: web.Request, identity: Identity) -> Any:
-    registry = _registry(request)
-    room = await registry.get(request.match_info["id"])
-    if room is None or not await registry.may_view(room, identity):
-        raise ApiError(404, "room_not_found", f"no room {request.match_info['id']!r}")
-    return room
+    try:
+        return await _registry(request).admit(request.match_info["id"], identity)
+    except RoomError:  # not yours to see: as if there were no such room
+        raise ApiError(404, "room_not_found", f"no room {request.match_info['id']!r}") from None
 
 
 def _room_settings(body: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +133,7 @@ def _room_settings(body: dict[str, Any]) -> dict[str, Any]:
 )
 async def create_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
+    await check_rate(request.app[AIRWAVE].limits, "actions", identity.user_id)
     body = await json_object(request)
     settings = _room_settings(body)
     registry = _registry(request)
@@ -144,7 +148,7 @@ async def create_room(request: web.Request) -> web.Response:
         )
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response(await registry.to_json(room), status=201)
+    return json_response(await registry.to_json(room), status=201)
 
 
 @routes.get(
@@ -162,7 +166,7 @@ async def list_rooms(request: web.Request) -> web.Response:
         rooms, next_offset = await _registry(request).list(request.query.get("status", "live"), limit, offset)
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response({"rooms": rooms, "nextCursor": str(next_offset) if next_offset else None})
+    return json_response({"rooms": rooms, "nextCursor": str(next_offset) if next_offset else None})
 
 
 @routes.get(
@@ -171,7 +175,7 @@ async def list_rooms(request: web.Request) -> web.Response:
 )
 async def get_room(request: web.Request) -> web.Response:
     room = await _viewable_room(request, require_identity(request))
-    return web.json_response(await _registry(request).to_json(room))
+    return json_response(await _registry(request).to_json(room))
 
 
 @routes.patch(
@@ -188,7 +192,7 @@ async def patch_room(request: web.Request) -> web.Response:
         room = await registry.patch(request.match_info["id"], identity, changes)
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response(await registry.to_json(room))
+    return json_response(await registry.to_json(room))
 
 
 @routes.post(
@@ -202,7 +206,7 @@ async def end_room(request: web.Request) -> web.Response:
         room = await registry.end(request.match_info["id"], identity)
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response(await registry.to_json(room))
+    return json_response(await registry.to_json(room))
 
 
 @routes.get(
@@ -227,7 +231,7 @@ async def participants(request: web.Request) -> web.Response:
     if room.owner_id:
         people[room.owner_id] = "owner"
     listing = [{"userId": u, "role": r} for u, r in sorted(people.items())]
-    return web.json_response({"participants": listing, "anonymousViewers": anonymous})
+    return json_response({"participants": listing, "anonymousViewers": anonymous})
 
 
 @routes.post(
@@ -242,7 +246,7 @@ async def kick(request: web.Request) -> web.Response:
         until = await _registry(request).kick(request.match_info["id"], identity, user_id)
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response({"roomId": request.match_info["id"], "userId": user_id, "bannedUntil": until})
+    return json_response({"roomId": request.match_info["id"], "userId": user_id, "bannedUntil": until})
 
 
 @routes.post(
@@ -258,7 +262,7 @@ async def add_member(request: web.Request) -> web.Response:
         await _registry(request).add_member(request.match_info["id"], identity, user_id)
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response({"roomId": request.match_info["id"], "userId": user_id})
+    return json_response({"roomId": request.match_info["id"], "userId": user_id})
 
 
 @routes.delete(
@@ -273,7 +277,7 @@ async def remove_member(request: web.Request) -> web.Response:
         )
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response({"removed": removed})
+    return json_response({"removed": removed})
 
 
 # ---------------------------------------------------------------------------- chat
@@ -300,7 +304,7 @@ async def messages(request: web.Request) -> web.Response:
         )
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response({"messages": [m.to_history() for m in page]})
+    return json_response({"messages": [m.to_history() for m in page]})
 
 
 @routes.delete(
@@ -317,7 +321,7 @@ async def delete_message(request: web.Request) -> web.Response:
         raise _api_error(exc) from None
     payload = {"roomId": room.id, "id": message_id}
     await _signals(request).deliver(room, "chat:deleted", payload)
-    return web.json_response(payload)
+    return json_response(payload)
 
 
 @routes.post(
@@ -334,7 +338,7 @@ async def open_chat(request: web.Request) -> web.Response:
         room, created = await _chat(request).open_direct(identity, body.get("userId"))
     except RoomError as exc:
         raise _api_error(exc) from None
-    return web.json_response(await _registry(request).to_json(room), status=201 if created else 200)
+    return json_response(await _registry(request).to_json(room), status=201 if created else 200)
 
 
 # ------------------------------------------------------------------------ presence
@@ -342,16 +346,18 @@ async def open_chat(request: web.Request) -> web.Response:
 
 @routes.get(
     "/api/v1/users/{id}/presence", summary="Whether a user is online, and when they were last seen",
-    responses={200: "{userId, online, lastSeen}", 404: "unknown user"},
+    responses={200: "{userId, online, lastSeen}", 404: "unknown user, or not a contact of the caller"},
     response_schema={"type": "object", "properties": {
         "userId": {"type": "string"}, "online": {"type": "boolean"}, "lastSeen": {"type": ["number", "null"]}}},
 )
 async def presence(request: web.Request) -> web.Response:
-    require_identity(request)
-    status = await request.app[AIRWAVE].services["presence"].status(request.match_info["id"])
-    if status is None:
+    identity = require_identity(request)
+    presence_service = request.app[AIRWAVE].services["presence"]
+    user_id = request.match_info["id"]
+    status = await presence_service.status(user_id)
+    if status is None or not await presence_service.may_see(identity, user_id):  # strangers: 404
         raise ApiError(404, "user_not_found", f"no user {request.match_info['id']!r}")
-    return web.json_response(status.to_json())
+    return json_response(status.to_json())
 
 
 # -------------------------------------------------------------------------- wiring

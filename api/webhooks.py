@@ -1,7 +1,10 @@
-"""POST /api/v1/webhooks/topup: coins bought in the app, signed by its payment backend.
+"""POST /api/v1/webhooks/topup and /refund: coins bought in the app, and refunds or
+chargebacks of them, signed by its payment backend.
 
 Headers ``X-Airwave-Timestamp: <unix seconds>`` and
-``X-Airwave-Signature: sha256=<hex HMAC-SHA256(webhook_secret, "<timestamp>.<raw body>")>``.
+``X-Airwave-Signature: sha256=<hex HMAC-SHA256(webhook_secret, "<timestamp>.<raw body>")>``;
+while the secret rotates, ``sha256=<a>,sha256=<b>`` (any one matching
+``webhook_secret`` or ``webhook_secret_previous`` is enough).
 The timestamp must be within five minutes of our clock; the signature is
 compared in constant time over the raw bytes received. Each ``eventId`` is
 applied once: a replay answers 200 with the first result and credits nothing.
@@ -10,26 +13,25 @@ See docs/webhooks.md.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import time
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import Counter
 
-from api.components import AIRWAVE
-from api.errors import ApiError
+from api.bodies import parse_json
+from api.components import AIRWAVE, Airwave
+from api.errors import ApiError, json_response
 from api.gifts import WALLETS_KEY
 from api.routing import ApiRoutes
+from rooms.payouts import REFUND_KINDS, MoneyRefused, Refunds
 from rooms.wallets import TopupConflict, WalletLedger
+from webhooks.signing import signature_matches
 
 routes = ApiRoutes("webhooks")
 
 TIMESTAMP_HEADER = "X-Airwave-Timestamp"
 SIGNATURE_HEADER = "X-Airwave-Signature"
-SIGNATURE_SCHEME = "sha256="
 MAX_SKEW_SECONDS = 300
 MAX_BODY_BYTES = 16 * 1024
 MAX_TOPUP_COINS = 1_000_000_000
@@ -38,6 +40,10 @@ WEBHOOK_REFUSALS = Counter(
     "airwave_webhook_refusals", "Top-up webhooks refused, by reason", ["reason"]
 )
 TOPUP_COINS = Counter("airwave_topup_coins", "Coins credited by top-up webhooks")
+REFUND_COINS = Counter(
+    "airwave_refund_coins", "Coins taken back by refund and chargeback webhooks, by outcome", ["booked"]
+)
+REFUNDS_KEY = "refunds"
 
 
 class WebhookRejected(ApiError):
@@ -46,35 +52,54 @@ class WebhookRejected(ApiError):
         WEBHOOK_REFUSALS.labels(code).inc()
 
 
-def expected_signature(secret: str, timestamp: str, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return SIGNATURE_SCHEME + mac.hexdigest()
-
-
-def verify_signature(secret: str, timestamp: str, signature: str, body: bytes, now: float) -> None:
-    """Raise WebhookRejected (401) unless the request is fresh and signed with ``secret``."""
+def verify_signature(
+    secrets: tuple[str, ...], timestamp: str, signature: str, body: bytes, now: float
+) -> None:
+    """Raise WebhookRejected (401) unless the request is fresh and signed with one of ``secrets``."""
     if not timestamp or not signature:
         raise WebhookRejected(
             401, "missing_signature", f"{TIMESTAMP_HEADER} and {SIGNATURE_HEADER} are required"
         )
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise WebhookRejected(401, "bad_timestamp", f"{TIMESTAMP_HEADER} must be unix seconds")
     if abs(now - int(timestamp)) > MAX_SKEW_SECONDS:
         raise WebhookRejected(
             401, "stale_timestamp",
             f"{TIMESTAMP_HEADER} is more than {MAX_SKEW_SECONDS} s from the server's clock",
         )
-    expected = expected_signature(secret, timestamp, body)
-    if not hmac.compare_digest(expected.encode(), signature.strip().lower().encode()):
+    if not signature_matches(secrets, timestamp, signature, body):
         raise WebhookRejected(
             401, "bad_signature",
             f"{SIGNATURE_HEADER} is not sha256=HMAC-SHA256(secret, \"<timestamp>.<raw body>\")",
         )
 
 
+async def signed_body(request: web.Request) -> bytes:
+    """The raw body, once its size, freshness and signature are checked."""
+    settings = request.app[AIRWAVE].settings
+    if not settings.webhook_secret:
+        raise WebhookRejected(
+            503, "webhook_not_configured",
+            "AIRWAVE_WEBHOOK_SECRET is not set, so no webhook can be verified; nothing was applied",
+        )
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise WebhookRejected(413, "payload_too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+    body = await request.read()
+    if len(body) > MAX_BODY_BYTES:
+        raise WebhookRejected(413, "payload_too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
+    verify_signature(
+        (settings.webhook_secret, settings.webhook_secret_previous),
+        request.headers.get(TIMESTAMP_HEADER, "").strip(),
+        request.headers.get(SIGNATURE_HEADER, ""),
+        body,
+        time.time(),
+    )
+    return body
+
+
 def _parse_event(body: bytes) -> tuple[str, str, int]:
     try:
-        data: Any = json.loads(body)
+        data: Any = parse_json(body)
     except ValueError:
         raise WebhookRejected(400, "bad_json", "the body must be JSON") from None
     if not isinstance(data, dict):
@@ -129,24 +154,7 @@ TOPUP_RESULT_SCHEMA = {
 )
 async def topup_webhook(request: web.Request) -> web.Response:
     airwave = request.app[AIRWAVE]
-    secret = airwave.settings.webhook_secret
-    if not secret:
-        raise WebhookRejected(
-            503, "webhook_not_configured",
-            "AIRWAVE_WEBHOOK_SECRET is not set, so no top-up can be verified; nothing was credited",
-        )
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise WebhookRejected(413, "payload_too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
-    body = await request.read()
-    if len(body) > MAX_BODY_BYTES:
-        raise WebhookRejected(413, "payload_too_large", f"the body is limited to {MAX_BODY_BYTES} bytes")
-    verify_signature(
-        secret,
-        request.headers.get(TIMESTAMP_HEADER, "").strip(),
-        request.headers.get(SIGNATURE_HEADER, ""),
-        body,
-        time.time(),
-    )
+    body = await signed_body(request)
     event_id, user_id, coins = _parse_event(body)
     ledger: WalletLedger = airwave.services[WALLETS_KEY]
     try:
@@ -154,6 +162,72 @@ async def topup_webhook(request: web.Request) -> web.Response:
     except TopupConflict as exc:
         raise WebhookRejected(409, exc.code, str(exc)) from None
     if topup.replayed:
-        return web.json_response(topup.as_json(), headers={"Idempotent-Replayed": "true"})
+        return json_response(topup.as_json(), headers={"Idempotent-Replayed": "true"})
     TOPUP_COINS.inc(coins)
-    return web.json_response(topup.as_json())
+    return json_response(topup.as_json())
+
+
+REFUND_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["eventId", "userId", "coins", "kind"],
+    "properties": {
+        "eventId": {"type": "string", "description": "unique per refund or chargeback; applied once"},
+        "userId": {"type": "string"},
+        "coins": {"type": "integer", "minimum": 1, "description": "the coins the payment bought"},
+        "kind": {"type": "string", "enum": list(REFUND_KINDS)},
+    },
+}
+REFUND_RESULT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "transferId": {"type": "string"},
+        "kind": {"type": "string", "enum": list(REFUND_KINDS)},
+        "eventId": {"type": "string"},
+        "userId": {"type": "string"},
+        "coins": {"type": "integer"},
+        "recovered": {"type": "integer", "description": "taken from the user's coins"},
+        "loss": {"type": "integer", "description": "booked to platform:losses (already spent)"},
+        "balance": {"type": "integer", "description": "the user's coins right after"},
+        "createdAt": {"type": "number"},
+    },
+}
+
+
+@routes.post(
+    "/api/v1/webhooks/refund",
+    summary="Take back coins of a refunded or charged-back payment (HMAC-signed; see docs/gifts.md)",
+    auth=False,
+    request={"application/json": REFUND_EVENT_SCHEMA},
+    responses={
+        200: "applied, or a replayed eventId (the first result; header Idempotent-Replayed)",
+        400: "not JSON",
+        401: "missing or bad signature, or a timestamp more than 5 minutes off",
+        409: "the eventId was applied before as another refund",
+        413: "body too large",
+        422: "bad fields",
+        503: "AIRWAVE_WEBHOOK_SECRET is not set: every refund is refused",
+    },
+    response_schema=REFUND_RESULT_SCHEMA,
+)
+async def refund_webhook(request: web.Request) -> web.Response:
+    airwave = request.app[AIRWAVE]
+    body = await signed_body(request)
+    event_id, user_id, coins = _parse_event(body)
+    kind = parse_json(body).get("kind")
+    if kind not in REFUND_KINDS:
+        raise WebhookRejected(422, "bad_event", f"kind must be one of {', '.join(REFUND_KINDS)}")
+    refunds: Refunds = airwave.services[REFUNDS_KEY]
+    try:
+        refund = await refunds.take_back(kind, event_id, user_id, coins)
+    except MoneyRefused as exc:
+        status = 409 if exc.code == "event_id_reused" else 503
+        raise WebhookRejected(status, exc.code, exc.message) from None
+    if refund.replayed:
+        return json_response(refund.as_json(), headers={"Idempotent-Replayed": "true"})
+    REFUND_COINS.labels("recovered").inc(refund.recovered)
+    REFUND_COINS.labels("loss").inc(refund.loss)
+    return json_response(refund.as_json())
+
+
+def install(airwave: Airwave, app: web.Application) -> None:
+    airwave.services[REFUNDS_KEY] = Refunds(airwave.db, airwave.services[WALLETS_KEY])

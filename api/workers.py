@@ -10,7 +10,9 @@ flows straight between client and worker; the supervisor only accepts.
 Each worker is a whole airwave node (``airwave serve --worker-fd FD``) with
 its own node id, its own slice of ``AIRWAVE_UDP_PORTS`` and the shared Redis
 and PostgreSQL. The supervisor also runs the embedded STUN server, once for
-the machine. It restarts a worker that dies, and on SIGTERM/SIGINT passes the
+the machine. Worker 0 alone runs the RTMP ingest (``AIRWAVE_RTMP_PORT``:
+RTMP connections are few and long, one process takes them). It restarts a
+worker that dies, and on SIGTERM/SIGINT passes the
 signal on, waits for every worker to drain and exit, and exits 0.
 """
 
@@ -66,14 +68,21 @@ class Supervisor:
         self.slices = udp_slices(settings.udp_ports, workers)
         self.stopping = False
 
-    def _spawn(self, worker: Worker) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    def environment(self, worker: Worker) -> dict[str, str]:
+        """A worker's environment: its node id, its UDP slice; the RTMP port for worker 0 only."""
         env = dict(os.environ)
         base = self.settings.node_id or f"{socket.gethostname()}:{self.settings.port}"
         env["AIRWAVE_NODE_ID"] = f"{base}/{worker.index}"
         udp = self.slices[worker.index]
         if udp is not None:
             env["AIRWAVE_UDP_PORTS"] = f"{udp[0]}-{udp[1]}"
+        if worker.index != 0:
+            env["AIRWAVE_RTMP_PORT"] = "0"  # worker 0 owns the RTMP ingest's port
+        return env
+
+    def _spawn(self, worker: Worker) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = self.environment(worker)
         command = [sys.executable, "-m", "api.cli", "serve", "--worker-fd", str(child.fileno()),
                    "--host", self.settings.host, "--port", str(self.settings.port)]
         if self.config_file:
@@ -130,10 +139,7 @@ class Supervisor:
         listener.bind((self.settings.host, self.settings.port))
         listener.listen(1024)
         listener.setblocking(False)
-        stun: StunServer | None = None
-        if self.settings.stun_port:
-            stun = StunServer.from_settings(self.settings)
-            await stun.start("::", self.settings.stun_port)
+        stun = await StunServer.start_embedded(self.settings)
         for worker in self.workers:
             self._spawn(worker)
         log.info("supervising %d workers on http://%s:%s/", len(self.workers), self.settings.host,

@@ -1,5 +1,5 @@
 """Access tokens (JWT): claims, grants, verify, mint."""
 
-from auth.tokens import Grants, Identity, TokenError, TokenService
+from auth.tokens import Grants, Identity, RevocationList, TokenError, TokenService
 
-__all__ = ["Grants", "Identity", "TokenError", "TokenService"]
+__all__ = ["Grants", "Identity", "RevocationList", "TokenError", "TokenService"]

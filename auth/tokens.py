@@ -1,13 +1,16 @@
 """Access tokens: JWT with a pinned algorithm.
 
-Claims: ``sub`` (user id), ``name``, ``exp``, ``iat`` and ``grants``::
+Claims: ``sub`` (user id), ``name``, ``exp``, ``iat``, ``jti`` (the token's id,
+for revocation; minted tokens always carry one) and ``grants``::
 
     {"room": "r1" | "*", "publish": bool, "subscribe": bool, "admin": bool}
 
 HS256 with a shared secret by default. RS256/ES256 verify with a PEM public
 key or a JWKS file, for apps whose own auth service signs the tokens. The
 verifier accepts exactly the configured algorithm: ``alg: none``, another
-algorithm, a bad signature or an expired token are refused.
+algorithm, a bad signature or an expired token are refused, and so is a token
+of a suspended user or a revoked token id (:class:`RevocationList`, kept in step
+across nodes by api/revocation.py).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class Identity:
     name: str = ""
     grants: Grants = field(default_factory=Grants)
     expires_at: float = 0.0
+    token_id: str = ""  # the jti claim; empty for a token without one
 
     @property
     def is_admin(self) -> bool:
@@ -94,11 +98,27 @@ class Identity:
         return self.grants.admin or (self.grants.subscribe and self.grants.covers(room))
 
 
+class RevocationList:
+    """Suspended users and revoked token ids, in memory (api/revocation.py loads and syncs it)."""
+
+    def __init__(self) -> None:
+        self.suspended_users: set[str] = set()
+        self.revoked_tokens: set[str] = set()
+
+    def refusal(self, identity: Identity) -> TokenError | None:
+        if identity.user_id in self.suspended_users:
+            return TokenError("suspended", "this user is suspended")
+        if identity.token_id and identity.token_id in self.revoked_tokens:
+            return TokenError("token_revoked", "this token was revoked")
+        return None
+
+
 class TokenService:
     """Verifies tokens, and mints them when it holds the signing key."""
 
     def __init__(self, settings: Settings) -> None:
         self.algorithm = settings.jwt_algorithm
+        self.revocations = RevocationList()
         self._signing_key: Any = None
         self._verify_keys: dict[str | None, Any] = {}
         if self.algorithm == "HS256":
@@ -146,12 +166,18 @@ class TokenService:
         if not isinstance(sub, str) or not sub or len(sub) > 128:
             raise TokenError("invalid_token", "sub must be a non-empty string of at most 128 characters")
         name = claims.get("name", "")
-        return Identity(
+        jti = claims.get("jti", "")
+        identity = Identity(
             user_id=sub,
             name=name if isinstance(name, str) else "",
             grants=Grants.from_claim(claims.get("grants")),
             expires_at=float(claims["exp"]),
+            token_id=jti if isinstance(jti, str) and len(jti) <= 128 else "",
         )
+        refusal = self.revocations.refusal(identity)
+        if refusal is not None:
+            raise refusal
+        return identity
 
     def mint(
         self,
@@ -165,7 +191,9 @@ class TokenService:
         if self._signing_key is None:
             raise TokenError("no_signing_key", f"no private key configured to sign {self.algorithm}")
         now = int(time.time())
-        claims: dict[str, Any] = {"sub": user_id, "iat": now, "exp": now + int(ttl)}
+        claims: dict[str, Any] = {
+            "sub": user_id, "iat": now, "exp": now + int(ttl), "jti": secrets.token_hex(12),
+        }
         if name:
             claims["name"] = name
         if grants is not None:
@@ -179,7 +207,7 @@ def _embedded_secret(data_dir: Path) -> str:
     path = data_dir / SECRET_FILE
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     path.touch(mode=0o600)
     path.write_text(secret)

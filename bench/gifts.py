@@ -73,6 +73,16 @@ async def cheapest_gift(http: aiohttp.ClientSession, url: str, token: str) -> di
     return min(gifts, key=lambda g: g["coins"])
 
 
+async def create_room(http: aiohttp.ClientSession, url: str, token: str) -> str:
+    """A live room owned by the receiver: only a room's owner (or a token naming
+    the room) may publish into it."""
+    async with http.post(f"{url}/api/v1/rooms", json={"type": "live", "title": "bench gifts"},
+                         headers=_auth(token)) as r:
+        if r.status != 201:
+            raise RuntimeError(f"POST /api/v1/rooms: HTTP {r.status}: {await r.text()}")
+        return str((await r.json())["id"])
+
+
 async def wait_live(http: aiohttp.ClientSession, url: str, token: str, room: str) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -134,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             u.user_id for u in senders
         }:
             raise SystemExit("bench.gifts needs distinct users: one more token than --senders")
-        room = args.room or f"bench-gifts-{uuid.uuid4().hex[:8]}"
+        room = args.room or await create_room(http, url, receiver.token)
         gift = await cheapest_gift(http, url, receiver.token)
         if args.webhook_secret:
             await asyncio.gather(*(topup(http, url, args.webhook_secret, u.user_id, args.coins)
@@ -235,7 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--senders", type=int, default=20, help="sending users (default 20)")
     p.add_argument("--concurrency", type=int, default=2, help="requests in flight per sender (default 2)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of sending (default 10)")
-    p.add_argument("--room", help="room id the receiver goes live in (default: a new one)")
+    p.add_argument("--room", help="a room the receiver owns (or its token names) to go live in (default: a new one)")
     p.add_argument("--webhook-secret", help="AIRWAVE_WEBHOOK_SECRET, to top the senders up")
     p.add_argument("--coins", type=int, default=100000, help="top-up per sender (default 100000)")
     p.add_argument("--database-url", help="the server's database, to check the ledger itself")

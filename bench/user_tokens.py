@@ -4,7 +4,7 @@ bench.gifts). In order of preference:
 1. ``--tokens-file``: one token per line (mint them with ``airwave token``,
    see docs/benchmarks.md); used in turn, so N lines are N users.
 2. The server's development sign-in ``POST /api/v1/dev/token {name}``, when it
-   exists (embedded mode only; absent with AIRWAVE_ENV=production).
+   exists (development mode only: ``airwave serve --dev``).
 3. Otherwise: an error saying so (a single ``--token`` is one user).
 """
 

@@ -4,9 +4,10 @@ from config.settings import (
     ConfigError,
     GiftSpec,
     Settings,
+    WebhookEndpoint,
     documented_settings,
     env_name,
     load_settings,
 )
 
-__all__ = ["ConfigError", "GiftSpec", "Settings", "documented_settings", "env_name", "load_settings"]
+__all__ = ["ConfigError", "GiftSpec", "Settings", "WebhookEndpoint", "documented_settings", "env_name", "load_settings"]

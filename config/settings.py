@@ -41,6 +41,15 @@ class GiftSpec:
     image_url: str = ""
 
 
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """One receiver of outgoing webhooks. ``secrets``: the first signs with the new
+    secret; more than one during a rotation (every one signs, the header carries all)."""
+
+    url: str
+    secrets: tuple[str, ...]
+
+
 DEFAULT_GIFTS: tuple[GiftSpec, ...] = (
     GiftSpec("rose", "Rose", 1),
     GiftSpec("heart", "Heart", 5),
@@ -54,11 +63,13 @@ class Settings:
     # --- server ---------------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = 8080
-    env: str = "development"  # "development" (embedded default) or "production"
+    dev: bool = False  # development mode (demo sign-in): only with `serve --dev` or AIRWAVE_DEV
+    env: str = ""  # "" or "production" (also insists on a set JWT secret)
     data_dir: str = "./data"
     log_format: str = "text"  # "text" or "json"
     log_level: str = "info"
     cors_origins: tuple[str, ...] = ("*",)
+    trust_forwarded_for: bool = False  # client address from X-Forwarded-For (behind your proxy)
     public_url: str = ""  # how clients reach us, for Location headers; empty = from the request
     node_id: str = ""  # empty = hostname:port
 
@@ -71,7 +82,7 @@ class Settings:
     internal_url: str = ""  # how other nodes reach this node's HTTP; empty = http://<host>:<port>
 
     # --- tokens ---------------------------------------------------------------
-    jwt_secret: str = ""  # HS256; empty in development = generated under data_dir
+    jwt_secret: str = ""  # HS256; empty = generated and kept under data_dir (one node only)
     jwt_algorithm: str = "HS256"  # HS256, RS256 or ES256
     jwt_public_key_file: str = ""  # PEM, for RS256/ES256
     jwt_jwks_file: str = ""  # JWKS JSON, for RS256/ES256
@@ -80,10 +91,21 @@ class Settings:
     # --- media ----------------------------------------------------------------
     ice_addresses: tuple[str, ...] = ()  # empty = the machine's own addresses
     udp_ports: tuple[int, int] | None = None  # e.g. "40000-40999"; None = any
+    max_remote_candidates: int = 30  # remote ICE candidates one media session checks
+    ice_candidate_deny: tuple[str, ...] = (  # networks remote candidates may not name
+        "0.0.0.0/8", "224.0.0.0/4", "255.255.255.255/32", "169.254.0.0/16",
+        "::/128", "ff00::/8", "fe80::/10",
+    )
     max_subscribers_per_room: int = 500
     max_sessions: int = 2000
     whep_public: bool = False  # WHEP without a token for rooms marked public
+    max_sessions_per_user: int = 20  # media sessions one user holds at once; 0 = no limit
+    max_sessions_per_ip: int = 200  # WHIP/WHEP sessions from one client address; 0 = no limit
+    max_connecting_per_user: int = 10  # of those, still connecting (ICE/DTLS); 0 = no limit
+    max_connecting_per_ip: int = 50
+    media_connect_timeout: float = 10.0  # seconds a media session may take to connect
     room_publisher_grace: float = 10.0  # seconds a live room waits for its publisher
+    rtmp_port: int = 0  # RTMP ingest (rtmp://host:port/live/ROOM); 0 = off
 
     # --- STUN / TURN ----------------------------------------------------------
     stun_port: int = 3478  # 0 = off
@@ -101,6 +123,12 @@ class Settings:
     reconnect_grace: float = 15.0
     require_match: bool = False
 
+    # --- rate limits (tokens a second; bursts of twice that, at least 10; 0 = off)
+    rate_limit_http: float = 50.0  # HTTP API requests per user
+    rate_limit_http_ip: float = 200.0  # HTTP API requests per client address
+    rate_limit_events: float = 30.0  # Socket.IO events per user
+    rate_limit_actions: float = 1.0  # rooms created, calls placed, sockets opened per user
+
     # --- chat -----------------------------------------------------------------
     chat_max_length: int = 2000
     chat_rate: float = 5.0  # messages per second per user per room
@@ -108,13 +136,26 @@ class Settings:
 
     # --- gifts ----------------------------------------------------------------
     webhook_secret: str = ""
+    webhook_secret_previous: str = ""  # also accepted while the incoming secret rotates
     gift_creator_share: float = 0.60
     gifts: tuple[GiftSpec, ...] = DEFAULT_GIFTS
 
+    # --- money out ------------------------------------------------------------
+    payout_minimum: int = 100  # coins of earnings a payout request must at least ask for
+    payout_hold_seconds: float = 604800.0  # earnings younger than this cannot be withdrawn
+
+    # --- outgoing webhooks ----------------------------------------------------
+    webhook_urls: tuple[WebhookEndpoint, ...] = ()
+    webhook_retry_for: float = 86400.0  # seconds an event is retried before it is dead-lettered
+    webhook_retention: float = 604800.0  # seconds delivered events are kept
+    webhook_timeout: float = 10.0  # seconds one delivery may take
+    webhook_poll_interval: float = 0.5  # seconds between looks at the outbox
+    webhook_chat_text: bool = False  # chat.message carries the text (off: ids only)
+
     # ------------------------------------------------------------------------
     @property
-    def embedded(self) -> bool:
-        return self.env != "production"
+    def mode(self) -> str:
+        return "development" if self.dev else "production"
 
     @property
     def effective_database_url(self) -> str:
@@ -183,6 +224,8 @@ def _coerce(setting: str, raw: Any, hint: Any) -> Any:
     args = get_args(hint)
     if hint is GiftSpec or (origin is tuple and args and args[0] is GiftSpec):
         return _coerce_gifts(setting, raw)
+    if origin is tuple and args and args[0] is WebhookEndpoint:
+        return _coerce_webhook_endpoints(setting, raw)
     if origin is tuple and len(args) == 2 and args[0] is int and args[1] is int:
         return _coerce_port_range(setting, raw)
     if type(None) in args:  # Optional[...]
@@ -262,6 +305,32 @@ def _coerce_gifts(setting: str, raw: Any) -> tuple[GiftSpec, ...]:
     return tuple(gifts)
 
 
+def _coerce_webhook_endpoints(setting: str, raw: Any) -> tuple[WebhookEndpoint, ...]:
+    """A JSON list (environment) or TOML array of ``{url, secret}`` or ``{url, secrets: [...]}``."""
+    if isinstance(raw, str):
+        import json
+
+        if not raw.strip():
+            return ()
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ConfigError(setting, 'expected a JSON list of {"url", "secrets"}') from None
+    if not isinstance(raw, list):
+        raise ConfigError(setting, 'expected a list of {"url", "secrets"}')
+    endpoints = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+            raise ConfigError(setting, f"each endpoint needs a url: {item!r}")
+        keys = item.get("secrets", [item["secret"]] if "secret" in item else [])
+        if isinstance(keys, str):
+            keys = [keys]
+        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError(setting, f"endpoint {item['url']} needs a secret (or secrets)")
+        endpoints.append(WebhookEndpoint(item["url"], tuple(keys)))
+    return tuple(endpoints)
+
+
 _POSITIVE = (
     "ring_timeout",
     "call_extension",
@@ -271,6 +340,13 @@ _POSITIVE = (
     "database_pool_size",
     "max_subscribers_per_room",
     "max_sessions",
+    "media_connect_timeout",
+    "max_remote_candidates",
+    "webhook_retry_for",
+    "webhook_retention",
+    "webhook_timeout",
+    "webhook_poll_interval",
+    "payout_minimum",
 )
 
 
@@ -282,8 +358,14 @@ def _validate(s: Settings) -> Settings:
         fail("port", f"must be 0-65535, got {s.port}")
     if not (0 <= s.stun_port <= 65535):
         fail("stun_port", f"must be 0-65535, got {s.stun_port}")
-    if s.env not in ("development", "production"):
-        fail("env", f"must be development or production, got {s.env!r}")
+    if not (0 <= s.rtmp_port <= 65535):
+        fail("rtmp_port", f"must be 0-65535, got {s.rtmp_port}")
+    if s.env == "development":
+        fail("env", "development mode is asked for with `airwave serve --dev` (or AIRWAVE_DEV=true)")
+    if s.env not in ("", "production"):
+        fail("env", f"must be production or empty, got {s.env!r}")
+    if s.dev and s.env == "production":
+        fail("dev", "development mode cannot run with AIRWAVE_ENV=production")
     if s.log_format not in ("text", "json"):
         fail("log_format", f"must be text or json, got {s.log_format!r}")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -306,7 +388,10 @@ def _validate(s: Settings) -> Settings:
     for name in _POSITIVE:
         if getattr(s, name) <= 0:
             fail(name, f"must be greater than 0, got {getattr(s, name)}")
-    for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace"):
+    for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace",
+                 "rate_limit_http", "rate_limit_http_ip", "rate_limit_events", "rate_limit_actions",
+                 "max_sessions_per_user", "max_sessions_per_ip", "max_connecting_per_user",
+                 "max_connecting_per_ip"):
         if getattr(s, name) < 0:
             fail(name, f"must not be negative, got {getattr(s, name)}")
     if not (0.0 <= s.gift_creator_share <= 1.0):
@@ -316,11 +401,24 @@ def _validate(s: Settings) -> Settings:
             ipaddress.ip_address(addr)
         except ValueError:
             fail("ice_addresses", f"not an IP address: {addr!r}")
+    for network in s.ice_candidate_deny:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            fail("ice_candidate_deny", f"not a network like 169.254.0.0/16: {network!r}")
     for uri in s.turn_urls:
         if not uri.startswith(("turn:", "turns:")):
             fail("turn_urls", f"expected turn: or turns: URIs, got {uri!r}")
     if s.turn_urls and not s.turn_secrets:
         fail("turn_secrets", "AIRWAVE_TURN_URLS is set but there is no secret to sign credentials")
+    urls = [e.url for e in s.webhook_urls]
+    if len(urls) != len(set(urls)):
+        fail("webhook_urls", "each endpoint URL once")
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            fail("webhook_urls", f"expected http:// or https:// URLs, got {url!r}")
+    if s.payout_hold_seconds < 0:
+        fail("payout_hold_seconds", f"must not be negative, got {s.payout_hold_seconds}")
     ids = [g.id for g in s.gifts]
     if len(ids) != len(set(ids)):
         fail("gifts", "gift ids must be unique")
@@ -342,6 +440,7 @@ __all__ = [
     "ConfigError",
     "GiftSpec",
     "Settings",
+    "WebhookEndpoint",
     "load_settings",
     "env_name",
     "documented_settings",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,13 +31,16 @@ from rooms.bus import EventBus
 from rooms.social import SocialGraph
 from rooms.timers import TimerEvent, TimerService
 from store import Database
+from webhooks.outbox import Outbox
 
 log = logging.getLogger("airwave.calls")
 
 CALLS_CHANNEL = "calls"
 MEDIA_KINDS = ("audio", "video")
 LIVE_STATUSES = ("ringing", "active")
-END_REASONS = ("hangup", "rejected", "missed", "busy", "timeout", "disconnected", "server_shutdown")
+END_REASONS = (
+    "hangup", "rejected", "missed", "busy", "timeout", "disconnected", "server_shutdown", "suspended",
+)
 MAX_ID_LENGTH = 128
 MAX_REJECT_REASON = 64
 
@@ -239,6 +242,8 @@ class CallService:
         locks: CallLocks | None = None,
         party_sockets: PartySockets | None = None,
         clock: Callable[[], float] = time.time,
+        outbox: Outbox | None = None,
+        is_online: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -248,6 +253,10 @@ class CallService:
         self.locks: CallLocks = locks or InProcessCallLocks()
         self.party_sockets: PartySockets = party_sockets or InProcessPartySockets()
         self.clock = clock
+        # Webhooks: call.* events written in the transaction of each transition;
+        # ``is_online`` says whether the callee has a live socket (call.ringing).
+        self.outbox = outbox
+        self.is_online = is_online
         timers.on_fire(self.timer_fired)
 
     # ------------------------------------------------------------------ reading
@@ -342,17 +351,19 @@ class CallService:
             if busy:  # lost the race for the callee: this call is over before it rang
                 await self.db.execute("DELETE FROM calls WHERE id = $1", call_id)
         if busy:
-            row = await self.db.fetchrow(
+            busy_call = await self._write(
+                "call.ended",
                 "INSERT INTO calls (id, caller_id, callee_id, media, status, end_reason, created_at, ended_at) "
                 "VALUES ($1, $2, $3, $4, 'ended', 'busy', $5, $5) RETURNING *",
                 call_id, caller_id, callee_id, media, now,
             )
-            assert row is not None
-            call = Call.from_row(row)
+            assert busy_call is not None
+            call = busy_call
             CALLS_ENDED.labels("busy").inc()
             await self._announce_ended(call)
             return call
         call = Call.from_row(row)
+        await self._ringing_webhook(call)
         await self.timers.schedule(
             _ring_key(call.id), self.rings_until(call), {"type": "ring_timeout", "callId": call.id}
         )
@@ -386,16 +397,17 @@ class CallService:
         self._check_not_over(call, "ringing", "already_answered", "the call was answered already")
         now = self.clock()
         ends_at = now + self.settings.call_duration if self.settings.call_duration > 0 else None
-        row = await self.db.fetchrow(
+        answered_call = await self._write(
+            "call.answered",
             "UPDATE calls SET status = 'active', answered_at = $2, ends_at = $3 "
             "WHERE id = $1 AND status = 'ringing' RETURNING *",
             call.id, now, ends_at,
         )
-        if row is None:  # lost a race with a timer or the caller
+        if answered_call is None:  # lost a race with a timer or the caller
             latest = await self.require(call.id, user_id)
             self._check_not_over(latest, "ringing", "already_answered", "the call was answered already")
             raise CallError("call_ended", "the call has ended")
-        answered = Call.from_row(row)
+        answered = answered_call
         await self.timers.cancel(_ring_key(answered.id))
         CALLS_ACTIVE.inc()
         await self._schedule_deadline(answered)
@@ -458,18 +470,19 @@ class CallService:
             latest = await self.require(call.id, user_id)
             self._check_active(latest)
             return latest, False
-        row = await self.db.fetchrow(
+        extended_call = await self._write(
+            "call.extended",
             "UPDATE calls SET ends_at = ends_at + $2, extensions = extensions + 1, "
             "extend_by_caller = 0, extend_by_callee = 0 "
             "WHERE id = $1 AND status = 'active' AND extensions = $3 AND extensions < $4 "
             "AND extend_by_caller = 1 AND extend_by_callee = 1 RETURNING *",
             call.id, self.settings.call_extension, call.extensions, self.settings.call_max_extensions,
         )
-        if row is None:
+        if extended_call is None:
             await self._publish("call_extend_requested", call, by=user_id)
             latest = await self.get(call.id)
             return (latest or call), False
-        extended = Call.from_row(row)
+        extended = extended_call
         await self._schedule_deadline(extended)
         await self._publish("call_extended", extended, endsAt=extended.ends_at, extensions=extended.extensions)
         return extended, True
@@ -615,14 +628,15 @@ class CallService:
         (and at deadline version ``extensions`` when given)."""
         at = self.clock() if ended_at is None else ended_at
         if extensions is None:
-            row = await self.db.fetchrow(_END_SQL + " RETURNING *", call.id, status, reason, at)
+            ended_call = await self._write("call.ended", _END_SQL + " RETURNING *", call.id, status, reason, at)
         else:
-            row = await self.db.fetchrow(
-                _END_SQL + " AND extensions = $5 RETURNING *", call.id, status, reason, at, extensions
+            ended_call = await self._write(
+                "call.ended", _END_SQL + " AND extensions = $5 RETURNING *", call.id, status, reason, at,
+                extensions,
             )
-        if row is None:
+        if ended_call is None:
             return None
-        ended = Call.from_row(row)
+        ended = ended_call
         await self.locks.release(call.id, call.caller_id, call.callee_id)
         await self.party_sockets.clear(call.id, call.caller_id, call.callee_id)
         for key in (_ring_key(call.id), _warning_key(call.id), _timeout_key(call.id),
@@ -633,6 +647,34 @@ class CallService:
             CALLS_ACTIVE.dec()
         await self._announce_ended(ended, reject_reason=reject_reason)
         return ended
+
+    async def _write(self, event: str, sql: str, *args: Any) -> Call | None:
+        """One transition (``sql`` returns the row, or nothing when it lost a race) and
+        its webhook event, committed together."""
+        async with self.db.transaction() as tx:
+            row = await tx.fetchrow(sql, *args)
+            if row is None:
+                return None
+            call = Call.from_row(row)
+            if self.outbox is not None:
+                data = call.to_json()
+                if event == "call.ended":
+                    data["reason"] = call.end_reason
+                await self.outbox.add(tx, event, f"call:{call.id}", data)
+        return call
+
+    async def _ringing_webhook(self, call: Call) -> None:
+        """call.ringing once the call holds both parties, with whether the callee has a
+        live socket anywhere (false: the app's backend sends a push)."""
+        if self.outbox is None or not self.outbox.enabled:
+            return
+        try:
+            online = await self.is_online(call.callee_id) if self.is_online is not None else None
+            data = {**call.to_json(), "ringsUntil": self.rings_until(call), "calleeOnline": online}
+            async with self.db.transaction() as tx:
+                await self.outbox.add(tx, "call.ringing", f"call:{call.id}", data)
+        except Exception:  # the call rings on the sockets all the same
+            log.exception("call.ringing of %s could not be written", call.id)
 
     async def _announce_ended(self, call: Call, *, reject_reason: str | None = None) -> None:
         extra: dict[str, Any] = {"reason": call.end_reason, "duration": call.duration, "endedAt": call.ended_at}

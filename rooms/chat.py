@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +30,7 @@ from config import Settings
 from rooms.rate_limit import RateLimiter
 from rooms.rooms import Room, RoomError, RoomRegistry, Timers, room_not_found
 from rooms.social import SocialGraph, ordered_pair
-from store import Database
+from store import Database, Queries
 from store.database import Row
 
 log = logging.getLogger("airwave.chat")
@@ -39,7 +41,29 @@ DEFAULT_PAGE = 50
 TYPING_EXPIRES = 5.0
 SWEEP_BATCH = 500
 
-_COLUMNS = "id, seq, room_id, user_id, text, client_id, created_at"
+_COLUMNS = "id, seq, room_id, user_id, text, client_id, created_at, reply_to, attachment"
+MAX_URL = 2048
+MAX_ATTACHMENT_BYTES = 2**40
+_MIME = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$")
+
+
+def check_attachment(value: Any) -> dict[str, Any] | None:
+    """A reference to a file the app uploaded elsewhere: ``{url, mime, size}``,
+    validated and stored as given; airwave never fetches it."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"url", "mime", "size"}:
+        raise RoomError("invalid", "bad_attachment", "attachment is {url, mime, size} and nothing else")
+    url, mime, size = value["url"], value["mime"], value["size"]
+    if not isinstance(url, str) or not url.startswith("https://") or len(url) > MAX_URL or any(
+        c.isspace() for c in url
+    ):
+        raise RoomError("invalid", "bad_attachment", f"attachment.url is an https:// URL of at most {MAX_URL} characters")
+    if not isinstance(mime, str) or not _MIME.match(mime.lower()):
+        raise RoomError("invalid", "bad_attachment", "attachment.mime is a media type such as image/jpeg")
+    if isinstance(size, bool) or not isinstance(size, int) or not (0 < size <= MAX_ATTACHMENT_BYTES):
+        raise RoomError("invalid", "bad_attachment", "attachment.size is the file's size in bytes")
+    return {"url": url, "mime": mime.lower(), "size": size}
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,8 @@ class ChatMessage:
     text: str
     created_at: float
     client_id: str | None
+    reply_to: str | None = None
+    attachment: dict[str, Any] | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> ChatMessage:
@@ -62,6 +88,8 @@ class ChatMessage:
             text=row["text"],
             created_at=row["created_at"],
             client_id=row["client_id"],
+            reply_to=row.get("reply_to"),
+            attachment=json.loads(row["attachment"]) if row.get("attachment") else None,
         )
 
     def ack(self) -> dict[str, Any]:
@@ -77,6 +105,8 @@ class ChatMessage:
             "text": self.text,
             "createdAt": self.created_at,
             "clientId": self.client_id,
+            **({"replyTo": self.reply_to} if self.reply_to else {}),
+            **({"attachment": self.attachment} if self.attachment else {}),
         }
 
     def to_history(self) -> dict[str, Any]:
@@ -109,6 +139,9 @@ class ChatService:
         self.social = social
         self.settings = settings
         self.limiter = limiter
+        # Called inside the transaction that stores a new message (webhooks write
+        # chat.message there); set by whoever wires the outbox.
+        self.on_stored: Callable[[Queries, ChatMessage, Room], Awaitable[None]] | None = None
 
     # -- access ----------------------------------------------------------------------
 
@@ -118,16 +151,10 @@ class ChatService:
 
     async def check_access(self, room_id: str, identity: Identity, *, write: bool) -> Room:
         """The room, if ``identity`` may read (or write) its chat; RoomError otherwise."""
-        room = await self.registry.get(room_id)
-        if room is None:
-            raise room_not_found(room_id)
+        room = await self.registry.admit(room_id, identity)  # the room's audience rule
         if room.type == "live":
-            if not identity.is_admin and await self.registry.banned_until(room_id, identity.user_id):
-                raise RoomError("forbidden", "banned", "you are banned from this room for now")
             return room
-        if not await self.registry.is_member(room_id, identity.user_id):
-            if identity.is_admin and not write:
-                return room
+        if write and not await self.registry.is_member(room_id, identity.user_id):
             raise RoomError("forbidden", "not_member", "only the room's members may use its chat")
         if room.type == "direct" and write:
             others = [m for m in await self.members(room_id) if m != identity.user_id]
@@ -172,7 +199,9 @@ class ChatService:
 
     # -- messages ----------------------------------------------------------------------
 
-    def _check_text(self, text: Any) -> str:
+    def _check_text(self, text: Any, *, attached: bool = False) -> str:
+        if attached and text in (None, ""):
+            return ""
         if not isinstance(text, str):
             raise RoomError("invalid", "bad_request", "text must be a string")
         if not text.strip():
@@ -191,17 +220,27 @@ class ChatService:
         return ChatMessage.from_row(row) if row else None
 
     async def send(
-        self, identity: Identity, room_id: Any, text: Any, client_id: Any = None
+        self, identity: Identity, room_id: Any, text: Any, client_id: Any = None,
+        *, reply_to: Any = None, attachment: Any = None,
     ) -> tuple[ChatMessage, Room, bool]:
-        """Store a message; (message, room, new). ``new`` is False for a retried clientId."""
+        """Store a message; (message, room, new). ``new`` is False for a retried clientId.
+        ``reply_to``: the id of an earlier message of the room; ``attachment``: see
+        :func:`check_attachment` (a message with one may have no text)."""
         if not isinstance(room_id, str) or not room_id:
             raise RoomError("invalid", "bad_request", "roomId must be a room id")
         if client_id is not None and (
             not isinstance(client_id, str) or not client_id or len(client_id) > MAX_CLIENT_ID
         ):
             raise RoomError("invalid", "bad_request", f"clientId must be a string of 1-{MAX_CLIENT_ID} characters")
-        text = self._check_text(text)
+        attached = check_attachment(attachment)
+        text = self._check_text(text, attached=attached is not None)
+        if reply_to is not None and (not isinstance(reply_to, str) or not 0 < len(reply_to) <= MAX_CLIENT_ID):
+            raise RoomError("invalid", "bad_reply_to", "replyTo must be a message id")
         room = await self.check_access(room_id, identity, write=True)
+        if reply_to is not None and await self.db.fetchval(
+            "SELECT 1 FROM chat_messages WHERE id = $1 AND room_id = $2", reply_to, room_id
+        ) is None:
+            raise RoomError("invalid", "bad_reply_to", "replyTo must be a message of this room")
         user = identity.user_id
         if client_id is not None:
             stored = await self.find_by_client_id(room_id, user, client_id)
@@ -220,19 +259,25 @@ class ChatService:
                 if seq is None:
                     raise room_not_found(room_id)
                 inserted = await tx.fetchval(
-                    "INSERT INTO chat_messages (id, room_id, seq, user_id, text, client_id, created_at, expires_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id",
-                    message_id, room_id, seq, user, text, client_id, now, expires,
+                    "INSERT INTO chat_messages (id, room_id, seq, user_id, text, client_id, created_at, expires_at,"
+                    " reply_to, attachment) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                    " ON CONFLICT DO NOTHING RETURNING id",
+                    message_id, room_id, seq, user, text, client_id, now, expires, reply_to,
+                    json.dumps(attached) if attached else None,
                 )
                 if inserted is None:
                     raise _AlreadyStored
+                stored_message = ChatMessage(
+                    message_id, int(seq), room_id, user, text, now, client_id, reply_to, attached
+                )
+                if self.on_stored is not None:
+                    await self.on_stored(tx, stored_message, room)
         except _AlreadyStored:
             stored = await self.find_by_client_id(room_id, user, str(client_id))
             if stored is None:  # pragma: no cover - only a (room, seq) clash could get here
                 raise RoomError("conflict", "conflict", "the message could not be numbered; retry") from None
             return stored, room, False
-        message = ChatMessage(message_id, int(seq), room_id, user, text, now, client_id)
-        return message, room, True
+        return stored_message, room, True
 
     async def history(
         self,

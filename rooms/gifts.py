@@ -18,7 +18,9 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from auth import Identity
 from config import GiftSpec
+from rooms.rooms import RoomRegistry
 from rooms.social import SocialGraph
 from rooms.wallets import (
     PLATFORM_EARNINGS,
@@ -29,6 +31,7 @@ from rooms.wallets import (
     coins_account,
 )
 from store import Database, Queries
+from webhooks.outbox import Outbox
 
 GIFTS_SENT = Counter("airwave_gifts_sent", "Gift sends that moved coins")
 GIFT_COINS = Counter("airwave_gift_coins", "Coins paid by senders of gifts")
@@ -291,6 +294,10 @@ class GiftSent:
         }
 
 
+def metadata_target(request: SendGift) -> dict[str, Any]:
+    return {"roomId": request.room_id} if request.room_id else {"callId": request.call_id}
+
+
 class GiftService:
     def __init__(
         self,
@@ -299,18 +306,34 @@ class GiftService:
         catalog: GiftCatalog,
         social: SocialGraph,
         creator_share_setting: float,
+        rooms: RoomRegistry,
+        outbox: Outbox | None = None,
     ) -> None:
         self.db = db
         self.ledger = ledger
         self.catalog = catalog
         self.social = social
         self.share = share_fraction(creator_share_setting)
+        self.rooms = rooms
+        self.outbox = outbox  # gift.sent, in the gift's transaction
 
-    async def send(self, sender: str, request: SendGift) -> GiftSent:
+    async def check_audience(self, identity: Identity, room_id: str) -> None:
+        """A room's gifts and leaderboard are for its audience (rooms/rooms.py's one rule)."""
+        room = await self.rooms.get(room_id)
+        if room is None:
+            raise refuse("room_not_found", f"no room {room_id}")
+        refusal = await self.rooms.audience_refusal(room, identity)
+        if refusal is not None:
+            raise refuse(refusal.code, refusal.message)
+
+    async def send(self, identity: Identity, request: SendGift) -> GiftSent:
         """Move the coins once. A repeated (sender, idempotencyKey) returns the first result."""
+        sender = identity.user_id
         first = await self._find_sent(sender, request.idempotency_key)
         if first is not None:
             return self._replay(first, request)
+        if request.room_id is not None:
+            await self.check_audience(identity, request.room_id)
         if request.to == sender:
             raise refuse("cannot_gift_self", "you cannot send a gift to yourself")
         if await self.social.is_blocked(sender, request.to):
@@ -325,7 +348,7 @@ class GiftService:
                 metadata: dict[str, Any] = {
                     "giftId": gift.id, "quantity": request.quantity, "from": sender, "to": request.to,
                 }
-                metadata.update({"roomId": request.room_id} if request.room_id else {"callId": request.call_id})
+                metadata.update(metadata_target(request))
                 transfer_id, entries = await self.ledger.post(
                     tx,
                     kind="gift",
@@ -346,6 +369,15 @@ class GiftService:
                     transfer_id, sender, request.to, gift.id, request.quantity, gift.coins, total,
                     creator, platform, request.room_id, request.call_id, stream_id, now,
                 )
+                if self.outbox is not None:
+                    target = f"room:{request.room_id}" if request.room_id else f"call:{request.call_id}"
+                    await self.outbox.add(
+                        tx, "gift.sent", target,
+                        {"transferId": transfer_id, "giftId": gift.id, "from": sender, "to": request.to,
+                         "quantity": request.quantity, "coins": total, "creatorCoins": creator,
+                         "platformCoins": platform, **metadata_target(request)},
+                        now=now,
+                    )
         except DuplicateTransfer:
             first = await self._find_sent(sender, request.idempotency_key)
             if first is None:  # pragma: no cover - the twin committed before we failed

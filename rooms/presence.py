@@ -2,8 +2,9 @@
 
 Socket counts per user sit behind :class:`SocketCounter` (in-process now:
 this node's sockets; a Redis version counts across nodes later). Going
-offline stores ``users.last_seen``. The people told are the user's contacts:
-those they share a direct chat with.
+offline stores ``users.last_seen``. The people told, and the only ones who may
+ask, are the user's contacts: matches, and the other of a direct chat both have
+written in; never across a block.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from auth import Identity
 from store import Database
 
 
@@ -81,10 +83,22 @@ class PresenceService:
         return PresenceStatus(user_id, online, last_seen)
 
     async def contacts(self, user_id: str) -> list[str]:
-        """Everyone the user shares a direct chat with."""
+        """Who may see the user's presence: a match, or the other of a direct chat both
+        have written in (an unsolicited message makes no contact); never across a block."""
         rows = await self.db.fetch(
-            "SELECT user_b AS other FROM direct_rooms WHERE user_a = $1 "
-            "UNION SELECT user_a AS other FROM direct_rooms WHERE user_b = $1",
+            "SELECT other FROM ("
+            " SELECT CASE WHEN user_a = $1 THEN user_b ELSE user_a END AS other FROM matches"
+            " WHERE user_a = $1 OR user_b = $1"
+            " UNION"
+            " SELECT CASE WHEN d.user_a = $1 THEN d.user_b ELSE d.user_a END AS other FROM direct_rooms d"
+            " WHERE (d.user_a = $1 OR d.user_b = $1)"
+            " AND EXISTS (SELECT 1 FROM chat_messages m WHERE m.room_id = d.room_id AND m.user_id = d.user_a)"
+            " AND EXISTS (SELECT 1 FROM chat_messages m WHERE m.room_id = d.room_id AND m.user_id = d.user_b)"
+            ") c WHERE NOT EXISTS (SELECT 1 FROM blocks b WHERE (b.blocker_id = $1 AND b.blocked_id = c.other)"
+            " OR (b.blocker_id = c.other AND b.blocked_id = $1))",
             user_id,
         )
         return [r["other"] for r in rows]
+
+    async def may_see(self, viewer: Identity, user_id: str) -> bool:
+        return viewer.is_admin or viewer.user_id == user_id or user_id in await self.contacts(viewer.user_id)

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from auth import Identity
 from config import Settings
 from rooms.bus import Event, EventBus
+from rooms.social import SocialGraph
 from rooms.timers import InProcessTimers as InProcessDeadlines
 from rooms.timers import TimerEvent, TimerService
 from store import Database
@@ -44,6 +45,8 @@ ROOM_TYPES = ("live", "group", "direct", "call")
 CREATABLE_TYPES = ("live", "group")
 STATUSES = ("idle", "live", "ended")
 MAX_TITLE = 200
+MAX_VIEWERS = 1_000_000
+MAX_CHAT_TTL = 10 * 365 * 86400  # ten years, in seconds
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
@@ -271,6 +274,7 @@ class RoomRegistry:
         self.bus = bus
         self.settings = settings
         self.timers = timers
+        self.social = SocialGraph(db)
         self.viewers: ViewerCounter = viewers or InProcessViewerCounter()
         self.deadlines: TimerService = deadlines or InProcessDeadlines()
         self.deadlines.on_fire(self.deadline_fired)
@@ -296,13 +300,41 @@ class RoomRegistry:
             is not None
         )
 
-    async def may_view(self, room: Room, identity: Identity) -> bool:
-        """Live rooms: anyone (public) or the owner and members (private); others: members."""
-        if identity.is_admin or room.owner_id == identity.user_id:
-            return True
+    async def audience_refusal(self, room: Room, identity: Identity | None) -> RoomError | None:
+        """The one rule for a room's audience, applied at every door (the room itself,
+        participants, WHEP, ``sfu:subscribe``, ``stream:join``, chat history, send and
+        typing, gifts, leaderboards, and so edge pulls, which serve the viewers the edge
+        admitted): None when ``identity`` (None: anonymous) may be in the room, else why not.
+
+        An admin and the owner always; nobody while kicked (banned) or across a block
+        with the owner; then anyone for a public live room, members for the rest.
+        """
+        if identity is None:
+            if room.type == "live" and room.public:
+                return None
+            return RoomError("forbidden", "not_member", "this room is private")
+        if identity.is_admin or (room.owner_id is not None and room.owner_id == identity.user_id):
+            return None
+        if await self.banned_until(room.id, identity.user_id) is not None:
+            return RoomError("forbidden", "banned", "you were removed from this room and cannot rejoin yet")
+        if room.owner_id is not None and await self.social.is_blocked(room.owner_id, identity.user_id):
+            return RoomError("forbidden", "blocked", "you cannot join this room")
         if room.type == "live" and room.public:
-            return True
-        return await self.is_member(room.id, identity.user_id)
+            return None
+        if await self.is_member(room.id, identity.user_id):
+            return None
+        return RoomError("forbidden", "not_member", "only the room's members may be in it")
+
+    async def may_view(self, room: Room, identity: Identity | None) -> bool:
+        return await self.audience_refusal(room, identity) is None
+
+    async def admit(self, room_id: str, identity: Identity | None) -> Room:
+        """The room, if ``identity`` is in its audience; RoomError (not_found too) otherwise."""
+        room = await self.require(room_id)
+        refusal = await self.audience_refusal(room, identity)
+        if refusal is not None:
+            raise refusal
+        return room
 
     async def to_json(self, room: Room) -> dict[str, Any]:
         return room.to_json(await self.viewers.count(room.id))
@@ -570,8 +602,10 @@ def _check_settings(title: Any, max_viewers: Any, ttl: Any) -> None:
     if not isinstance(title, str) or len(title) > MAX_TITLE:
         raise RoomError("invalid", "bad_title", f"title must be a string of at most {MAX_TITLE} characters")
     if max_viewers is not None and (
-        isinstance(max_viewers, bool) or not isinstance(max_viewers, int) or max_viewers < 1
+        isinstance(max_viewers, bool) or not isinstance(max_viewers, int) or not 1 <= max_viewers <= MAX_VIEWERS
     ):
-        raise RoomError("invalid", "bad_max_viewers", "maxViewers must be a positive integer")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
-        raise RoomError("invalid", "bad_chat_ttl", "chatTtlSeconds must be a positive number")
+        raise RoomError("invalid", "bad_max_viewers", f"maxViewers must be an integer from 1 to {MAX_VIEWERS}")
+    if ttl is not None and (
+        isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_CHAT_TTL
+    ):  # NaN fails the comparison too
+        raise RoomError("invalid", "bad_chat_ttl", f"chatTtlSeconds must be a number above 0, at most {MAX_CHAT_TTL}")

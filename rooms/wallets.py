@@ -31,6 +31,7 @@ from typing import Any
 import asyncpg
 
 from store import Database, Queries
+from webhooks.outbox import Outbox
 
 PLATFORM_EARNINGS = "platform:earnings"
 EXTERNAL_TOPUP = "external:topup"
@@ -165,8 +166,9 @@ def _lock_order(leg: Leg) -> tuple[int, str, str]:
 
 
 class WalletLedger:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, outbox: Outbox | None = None) -> None:
         self.db = db
+        self.outbox = outbox  # wallet.credited / wallet.debited, in each transfer's transaction
 
     # ------------------------------------------------------------------ posting
     async def post(
@@ -209,6 +211,15 @@ class WalletLedger:
                 transfer_id, leg.account, leg.amount, balance_after,
             )
             entries.append(Entry(leg.account, leg.amount, balance_after))
+            if self.outbox is not None and leg.wallet:
+                await self.outbox.add(
+                    tx,
+                    "wallet.credited" if leg.amount > 0 else "wallet.debited",
+                    f"user:{leg.owner}",
+                    {"userId": leg.owner, "wallet": leg.wallet, "amount": abs(leg.amount),
+                     "balance": balance_after, "transferId": transfer_id, "kind": kind},
+                    now=now,
+                )
         return transfer_id, entries
 
     async def _apply(self, tx: Queries, leg: Leg, now: float) -> int:

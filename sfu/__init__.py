@@ -7,21 +7,27 @@ forwarded as bytes (no decoding, no re-encoding). See docs/media.md.
 from .engine import MediaEngine, RoomInfo, max_layer_value
 from .errors import (
     AtCapacity,
+    IceRestartRefused,
     MediaError,
     NothingAcceptable,
     PublisherExists,
+    RestartTooSoon,
     RoomNotLive,
     SdpError,
     SessionNotFound,
 )
+from .local import LocalPublisher
 from .session import Session
 
 __all__ = [
     "AtCapacity",
+    "IceRestartRefused",
+    "LocalPublisher",
     "MediaEngine",
     "MediaError",
     "NothingAcceptable",
     "PublisherExists",
+    "RestartTooSoon",
     "RoomInfo",
     "RoomNotLive",
     "SdpError",

@@ -27,6 +27,14 @@ Internals used:
   module constants ``CONSENT_INTERVAL`` and ``CONSENT_FAILURES``;
   ``StunProtocol``; ``aioice.candidate.candidate_foundation`` /
   ``candidate_priority``.
+* ICE restart (:class:`IceRestart`; aioice has none): ``RTCIceTransport._recv``
+  / ``_send`` (instance attributes the DTLS transport reads afresh for every
+  datagram: ``self.transport._recv()``), ``RTCIceGatherer._connection`` and
+  ``_remote_candidates_end``; aioice ``Connection._queue`` (``recvfrom``
+  awaits ``self._queue.get()``; ``close`` puts ``None`` in it) and
+  ``_event_waiter`` (what ``RTCIceTransport._monitor`` awaits through
+  ``get_event``); ``aiortc.rtcicetransport.candidate_from_aioice`` /
+  ``candidate_to_aioice``.
 """
 
 from __future__ import annotations
@@ -35,14 +43,20 @@ import asyncio
 import logging
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aioice.ice as aioice_ice
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
-from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcicetransport import (
+    RTCIceCandidate,
+    RTCIceParameters,
+    RTCIceTransport,
+    candidate_from_aioice,
+    candidate_to_aioice,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +103,20 @@ class DatagramSender:
     """Protect with the transport's SRTP session and write to the nominated
     pair's socket: two C calls, no coroutine, no aiortc object per packet."""
 
-    __slots__ = ("_dtls", "_connection", "pair", "protect", "protect_rtcp", "sendto", "addr")
+    __slots__ = ("_dtls", "pair", "protect", "protect_rtcp", "sendto", "addr")
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self._dtls = dtls
-        self._connection = dtls.transport._connection
         self.refresh()
+
+    def _nominated(self) -> aioice_ice.CandidatePair | None:
+        # read through the ICE transport: an ICE restart replaces its connection
+        return self._dtls.transport._connection._nominated.get(1)
 
     def refresh(self) -> bool:
         """Rebind to the current nominated pair; False when there is none."""
         srtp = self._dtls._tx_srtp
-        pair = self._connection._nominated.get(1)
+        pair = self._nominated()
         if srtp is None or pair is None or pair.protocol.transport is None:
             self.pair = None
             self.protect = self.protect_rtcp = None
@@ -114,7 +131,7 @@ class DatagramSender:
         return True
 
     def stale(self) -> bool:
-        return self._connection._nominated.get(1) is not self.pair
+        return self._nominated() is not self.pair
 
     def send_rtp(self, packet: bytes) -> None:
         if self.sendto is not None:
@@ -162,7 +179,14 @@ def restrict_gathering(
 ) -> None:
     """Bind host candidates only on ``addresses`` (when given; aioice never
     gathers 127.0.0.1 by itself) and only on ``ports`` (lo, hi) when given."""
-    connection = ice._connection
+    _restrict_gathering(ice._connection, addresses, ports)
+
+
+def _restrict_gathering(
+    connection: aioice_ice.Connection,
+    addresses: tuple[str, ...],
+    ports: tuple[int, int] | None,
+) -> None:
     original = connection.get_component_candidates
     configured = addresses
 
@@ -232,10 +256,14 @@ async def _bind(
 
 
 class InboundCounter:
-    __slots__ = ("count",)
+    """Inbound datagrams and checks seen; ``hold`` keeps consent from expiring
+    (while an ICE restart looks for a new path, the old one may be dead)."""
+
+    __slots__ = ("count", "hold")
 
     def __init__(self) -> None:
         self.count = 0
+        self.hold = False
 
 
 def count_inbound_as_consent(ice: RTCIceTransport) -> InboundCounter:
@@ -243,8 +271,12 @@ def count_inbound_as_consent(ice: RTCIceTransport) -> InboundCounter:
     never answers them but keeps sending its own checks and media. Replace
     aioice's consent loop by one that also treats any inbound datagram since
     the previous check as fresh consent."""
-    connection = ice._connection
     counter = InboundCounter()
+    _count_inbound_as_consent(ice._connection, counter)
+    return counter
+
+
+def _count_inbound_as_consent(connection: aioice_ice.Connection, counter: InboundCounter) -> None:
     data_received = connection.data_received
     request_received = connection.request_received
 
@@ -278,7 +310,7 @@ def count_inbound_as_consent(ice: RTCIceTransport) -> InboundCounter:
             if counter.count != seen:
                 failures = 0
                 seen = counter.count
-            if failures >= aioice_ice.CONSENT_FAILURES:
+            if failures >= aioice_ice.CONSENT_FAILURES and not counter.hold:
                 logger.info("ICE consent expired (no answer and no inbound traffic)")
                 connection._query_consent_task = None
                 await connection.close()
@@ -287,19 +319,118 @@ def count_inbound_as_consent(ice: RTCIceTransport) -> InboundCounter:
     connection.data_received = on_data  # type: ignore[method-assign]
     connection.request_received = on_request  # type: ignore[method-assign]
     connection.query_consent = query_consent  # type: ignore[method-assign]
-    return counter
 
 
-Closer = Callable[[], Awaitable[None]]
+# --- ICE restart ------------------------------------------------------------------------
+
+
+class IceRestart:
+    """An ICE restart under a live :class:`RTCIceTransport` (aioice has none).
+
+    A second aioice connection with new local and remote credentials is
+    gathered, checked and nominated beside the first one, then
+    :meth:`install` swaps it in under the transport; the DTLS transport above
+    keeps its association and SRTP contexts (no new handshake).
+
+    How the swap keeps the DTLS receive loop: the loop awaits
+    ``transport._recv()`` (the old connection's ``recv``), which awaits the
+    old connection's queue. The new connection is given that same queue from
+    the start, so the pending read gets datagrams from either path, with none
+    lost while both live; :meth:`install` points ``_recv``/``_send`` at the new
+    connection, moves the transport's event waiter over (closing the old
+    connection must not fail the transport) and gives the old connection a
+    queue of its own before closing it (its ``None`` wakes nobody)."""
+
+    def __init__(
+        self,
+        ice: RTCIceTransport,
+        addresses: tuple[str, ...],
+        ports: tuple[int, int] | None,
+        consent: InboundCounter | None = None,
+    ) -> None:
+        old = ice._connection
+        self._ice = ice
+        self._candidates_end = False
+        self.connection = aioice_ice.Connection(ice_controlling=old.ice_controlling)
+        self.connection._queue = old._queue
+        _restrict_gathering(self.connection, addresses, ports)
+        if consent is not None:
+            _count_inbound_as_consent(self.connection, consent)
+
+    async def gather(self) -> None:
+        await self.connection.gather_candidates()
+
+    def local_parameters(self) -> RTCIceParameters:
+        return RTCIceParameters(
+            usernameFragment=self.connection.local_username,
+            password=self.connection.local_password,
+        )
+
+    def local_candidates(self) -> list[RTCIceCandidate]:
+        return [candidate_from_aioice(c) for c in self.connection.local_candidates]
+
+    def set_remote(self, parameters: RTCIceParameters) -> None:
+        self.connection.remote_username = parameters.usernameFragment
+        self.connection.remote_password = parameters.password
+        self.connection.remote_is_lite = parameters.iceLite
+
+    @property
+    def remote_username(self) -> str | None:
+        return self.connection.remote_username
+
+    @property
+    def has_remote_candidates(self) -> bool:
+        return bool(self.connection._remote_candidates)
+
+    async def add_remote_candidate(self, candidate: RTCIceCandidate | None) -> None:
+        """A remote candidate of the new generation, or None for its end."""
+        if self._candidates_end:
+            return
+        if candidate is None:
+            self._candidates_end = True
+            await self.connection.add_remote_candidate(None)
+        else:
+            await self.connection.add_remote_candidate(candidate_to_aioice(candidate))
+
+    async def connect(self) -> None:
+        """Check and nominate; ConnectionError when no pair works."""
+        await self.connection.connect()
+
+    async def install(self, swapped: Callable[[], None]) -> None:
+        """Swap the checked connection in under the transport, call ``swapped``
+        (senders rebind to the new pair), then close the old connection."""
+        ice, new = self._ice, self.connection
+        old = ice._connection
+        new._event_waiter, old._event_waiter = old._event_waiter, None
+        ice._connection = new
+        ice.iceGatherer._connection = new
+        ice.iceGatherer._remote_candidates_end = self._candidates_end
+        ice._recv = new.recv
+        ice._send = new.send
+        swapped()
+        old._queue = asyncio.Queue()
+        await old.close()
+
+    async def abandon(self) -> None:
+        """Close the new connection; the transport keeps its current one."""
+        self.connection._queue = asyncio.Queue()
+        await self.connection.close()
+
+
+def remote_username(ice: RTCIceTransport) -> str | None:
+    """The remote ufrag the transport's current connection checks against."""
+    return ice._connection.remote_username
 
 __all__ = [
     "DatagramSender",
+    "IceRestart",
     "InboundCounter",
     "count_inbound_as_consent",
     "dtls_connected",
     "dtls_role",
     "register_rtcp_sink",
     "register_rtcp_source",
+    "remote_username",
     "restrict_gathering",
     "set_dtls_role",
     "set_ice_controlling",

@@ -109,6 +109,37 @@ def answer_codec(
     return codec
 
 
+def is_rtx(codec: RTCRtpCodecParameters) -> bool:
+    return _mime(codec) == "video/rtx"
+
+
+def rtx_codec(payload_type: int, media: RTCRtpCodecParameters) -> RTCRtpCodecParameters:
+    """The RTX codec (RFC 4588) with ``payload_type`` that repairs ``media``."""
+    return RTCRtpCodecParameters(
+        mimeType="video/rtx",
+        clockRate=media.clockRate,
+        payloadType=payload_type,
+        parameters={"apt": media.payloadType},
+    )
+
+
+def match_rtx(
+    media: RTCRtpCodecParameters, offered: list[RTCRtpCodecParameters]
+) -> RTCRtpCodecParameters | None:
+    """The peer's RTX entry for its codec ``media`` (``a=fmtp:N apt=<media pt>``),
+    when it offered one and NACK with it: RTX only carries answers to NACKs."""
+    if not any(fb.type == "nack" and not fb.parameter for fb in media.rtcpFeedback):
+        return None
+    for codec in offered:
+        if (
+            is_rtx(codec)
+            and codec.clockRate == media.clockRate
+            and codec.parameters.get("apt") == media.payloadType
+        ):
+            return rtx_codec(codec.payloadType, media)
+    return None
+
+
 def pull_codecs(kind: str) -> list[RTCRtpCodecParameters]:
     """Every codec a publisher may send us, as an edge offers them to its origin."""
     if kind == "audio":
@@ -123,6 +154,9 @@ def pull_codecs(kind: str) -> list[RTCRtpCodecParameters]:
                 parameters={"packetization-mode": "1", "profile-level-id": profile + "1f"},
             )
         )
+    # and RTX for each, so that the origin repairs the edge's losses in RTX streams
+    first_rtx = 96 + len(codecs)
+    codecs += [rtx_codec(first_rtx + i, media) for i, media in enumerate(list(codecs))]
     return codecs
 
 
@@ -143,5 +177,8 @@ __all__ = [
     "choose_publish_codec",
     "h264_profile_prefix",
     "is_forwardable",
+    "is_rtx",
+    "match_rtx",
     "match_subscriber_codec",
+    "rtx_codec",
 ]

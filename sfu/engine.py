@@ -15,20 +15,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtcicetransport import RTCIceCandidate, RTCIceParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from config.settings import Settings
 
 from . import metrics
+from .candidates import CandidatePolicy
 from .codecs import choose_publish_codec, match_subscriber_codec, pull_sections
 from .errors import (
     AtCapacity,
+    IceRestartRefused,
     NothingAcceptable,
     PublisherExists,
     RoomNotLive,
     SdpError,
     SessionNotFound,
 )
-from .sdp import EXT_ABS_SEND_TIME, MAX_LAYERS, Offer, OfferedMedia, parse_candidate, parse_offer
+from .local import LocalPublisher
+from .sdp import (
+    EXT_ABS_SEND_TIME,
+    MAX_LAYERS,
+    Offer,
+    OfferedMedia,
+    ice_parameters,
+    parse_candidate,
+    parse_offer,
+)
 from .session import MediaLine, Session
 from .track import DownTrack, UpTrack
 
@@ -65,6 +78,7 @@ class MediaEngine:
     def __init__(self, settings: Settings, *, connect_timeout: float = 30.0) -> None:
         self.settings = settings
         self.connect_timeout = connect_timeout
+        self.candidates = CandidatePolicy(settings)  # sfu/candidates.py
         self.certificate = RTCCertificate.generateCertificate()
         self._sessions: dict[str, Session] = {}
         self._rooms: dict[str, Room] = {}
@@ -195,8 +209,28 @@ class MediaEngine:
         await self._set_up(session, session.start_pulled(answer, lines))
         return session
 
+    def publish_local(
+        self, room: str, *, owner: str = "", tracks: list[tuple[str, RTCRtpCodecParameters]]
+    ) -> LocalPublisher:
+        """A publisher fed RTP by this process (an ingest, see sfu/local.py):
+        ``tracks`` is ``[(kind, codec)]``, one per kind. Live at once, so
+        ``on_publisher_started`` fires now; same conflicts as :meth:`publish`."""
+        self._check_open()
+        self._check_sessions()
+        r = self._rooms.get(room)
+        if r is not None and r.publishers:
+            raise PublisherExists(f"room {room!r} already has a publisher")
+        publisher = LocalPublisher(self, room, owner, tracks)
+        self._add(publisher, publisher=True)  # type: ignore[arg-type]
+        publisher.start()
+        return publisher
+
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
+
+    def sessions(self) -> list[Session]:
+        """Every open session (revocation ends those of one owner)."""
+        return list(self._sessions.values())
 
     async def add_remote_candidate(self, session_id: str, candidate: str) -> None:
         """A trickled ``candidate:...`` line; ``""`` or ``end-of-candidates`` ends them."""
@@ -213,11 +247,39 @@ class MediaEngine:
         """A subscriber's cap on the simulcast layer it receives: 0 is the
         lowest, None lifts the cap. Tracks without simulcast are not affected."""
         session = self._sessions.get(session_id)
-        if session is None or session.closed:
+        if session is None or session.closed or not isinstance(session, Session):
             raise SessionNotFound(session_id)
         if max_layer is not None and not 0 <= max_layer < MAX_LAYERS:
             raise SdpError(f"max layer must be 0..{MAX_LAYERS - 1} or none")
         session.set_max_layer(max_layer)
+
+    async def restart_ice(
+        self, session_id: str, ufrag: str, pwd: str, candidates: list[str]
+    ) -> tuple[RTCIceParameters, list[RTCIceCandidate]]:
+        """The peer's ICE restart with new credentials and trickled ``candidate:...``
+        lines (``end-of-candidates`` ends them): our new credentials and
+        candidates. The session stays the same; see :meth:`Session.restart_ice`."""
+        session = self._restartable(session_id)
+        remote = ice_parameters(ufrag, pwd)
+        parsed = [parse_candidate(line) for line in candidates]
+        usable = [c for c in parsed if c is not None]
+        return await session.restart_ice(remote, usable, complete=None in parsed)
+
+    async def restart_offer(self, session_id: str, offer_sdp: str) -> str:
+        """A new offer that restarts the session's ICE: the answer with our new credentials."""
+        session = self._restartable(session_id)
+        offer = parse_offer(offer_sdp)
+        if not session.is_ice_restart(offer):
+            raise IceRestartRefused("the offer keeps the ICE credentials: nothing to restart")
+        return await session.restart_offer(offer)
+
+    def _restartable(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(session_id)
+        if not isinstance(session, Session):  # a local publisher has no ICE
+            raise IceRestartRefused("this session has no ICE to restart")
+        return session
 
     async def close_session(self, session_id: str, reason: str = "closed") -> None:
         session = self._sessions.get(session_id)

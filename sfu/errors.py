@@ -54,6 +54,21 @@ class AtCapacity(MediaError):
     status = 503
 
 
+class IceRestartRefused(MediaError):
+    """An ICE restart this session cannot do now: not connected yet, pulled
+    from an origin, a renegotiation under way, or media sections changed."""
+
+    code = "ice_restart_refused"
+    status = 409
+
+
+class RestartTooSoon(MediaError):
+    """A second ICE restart within a second of the previous one."""
+
+    code = "rate_limited"
+    status = 429
+
+
 class SessionNotFound(MediaError):
     """No session with this id (never existed, or already closed)."""
 
@@ -63,9 +78,11 @@ class SessionNotFound(MediaError):
 
 __all__ = [
     "AtCapacity",
+    "IceRestartRefused",
     "MediaError",
     "NothingAcceptable",
     "PublisherExists",
+    "RestartTooSoon",
     "RoomNotLive",
     "SdpError",
     "SessionNotFound",

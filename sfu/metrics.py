@@ -20,6 +20,14 @@ BYTES_FORWARDED = Counter(
 RETRANSMITTED = Counter(
     "airwave_sfu_retransmitted_packets", "RTP packets resent on a subscriber's NACK"
 )
+RTX_SENT = Counter(
+    "airwave_sfu_rtx_sent_packets",
+    "Of the retransmitted packets, those sent as RTX (RFC 4588) in the subscriber's RTX stream",
+)
+RTX_REPAIRED = Counter(
+    "airwave_sfu_rtx_repaired_packets",
+    "Packets lost from a publisher and received again in its RTX stream",
+)
 NACKS_SENT = Counter("airwave_sfu_nacks_sent", "NACK messages sent to publishers")
 KEYFRAME_REQUESTS = Counter(
     "airwave_sfu_keyframe_requests_relayed", "PLI sent to publishers on behalf of subscribers"
@@ -34,6 +42,10 @@ PAUSED_VIEWERS = Gauge(
 SESSIONS_ENDED = Counter("airwave_sfu_sessions_ended", "Sessions ended, by reason", ["reason"])
 SESSIONS_FAILED = Counter(
     "airwave_sfu_sessions_failed", "Sessions ended by a failure, by reason", ["reason"]
+)
+ICE_RESTARTS = Counter(
+    "airwave_sfu_ice_restarts", "ICE restarts by result: completed, or failed (the old path stays)",
+    ["result"],
 )
 
 FAILURE_REASONS = frozenset({"ice_failed", "dtls_failed", "connect_timeout", "setup_failed"})

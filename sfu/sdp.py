@@ -21,6 +21,7 @@ from .errors import SdpError
 
 MAX_SDP_LENGTH = 64 * 1024
 MAX_LAYERS = 4
+MAX_MEDIA_SECTIONS = 16  # an answer has one section per offered one: no amplification
 _ICE_CHARS = re.compile(r"^[A-Za-z0-9+/]+$")
 _RID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
@@ -72,6 +73,13 @@ def _check_ice_credentials(ice: RTCIceParameters) -> None:
         raise SdpError("invalid ice-pwd")
 
 
+def ice_parameters(ufrag: str, pwd: str) -> RTCIceParameters:
+    """Validated ICE credentials (from an SDP fragment); SdpError otherwise."""
+    parameters = RTCIceParameters(usernameFragment=ufrag, password=pwd)
+    _check_ice_credentials(parameters)
+    return parameters
+
+
 def parse_offer(text: str) -> Offer:
     """Parse and validate an offer; raise :class:`SdpError` on anything unusable."""
     if not isinstance(text, str) or not text.strip():
@@ -86,6 +94,8 @@ def parse_offer(text: str) -> Offer:
         raise SdpError(f"unparseable SDP: {type(exc).__name__}") from None
     if not desc.media:
         raise SdpError("SDP has no media section")
+    if len(desc.media) > MAX_MEDIA_SECTIONS:
+        raise SdpError(f"SDP has more than {MAX_MEDIA_SECTIONS} media sections")
 
     bundle: list[str] = []
     for group in desc.group:
@@ -289,6 +299,7 @@ class AnswerSection:
     msid: str | None = None
     extensions: list[tuple[int, str]] = field(default_factory=list)  # (id, uri)
     recv_rids: list[str] = field(default_factory=list)  # simulcast layers we receive
+    rtx_ssrc: int | None = None  # our RTX SSRC (RFC 4588) for ``ssrc``, when negotiated
 
 
 @dataclass
@@ -351,9 +362,15 @@ def write_description(
                     lines.append(f"a=rid:{rid} recv")
                 lines.append("a=simulcast:recv " + ";".join(s.recv_rids))
             if s.ssrc is not None and s.direction in ("sendonly", "sendrecv"):
-                lines.append(f"a=ssrc:{s.ssrc} cname:{cname}")
-                if s.msid:
-                    lines.append(f"a=ssrc:{s.ssrc} msid:{s.msid}")
+                # the media SSRC first: aiortc takes the second a=ssrc as RTX
+                ssrcs = [s.ssrc]
+                if s.rtx_ssrc is not None:
+                    ssrcs.append(s.rtx_ssrc)
+                    lines.append(f"a=ssrc-group:FID {s.ssrc} {s.rtx_ssrc}")
+                for ssrc in ssrcs:
+                    lines.append(f"a=ssrc:{ssrc} cname:{cname}")
+                    if s.msid:
+                        lines.append(f"a=ssrc:{ssrc} msid:{s.msid}")
         lines.append(f"a=ice-ufrag:{transport.ice.usernameFragment}")
         lines.append(f"a=ice-pwd:{transport.ice.password}")
         for f in transport.fingerprints:
@@ -363,6 +380,27 @@ def write_description(
             for c in transport.candidates:
                 lines.append("a=candidate:" + aiortc_sdp.candidate_to_sdp(c))
             lines.append("a=end-of-candidates")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def write_ice_fragment(
+    parameters: RTCIceParameters,
+    candidates: list[RTCIceCandidate],
+    *,
+    kind: str,
+    mid: str,
+) -> str:
+    """An ``application/trickle-ice-sdpfrag`` body (RFC 8840) with our ICE
+    credentials and candidates, for the media section ``kind``/``mid`` (the
+    first of the bundle), as the answer to an ICE restart (RFC 9725 4.4.1)."""
+    lines = [
+        f"a=ice-ufrag:{parameters.usernameFragment}",
+        f"a=ice-pwd:{parameters.password}",
+        f"m={kind} 9 UDP/TLS/RTP/SAVPF 0",
+        f"a=mid:{mid}",
+    ]
+    lines += ["a=candidate:" + aiortc_sdp.candidate_to_sdp(c) for c in candidates]
+    lines.append("a=end-of-candidates")
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -377,8 +415,10 @@ __all__ = [
     "Offer",
     "OfferedMedia",
     "Transport",
+    "ice_parameters",
     "order_layers",
     "parse_candidate",
     "parse_offer",
     "write_description",
+    "write_ice_fragment",
 ]

@@ -18,7 +18,12 @@ from typing import Any, Literal, Protocol
 
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
-from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from aiortc.rtcicetransport import (
+    RTCIceCandidate,
+    RTCIceGatherer,
+    RTCIceParameters,
+    RTCIceTransport,
+)
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -34,12 +39,15 @@ from aiortc.rtp import (
 from config.settings import Settings
 
 from . import aiortc_seam as seam
+from . import metrics, rtx
 from .bandwidth import DownlinkEstimate
-from .codecs import answer_codec, match_subscriber_codec
-from .errors import SdpError, SessionNotFound
+from .candidates import CandidatePolicy
+from .codecs import answer_codec, match_rtx, match_subscriber_codec, rtx_codec
+from .errors import AtCapacity, IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
 from .sdp import (
     EXT_ABS_SEND_TIME,
     EXT_MID,
+    EXT_REPAIRED_RID,
     EXT_RID,
     PUBLISHER_EXTENSIONS,
     SUBSCRIBER_EXTENSIONS,
@@ -58,6 +66,7 @@ logger = logging.getLogger(__name__)
 Role = Literal["publisher", "subscriber", "peer"]
 RTCP_INTERVAL = 1.0
 REMB_INTERVAL = 1.0  # seconds between two REMBs to a publisher when nothing changed
+RESTART_SPACING = 1.0  # seconds between two ICE restarts of a session
 
 
 class SessionHost(Protocol):
@@ -72,6 +81,9 @@ class SessionHost(Protocol):
 
     @property
     def connect_timeout(self) -> float: ...
+
+    @property
+    def candidates(self) -> CandidatePolicy: ...
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
@@ -111,6 +123,7 @@ class Session:
         self._engine = engine
         self._cname = uuid.uuid4().hex[:16]
         self._by_ssrc: dict[int, Layer] = {}
+        self._rtx_by_ssrc: dict[int, Layer] = {}  # the publisher's RTX SSRCs, by the layer they repair
         self._closing = False
         self._closed = asyncio.Event()
         self._connect_task: asyncio.Task[None] | None = None
@@ -131,8 +144,13 @@ class Session:
         self._uplink: RemoteBitrateEstimator | None = None
         self._abs_send_time_id = 0
         self._rid_id = 0
+        self._repaired_rid_id = 0
         self._mid_id = 0
         self._remb_sent = (0, 0.0)  # (bitrate, monotonic)
+        self._restart: seam.IceRestart | None = None  # new ICE path being checked
+        self._restart_task: asyncio.Task[None] | None = None
+        self._restart_lock = asyncio.Lock()
+        self._restarted_at = -RESTART_SPACING
 
         settings = engine.settings
         self._gatherer = RTCIceGatherer(iceServers=[])
@@ -159,7 +177,13 @@ class Session:
             candidate.component != 1
             or candidate.protocol.lower() != "udp"
             or candidate.ip.endswith(".local")
+            or not self._engine.candidates.admits(self, candidate, self._gatherer.getLocalCandidates())
         ):
+            return
+        if self._restart is not None:  # a candidate of the restart's generation
+            if candidate is None and not self._restart.has_remote_candidates:
+                return  # only mDNS ones so far: the peer's checks will reveal its address
+            await self._restart.add_remote_candidate(candidate)
             return
         await self.ice.addRemoteCandidate(candidate)
 
@@ -216,8 +240,13 @@ class Session:
             candidates=self._gatherer.getLocalCandidates(),
         )
 
-    def _write(self, sections: list[AnswerSection], setup: str | None = None) -> str:
-        transport = self._transport_description()
+    def _write(
+        self,
+        sections: list[AnswerSection],
+        setup: str | None = None,
+        transport: Transport | None = None,
+    ) -> str:
+        transport = transport or self._transport_description()
         if setup is not None:
             transport.setup = setup
         text = write_description(
@@ -251,10 +280,12 @@ class Session:
                 ext = line.media.extensions
                 self._abs_send_time_id = self._abs_send_time_id or ext.get(EXT_ABS_SEND_TIME, 0)
                 self._rid_id = self._rid_id or ext.get(EXT_RID, 0)
+                self._repaired_rid_id = self._repaired_rid_id or ext.get(EXT_REPAIRED_RID, 0)
                 self._mid_id = self._mid_id or ext.get(EXT_MID, 0)
                 remb = remb or any(fb.type == "goog-remb" for fb in line.up.codec.rtcpFeedback)
             if line.down is not None:
                 self.downtracks.append(line.down)
+                self._use_rtx(line.down, line.down_codec, line.media.codecs)
         if remb and self._abs_send_time_id:
             self._uplink = RemoteBitrateEstimator()
 
@@ -267,7 +298,13 @@ class Session:
     # -- pulling (an edge: we offer to a remote origin and receive its tracks) ---------------
 
     async def pull_offer(self, sections: list[AnswerSection]) -> str:
-        """Gather, then write our own offer (``actpass``) with ``sections``."""
+        """Gather, then write our own offer (``actpass``) with ``sections``.
+
+        We are the ICE controlling side from the start: the origin starts its
+        checks as soon as it answers, and may reach us before its answer does.
+        Were we still controlled then, the role conflict would flip the origin
+        to controlling, then us back to controlled, and nobody would nominate."""
+        seam.set_ice_controlling(self.ice, True)
         await self._gatherer.gather()
         return self._write(sections, setup="actpass")
 
@@ -281,8 +318,8 @@ class Session:
 
     def new_uptrack(self, media: OfferedMedia, codec: RTCRtpCodecParameters) -> UpTrack:
         fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
-        rtx = {r for _, r in media.fid}
-        ssrcs = [s for s in media.ssrcs if s not in rtx]
+        rtx_ssrcs = {r for _, r in media.fid}
+        ssrcs = [s for s in media.ssrcs if s not in rtx_ssrcs]
         rids: list[str] = []
         known = True
         if media.kind == "video" and media.rids:
@@ -296,7 +333,7 @@ class Session:
             ssrcs = list(media.sim_ssrcs)
         else:
             ssrcs = ssrcs[:1]
-        return UpTrack(
+        up = UpTrack(
             self,
             kind=media.kind,
             mid=media.mid,
@@ -307,6 +344,31 @@ class Session:
             rids=rids,
             rid_order_known=known,
         )
+        repair = match_rtx(codec, media.codecs)
+        if repair is not None:
+            # one RTX payload type for the track; an RTX SSRC per layer (FID pairs)
+            up.rtx_payload_type = repair.payloadType
+            by_media_ssrc = dict(media.fid)
+            for layer in up.layers:
+                if layer.ssrc is not None and layer.ssrc in by_media_ssrc:
+                    self.bind_rtx_ssrc(by_media_ssrc[layer.ssrc], layer)
+        return up
+
+    def bind_rtx_ssrc(self, rtx_ssrc: int, layer: Layer) -> None:
+        """Packets the publisher sends on ``rtx_ssrc`` are RTX repairs for
+        ``layer`` (from ``a=ssrc-group:FID``, the RTX payload type of a plain
+        track, or a repaired-rtp-stream-id header extension naming the layer)."""
+        self._rtx_by_ssrc[rtx_ssrc] = layer
+
+    def _use_rtx(
+        self,
+        down: DownTrack,
+        peer_codec: RTCRtpCodecParameters | None,
+        offered: list[RTCRtpCodecParameters],
+    ) -> None:
+        """RTX toward the subscriber when it offered RTX for ``peer_codec``."""
+        repair = match_rtx(peer_codec, offered) if peer_codec is not None else None
+        down.use_rtx(repair.payloadType if repair is not None else None, random_ssrc())
 
     # -- renegotiation (calls: the server offers the other party's tracks) ------------------
 
@@ -329,6 +391,7 @@ class Session:
             )
             line.down_codec = peer_codec
             line.pending = True
+            self._use_rtx(line.down, peer_codec, line.media.codecs)
             self.downtracks.append(line.down)
             added = True
         return added
@@ -350,6 +413,7 @@ class Session:
         peer = match_subscriber_codec(up.codec, codecs)
         if peer is None:
             return None, None
+        repair = match_rtx(peer, codecs)
         mids = {line.media.mid for line in self.lines}
         mid = next(str(i) for i in range(len(mids) + 1) if str(i) not in mids)
         media = OfferedMedia(
@@ -357,10 +421,10 @@ class Session:
             kind=up.kind,
             mid=mid,
             protocol="UDP/TLS/RTP/SAVPF",
-            fmt=[str(peer.payloadType)],
+            fmt=[str(c.payloadType) for c in (peer, repair) if c is not None],
             direction="recvonly",
             rtcp_mux=True,
-            codecs=[peer],
+            codecs=[c for c in (peer, repair) if c is not None],
             ssrcs=[],
             fid=[],
             msid=None,
@@ -412,6 +476,7 @@ class Session:
                 down.abs_send_time_id, m.extensions.get(EXT_ABS_SEND_TIME, 0)
             )
             line.down_codec = peer
+            self._use_rtx(down, peer, m.codecs)
             if self.state == "connected":
                 self._start_down(down)
 
@@ -487,12 +552,54 @@ class Session:
         ssrc = int.from_bytes(data[8:12], "big")
         layer = self._by_ssrc.get(ssrc)
         if layer is None:
+            repaired = self._rtx_by_ssrc.get(ssrc)
+            if repaired is None:
+                repaired = self._learn_rtx_ssrc(ssrc, data)
+            if repaired is not None:
+                if self._uplink is not None and data[0] & 0x10:
+                    self._estimate_uplink(ssrc, data)  # RTX padding probes count too
+                self._on_rtx(repaired, data)
+                return
             layer = self._learn_ssrc(ssrc, data)
             if layer is None:
                 return
         if self._uplink is not None and data[0] & 0x10:
             self._estimate_uplink(ssrc, data)
         layer.on_rtp(data)
+
+    def _on_rtx(self, layer: Layer, data: bytes) -> None:
+        """An RTX packet repairing ``layer``: the original packet goes in as a late one."""
+        up = layer.track
+        if (data[1] & 0x7F) != up.rtx_payload_type or layer.ssrc is None:
+            return
+        original = rtx.unwrap(data, up.codec.payloadType, layer.ssrc)
+        if original is not None and layer.on_repair(original):
+            metrics.RTX_REPAIRED.inc()
+
+    def _learn_rtx_ssrc(self, ssrc: int, data: bytes) -> Layer | None:
+        """An unknown SSRC sending an RTX payload type: the layer its
+        repaired-rtp-stream-id (and mid) extension names, or else the one
+        layer of the one plain track with that RTX payload type."""
+        pt = data[1] & 0x7F
+        candidates = [u for u in self.uptracks if u.rtx_payload_type == pt]
+        if not candidates:
+            return None
+        layer = None
+        if self._repaired_rid_id and data[0] & 0x10:
+            rid = header_extension(data, self._repaired_rid_id)
+            if rid is not None:
+                mid = header_extension(data, self._mid_id) if self._mid_id else None
+                for up in candidates:
+                    if mid is None or mid.decode("ascii", "replace") == up.mid:
+                        layer = up.layer_by_rid(rid.decode("ascii", "replace"))
+                        if layer is not None:
+                            break
+        if layer is None and len(candidates) == 1 and not candidates[0].simulcast:
+            layer = candidates[0].layers[0]
+        if layer is None or layer in self._rtx_by_ssrc.values():
+            return None
+        self.bind_rtx_ssrc(ssrc, layer)
+        return layer
 
     def _learn_ssrc(self, ssrc: int, data: bytes) -> Layer | None:
         """A new SSRC: a simulcast layer by its rtp-stream-id (and mid), or the
@@ -632,6 +739,10 @@ class Session:
                         continue
                     payload += bytes(down.sender_report())
                     chunks.append(RtcpSourceInfo(ssrc=down.ssrc, items=[(1, self._cname.encode())]))
+                    if down.rtx_payload_type is not None and down.rtx_ssrc is not None:
+                        chunks.append(
+                            RtcpSourceInfo(ssrc=down.rtx_ssrc, items=[(1, self._cname.encode())])
+                        )
                 if payload:
                     payload += bytes(RtcpSdesPacket(chunks=chunks))
                     sender.send_rtcp(payload)
@@ -676,6 +787,7 @@ class Session:
                     await task
                 except BaseException:  # noqa: BLE001
                     pass
+        await self._drop_restart()
         seam.unregister_rtcp(self.dtls, self)
         for down in self.downtracks:
             seam.unregister_rtcp(self.dtls, down)
@@ -691,6 +803,118 @@ class Session:
         self.state = "closed"
         self._closed.set()
         self._engine.session_closed(self, reason)
+
+    # -- ICE restart ----------------------------------------------------------------------------
+
+    async def restart_ice(
+        self,
+        remote: RTCIceParameters,
+        candidates: list[RTCIceCandidate],
+        complete: bool = False,
+    ) -> tuple[RTCIceParameters, list[RTCIceCandidate]]:
+        """The peer restarts ICE with ``remote`` credentials (and candidates):
+        gather with new credentials of ours and return them with our
+        candidates. Checks run in the background; once a new pair is nominated
+        it replaces the old path under the same DTLS association (no new
+        handshake), and media follows. Tracks, state and the session's place
+        in its room stay; until then media keeps the old path."""
+        async with self._restart_lock:
+            if self._closing:
+                raise SessionNotFound(self.id)
+            if self.state != "connected" or self.pulled:
+                raise IceRestartRefused("ICE restarts only on a connected session")
+            now = time.monotonic()
+            if now - self._restarted_at < RESTART_SPACING:
+                raise RestartTooSoon("at most one ICE restart a second")
+            self._restarted_at = now
+            await self._drop_restart()
+            settings = self._engine.settings
+            restart = seam.IceRestart(
+                self.ice, tuple(settings.ice_addresses), settings.udp_ports, self.consent
+            )
+            restart.set_remote(remote)
+            self._restart = restart
+            self.consent.hold = True  # the old path may be dead: no expiry while we look
+            await restart.gather()
+            if self._restart is not restart:  # the session closed meanwhile
+                raise SessionNotFound(self.id)
+            if not restart.local_candidates():
+                await self._drop_restart()
+                raise AtCapacity("no UDP port free for an ICE restart")
+            for candidate in candidates:
+                await self.add_remote_candidate(candidate)
+            if complete:
+                await self.add_remote_candidate(None)
+            self._restart_task = asyncio.create_task(
+                self._finish_restart(restart), name=f"sfu-ice-restart-{self.id}"
+            )
+            return restart.local_parameters(), restart.local_candidates()
+
+    def is_ice_restart(self, offer: Offer) -> bool:
+        """Whether a new offer from the peer restarts ICE: new credentials."""
+        current = self._restart.remote_username if self._restart else seam.remote_username(self.ice)
+        return offer.ice.usernameFragment != current
+
+    async def restart_offer(self, offer: Offer) -> str:
+        """A new offer restarting ICE (same DTLS fingerprint and media sections,
+        new credentials): restart and answer with our new credentials."""
+        if self._offer is None or self._offer_pending or any(line.pending for line in self.lines):
+            raise IceRestartRefused("a renegotiation is under way")
+        if [m.mid for m in offer.media] != [line.media.mid for line in self.lines]:
+            raise IceRestartRefused("an ICE restart keeps the media sections")
+        if _fingerprints(offer) != _fingerprints(self._offer):
+            raise IceRestartRefused("an ICE restart keeps the DTLS certificate")
+        parameters, candidates = await self.restart_ice(
+            offer.ice, offer.candidates, offer.candidates_complete
+        )
+        transport = self._transport_description()
+        transport.ice, transport.candidates = parameters, candidates
+        self.answer_sdp = self._write([line.section() for line in self.lines], transport=transport)
+        return self.answer_sdp
+
+    async def _finish_restart(self, restart: seam.IceRestart) -> None:
+        try:
+            async with asyncio.timeout(self._engine.connect_timeout):
+                await restart.connect()
+        except (TimeoutError, ConnectionError) as exc:
+            logger.info("session %s: ICE restart failed (%s); the old path stays", self.id, exc)
+            metrics.ICE_RESTARTS.labels("failed").inc()
+            if self._restart is restart:
+                self._restart = None
+                self.consent.hold = False
+                await restart.abandon()
+            return
+        if self._restart is not restart or self._closing:
+            return
+        self._restart = None
+        metrics.ICE_RESTARTS.labels("completed").inc()
+        await restart.install(self._on_new_path)  # swaps at once, then closes the old path
+        self.consent.hold = False
+        logger.info("session %s: ICE restarted", self.id)
+
+    def _on_new_path(self) -> None:
+        """Send on the new path now, not at the next RTCP tick, and ask for a
+        keyframe so that pictures resume without waiting for the viewer's PLI."""
+        if self.sender is None:
+            return
+        self.sender.refresh()
+        target = self._target()
+        for down in self.downtracks:
+            down.retarget(target)
+            down.request_keyframe()  # the layer this viewer receives or waits for
+
+    async def _drop_restart(self) -> None:
+        restart, task = self._restart, self._restart_task
+        self._restart = self._restart_task = None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - cancelled, it is gone either way
+                pass
+        if restart is not None:
+            self.consent.hold = False
+            await restart.abandon()
 
     def __repr__(self) -> str:
         return f"Session({self.role} {self.id[:8]} room={self.room!r} {self.state})"
@@ -726,12 +950,22 @@ class MediaLine:
             send = answer_codec(self.down.up.codec, self.down_codec)
             if not codecs or send.payloadType != codecs[0].payloadType:
                 codecs.append(send)
+        repairs = []
+        if self.up is not None and self.up.rtx_payload_type is not None:
+            repairs.append(rtx_codec(self.up.rtx_payload_type, self.up.codec))
+        if self.down is not None and self.down_codec is not None:
+            if self.down.rtx_payload_type is not None:
+                repairs.append(rtx_codec(self.down.rtx_payload_type, self.down_codec))
+        for repair in repairs:
+            if all(c.payloadType != repair.payloadType for c in codecs):
+                codecs.append(repair)
         direction = {
             (True, True): "sendrecv",
             (True, False): "recvonly",
             (False, True): "sendonly",
         }[(self.up is not None, self.down is not None)]
         down = self.down
+        rtx_ssrc = down.rtx_ssrc if down is not None and down.rtx_payload_type is not None else None
         return AnswerSection(
             kind=m.kind,
             mid=m.mid,
@@ -744,6 +978,7 @@ class MediaLine:
             recv_rids=[r for r in m.rids if self.up.layer_by_rid(r)]
             if self.up is not None and self.up.simulcast
             else [],
+            rtx_ssrc=rtx_ssrc,
         )
 
 
@@ -806,6 +1041,10 @@ class _FirSink:
                 self.session.on_remb(unpack_remb_fci(packet.fci)[0])
         except Exception:  # an exception here would end the transport's receive loop
             logger.exception("RTCP feedback handling failed")
+
+
+def _fingerprints(offer: Offer) -> set[tuple[str, str]]:
+    return {(f.algorithm.lower(), f.value.upper()) for f in offer.dtls.fingerprints}
 
 
 def _unused_section(media: Any) -> AnswerSection:

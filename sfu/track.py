@@ -45,7 +45,7 @@ from aiortc.rtp import (
     RtcpSrPacket,
 )
 
-from . import metrics
+from . import metrics, rtx
 from .bandwidth import DownlinkEstimate, LayerPolicy
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,9 @@ class UpTrack:
         self.ssrc_bytes = _pack_ssrc(out_ssrc)
         self.down: list[DownTrack] = []
         self.closed = False
+        # the publisher's RTX payload type (RFC 4588) for this track, when
+        # negotiated: one for all its layers, each layer on its own RTX SSRC
+        self.rtx_payload_type: int | None = None
         # rids low to high; when the SDP did not tell their order, the
         # measured bitrates decide it once every layer is flowing
         self._order_known = rid_order_known
@@ -442,6 +445,15 @@ class Layer:
             self.pli_wanted = False
             self.request_keyframe()
 
+    def on_repair(self, data: bytes) -> bool:
+        """A packet the publisher resent over RTX, unwrapped: forwarded like any
+        late packet, unless the history already holds it (a duplicate, e.g.
+        RTX used as padding). True when it was new."""
+        if self.history((data[2] << 8) | data[3]) is not None:
+            return False
+        self.on_rtp(data)
+        return True
+
     def _track_sequence(self, seq: int) -> None:
         last = self.max_seq
         if last is None:
@@ -731,6 +743,12 @@ class DownTrack:
         self.payload_type = payload_type
         self.abs_send_time_id = abs_send_time_id  # 0: not negotiated
         self.ssrc = up.out_ssrc
+        # RTX (RFC 4588) toward this subscriber, when it offered it: payload
+        # type, SSRC and the RTX stream's own sequence numbers
+        self.rtx_payload_type: int | None = None
+        self.rtx_ssrc: int | None = None
+        self._rtx_ssrc_bytes = b""
+        self._rtx_seq = 0
         self.target: Target | None = None
         self.layer: Layer | None = None  # the layer sent now (None: not started, or paused)
         self.wanted: Layer | None = None  # the layer it starts on or switches to next
@@ -1024,37 +1042,62 @@ class DownTrack:
         if sent_at is not None:
             self.rtt = max(0.0, time.monotonic() - sent_at - dlsr / 65536)
 
+    def use_rtx(self, payload_type: int | None, ssrc: int) -> None:
+        """Answer NACKs with RTX packets of ``payload_type`` on ``ssrc`` (kept
+        once chosen), or in the media stream when ``payload_type`` is None."""
+        self.rtx_payload_type = payload_type
+        if payload_type is not None and self.rtx_ssrc is None:
+            self.rtx_ssrc = ssrc
+            self._rtx_ssrc_bytes = _pack_ssrc(ssrc)
+            self._rtx_seq = ssrc & 0xFFFF  # a start unrelated to the media stream's
+
+    def sent_packet(self, seq: int) -> bytearray | None:
+        """The packet this subscriber was sent as ``seq`` (its own sequence
+        number), as it was sent: payload type, and for a rewriting subscriber
+        its timestamp and VP8 ids, rebuilt from the current layer's history
+        (no header extension). None when it is gone, was padding, or was sent
+        from another layer."""
+        layer = self.layer
+        if layer is None:
+            return None
+        if not self.rewrites:
+            packet = layer.history(seq)
+            if packet is None:
+                return None
+            buf = bytearray(packet)
+            buf[1] = (buf[1] & 0x80) | self.payload_type
+            return buf
+        entry = self._out_map[seq & _MASK]
+        if entry >= 0 and entry >> 17 == seq:
+            if not entry & 0x10000:
+                return None  # padding
+            in_seq = entry & 0xFFFF
+        elif (seq - self._offset_since) & 0xFFFF < 0x8000:
+            in_seq = (seq - self._seq_off) & 0xFFFF
+        else:
+            return None
+        packet = layer.history(in_seq)
+        if packet is None:
+            return None
+        return self._rewritten(packet, seq)
+
     def retransmit(self, lost: list[int]) -> None:
         target = self.target
-        layer = self.layer
-        if target is None or layer is None:
+        if target is None:
             return
         protect, sendto, addr = target
+        rtx_pt = self.rtx_payload_type
         for seq in lost[:128]:
-            if self.rewrites:
-                entry = self._out_map[seq & _MASK]
-                if entry >= 0 and entry >> 17 == seq:
-                    if not entry & 0x10000:
-                        continue  # padding
-                    in_seq = entry & 0xFFFF
-                elif (seq - self._offset_since) & 0xFFFF < 0x8000:
-                    in_seq = (seq - self._seq_off) & 0xFFFF
-                else:
-                    continue
-                packet = layer.history(in_seq)
-                if packet is None:
-                    continue
-                buf = self._rewritten(packet, seq)
-            else:
-                packet = layer.history(seq)
-                if packet is None:
-                    continue
-                buf = bytearray(packet)
-                buf[1] = (buf[1] & 0x80) | self.payload_type
+            buf = self.sent_packet(seq)
+            if buf is None:
+                continue
             if self.abs_send_time_id:
                 data = _with_extension(buf, abs_send_time(self.abs_send_time_id, time.monotonic()))
             else:
                 data = bytes(buf)
+            if rtx_pt is not None:
+                data = rtx.wrap(data, rtx_pt, self._rtx_seq, self._rtx_ssrc_bytes)
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             try:
                 sendto(protect(data), addr)
             except Exception as exc:  # noqa: BLE001
@@ -1062,6 +1105,8 @@ class DownTrack:
                 return
             self.retransmitted += 1
             metrics.RETRANSMITTED.inc()
+            if rtx_pt is not None:
+                metrics.RTX_SENT.inc()
 
     def _rewritten(self, packet: bytes, out_seq: int) -> bytearray:
         """A packet of our current layer's history as we sent it (sequence ``out_seq``)."""
@@ -1114,6 +1159,7 @@ class DownTrack:
             "fraction_lost": round(self.fraction_lost, 3),
             "rtt_ms": round(self.rtt * 1000, 1) if self.rtt is not None else None,
             "retransmitted": self.retransmitted,
+            "rtx": self.rtx_payload_type is not None,
             "keyframe_requests": self.keyframe_requests,
         }
 

@@ -27,8 +27,8 @@ from auth import Identity
 from rooms.bus import EventBus
 from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallError, CallService
 from rooms.social import SocialGraph
-from sfu import MediaEngine, MediaError, SdpError, Session, SessionNotFound
-from sfu.sdp import parse_offer
+from sfu import IceRestartRefused, MediaEngine, MediaError, SdpError, Session, SessionNotFound
+from sfu.sdp import Offer, parse_offer
 from turn import IceServerProvider
 
 from .server import SignalError, Signaling, call_audience, user_room
@@ -50,9 +50,13 @@ class CallMedia:
     offers them to the party (``call:sdp_offer`` from the server, answered by
     ``call:sdp_answer``).
 
-    A party that offers again (after an upgrade to video, after its
-    connection was lost) gets a new session in place of its old one; the other
-    party keeps its session and is offered the new tracks.
+    A party whose connection restarts ICE (``pc.restartIce()``: a new offer
+    with new ICE credentials, the same DTLS certificate and media sections)
+    keeps its session: the answer carries the server's new credentials and
+    media resumes on the new path. A party that offers again otherwise (after
+    an upgrade to video, from a new connection) gets a new session in place of
+    its old one; the other party keeps its session and is offered the new
+    tracks.
 
     The SFU room name contains ``/``, which no WHIP/WHEP URL or ``sfu:*``
     roomId may hold: only the call's parties reach its media.
@@ -80,10 +84,26 @@ class CallMedia:
             )
         previous = self._sessions.get(call.id, {}).get(user_id)
         if previous is not None:
+            session = self.engine.session(previous)
+            if session is not None and await self._restarted_ice(session, offer):
+                return session
             await self._close(previous, "renegotiated")
         session = await self.engine.join_call(self.room(call.id), sdp, owner=user_id)
         self._sessions.setdefault(call.id, {})[user_id] = session.id
         return session
+
+    @staticmethod
+    async def _restarted_ice(session: Session, offer: Offer) -> bool:
+        """Restart ICE on ``session`` when ``offer`` is its connection's ICE
+        restart (``session.answer_sdp`` is then the answer); False when the
+        offer needs a new session."""
+        if session.state != "connected" or not session.is_ice_restart(offer):
+            return False
+        try:
+            await session.restart_offer(offer)
+        except IceRestartRefused:
+            return False
+        return True
 
     def session_of(self, call: Call, user_id: str) -> Session | None:
         session_id = self._sessions.get(call.id, {}).get(user_id)
@@ -255,6 +275,8 @@ class CallSignaling:
 
     # --------------------------------------------------------- client requests
     async def initiate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
+        if not await self.signaling.limits.allow("actions", identity.user_id):
+            raise SignalError("rate_limited", "too many calls placed: slow down")
         payload = _object(data)
         to = _string(payload, "to")
         media = payload.get("media", "video")

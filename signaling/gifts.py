@@ -26,7 +26,7 @@ def register(signaling: Signaling, gifts: GiftService) -> None:
     @signaling.on("gift:send")
     async def gift_send(sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         try:
-            sent = await gifts.send(identity.user_id, SendGift.parse(data))
+            sent = await gifts.send(identity, SendGift.parse(data))
         except GiftRefused as exc:
             raise SignalError(exc.code, exc.message) from None
         await announce_gift(signaling, sent)

@@ -2,6 +2,10 @@
 
 ``sfu:publish {roomId, sdp}`` and ``sfu:subscribe {roomId, sdp}`` ack
 ``{sessionId, sdp}``; ``sfu:ice_candidate {sessionId, candidate}`` trickles;
+``sfu:restart {sessionId, sdp}`` restarts ICE with a new offer from the same
+connection (``pc.restartIce()``) and acks ``{sessionId, sdp}``, the answer
+with the server's new credentials: the session, its tracks and its DTLS
+association stay;
 ``sfu:unpublish`` / ``sfu:unsubscribe {sessionId}`` end a session;
 ``sfu:layer {sessionId, maxLayer}`` caps the simulcast layer a subscription
 receives (``"low"``, ``"medium"``, ``"high"``, 0..3, or null for none). Grants,
@@ -31,6 +35,7 @@ LAYER_CHANGES_PER_SECOND = 5  # per session
 
 Announce = Callable[[str, Session], Awaitable[None]]
 PrepareSubscribe = Callable[[str], Awaitable[None]]
+Admit = Callable[[Identity, str, str], Awaitable[None]]  # (identity, room, role); SignalError if not
 
 
 def _field(data: Any, name: str, limit: int = 256) -> str:
@@ -58,9 +63,11 @@ def register(
     bus: EventBus,
     announce: Announce,
     prepare_subscribe: PrepareSubscribe,
+    admit: Admit,
 ) -> SocketSessions:
     """``prepare_subscribe(room)`` runs before a subscription: in a cluster it
-    makes this node pull a room whose origin is another node."""
+    makes this node pull a room whose origin is another node. ``admit`` applies
+    the room's own rules (who may watch, who may publish) after the grant."""
     sessions = SocketSessions()
     by_socket = sessions.by_socket
     layer_changes: dict[str, tuple[float, int]] = {}  # session id -> (window start, changes)
@@ -79,6 +86,7 @@ def register(
         allowed = identity.can_publish(room) if role == "publish" else identity.can_subscribe(room)
         if not allowed:
             raise SignalError("forbidden", f"the token does not grant {role} for room {room!r}")
+        await admit(identity, room, role)
         try:
             if role == "publish":
                 session = await engine.publish(room, sdp, owner=identity.user_id)
@@ -116,6 +124,16 @@ def register(
         except MediaError as exc:
             raise SignalError(exc.code, str(exc)) from None
         return {"ok": True}
+
+    @signaling.on("sfu:restart")
+    async def restart(sid: str, identity: Identity, data: Any) -> dict[str, str]:
+        session_id = owned(sid, data)
+        sdp = _field(data, "sdp", MAX_SDP_CHARS)
+        try:
+            answer = await engine.restart_offer(session_id, sdp)
+        except MediaError as exc:
+            raise SignalError(exc.code, str(exc)) from None
+        return {"sessionId": session_id, "sdp": answer}
 
     async def end(sid: str, data: Any) -> dict[str, bool]:
         session_id = owned(sid, data)

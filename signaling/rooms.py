@@ -4,7 +4,7 @@ Client to server (every one acknowledged; failures ``{"error": {code, message}}`
 
 - ``stream:join {roomId}`` ack ``{roomId, status, streamId, viewerCount}``;
   ``stream:leave {roomId}``
-- ``chat:send {roomId, text, clientId}`` ack ``{id, seq, createdAt}`` once stored
+- ``chat:send {roomId, text, clientId, replyTo?, attachment?}`` ack ``{id, seq, createdAt}`` once stored
   (``{userId, text, clientId}`` instead of ``roomId`` opens the direct chat, and
   the ack adds ``roomId``)
 - ``chat:read {roomId, upToSeq}`` ack ``{roomId, upToSeq}``
@@ -87,19 +87,11 @@ class RoomSignals:
     # -- audience -------------------------------------------------------------------
 
     async def join(self, sid: str, identity: Identity, room_id: str) -> dict[str, Any]:
-        room = await self.registry.get(room_id)
-        if room is None:
-            raise SignalError("room_not_found", f"no room {room_id!r}")
+        room = await self.registry.admit(room_id, identity)  # the room's audience rule
         if room.type not in ("live", "group"):
             raise SignalError("not_joinable", f"a {room.type} room has no audience to join")
-        if room.type == "group" and not await self.registry.may_view(room, identity):
-            raise SignalError("not_member", "only the group's members may join it")
-        if room.type == "live" and not room.public and not await self.registry.may_view(room, identity):
-            raise SignalError("forbidden", "this room is private")
         if room.status == "ended":
             raise SignalError("room_ended", "this room has ended")
-        if not identity.is_admin and await self.registry.banned_until(room_id, identity.user_id):
-            raise SignalError("banned", "you were removed from this room and cannot rejoin yet")
         watching = self.watching.setdefault(sid, set())
         viewer = user_viewer(identity.user_id)
         if room_id not in watching:
@@ -215,7 +207,10 @@ def register(
             if room_id is None and "userId" in data:
                 opened, _ = await chat.open_direct(identity, data.get("userId"))
                 room_id = opened.id
-            message, room, new = await chat.send(identity, room_id, data.get("text"), data.get("clientId"))
+            message, room, new = await chat.send(
+                identity, room_id, data.get("text"), data.get("clientId"),
+                reply_to=data.get("replyTo"), attachment=data.get("attachment"),
+            )
         except RoomError as exc:
             raise _signal_error(exc) from None
         if new:

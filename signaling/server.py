@@ -3,11 +3,20 @@
 Feature modules register their events with ``Signaling.on(event)``; every
 request-style event is acknowledged, failures as
 ``{"error": {"code": ..., "message": ...}}``.
+
+A socket lives as long as its token: at ``exp`` the server sends
+``auth:expired {code: "token_expired"}`` and disconnects it, and every event
+checks expiry and revocation first. ``auth:refresh {token}`` hands the server a
+fresh token of the same user before then (ack ``{expiresAt}``). A suspended user
+or revoked token ends the socket with ``auth:revoked {code}`` (``end_sockets``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from auth import Identity, TokenError, TokenService
 from config import Settings
+from rooms.rate_limit import RateLimits
 
 log = logging.getLogger("airwave.signaling")
 
@@ -52,10 +62,38 @@ def call_audience(call_id: str) -> str:
     return f"call:{call_id}"
 
 
+def contains_nul(value: Any) -> bool:
+    """Whether decoded JSON holds a NUL character anywhere: PostgreSQL text cannot,
+    so such input is refused at the edge (HTTP bodies too, api/bodies.py)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
+class StrictJson:
+    """The JSON python-socketio writes and reads: no NaN or Infinity either way."""
+
+    @staticmethod
+    def dumps(value: Any, **options: Any) -> str:
+        return json.dumps(value, allow_nan=False, **options)
+
+    @staticmethod
+    def loads(text: str | bytes, **options: Any) -> Any:
+        def refuse(name: str) -> Any:
+            raise ValueError(f"{name} is not JSON")
+
+        return json.loads(text, parse_constant=refuse, **options)
+
+
 class Signaling:
-    def __init__(self, settings: Settings, tokens: TokenService) -> None:
+    def __init__(self, settings: Settings, tokens: TokenService, limits: RateLimits) -> None:
         self.settings = settings
         self.tokens = tokens
+        self.limits = limits
         manager = None
         if settings.redis_url:
             manager = socketio.AsyncRedisManager(
@@ -70,14 +108,18 @@ class Signaling:
             cors_allowed_origins=cors,
             transports=["polling", "websocket"],
             max_http_buffer_size=256 * 1024,
+            json=StrictJson,
             logger=False,
             engineio_logger=False,
         )
         self.identities: dict[str, Identity] = {}
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._ending: set[asyncio.Task[None]] = set()
         self._on_connect: list[LifecycleHook] = []
         self._on_disconnect: list[LifecycleHook] = []
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
+        self.sio.on("auth:refresh", self._refresh)
 
     # ------------------------------------------------------------------ hooks
     def on_connect(self, hook: LifecycleHook) -> None:
@@ -94,6 +136,13 @@ class Signaling:
                 identity = self.identities.get(sid)
                 if identity is None:
                     return {"error": {"code": "unauthorized", "message": "not connected"}}
+                refusal = self._token_refusal(identity)
+                if refusal is not None:
+                    return {"error": {"code": refusal.code, "message": refusal.message}}
+                if not identity.is_admin and not await self.limits.allow("events", identity.user_id):
+                    return {"error": {"code": "rate_limited", "message": "too many events: slow down"}}
+                if contains_nul(data):
+                    return {"error": {"code": "bad_request", "message": "strings may not contain NUL"}}
                 try:
                     result = await handler(sid, identity, data)
                 except SignalError as exc:
@@ -118,7 +167,13 @@ class Signaling:
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code}
             ) from None
+        if not identity.is_admin and not await self.limits.allow("actions", identity.user_id):
+            SOCKET_CONNECTS.labels("rate_limited").inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                "too many connections: slow down", {"code": "rate_limited"}
+            )
         self.identities[sid] = identity
+        self._expire_at(sid, identity)
         await self.sio.enter_room(sid, user_room(identity.user_id))
         SOCKET_CONNECTS.labels("accepted").inc()
         SOCKET_CONNECTIONS.inc()
@@ -130,6 +185,9 @@ class Signaling:
 
     async def _disconnect(self, sid: str, *args: Any) -> None:
         identity = self.identities.pop(sid, None)
+        expiry = self._expiries.pop(sid, None)
+        if expiry is not None:
+            expiry.cancel()
         if identity is None:
             return
         SOCKET_CONNECTIONS.dec()
@@ -138,6 +196,61 @@ class Signaling:
                 await hook(sid, identity)
             except Exception:
                 log.exception("disconnect hook failed", extra={"sid": sid})
+
+    # ---------------------------------------------------------- token lifetime
+    def _token_refusal(self, identity: Identity) -> TokenError | None:
+        if identity.expires_at and identity.expires_at <= time.time():
+            return TokenError("token_expired", "the token has expired: send auth:refresh with a fresh one")
+        return self.tokens.revocations.refusal(identity)
+
+    def _expire_at(self, sid: str, identity: Identity) -> None:
+        previous = self._expiries.pop(sid, None)
+        if previous is not None:
+            previous.cancel()
+        if identity.expires_at:
+            delay = max(0.0, identity.expires_at - time.time())
+            loop = asyncio.get_running_loop()
+            self._expiries[sid] = loop.call_later(delay, self._spawn_expiry, sid, identity)
+
+    def _spawn_expiry(self, sid: str, identity: Identity) -> None:
+        task = asyncio.get_running_loop().create_task(self._expired(sid, identity))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _expired(self, sid: str, identity: Identity) -> None:
+        if self.identities.get(sid) is identity:  # not refreshed meanwhile
+            await self._end_socket(sid, "auth:expired", "token_expired")
+
+    async def _end_socket(self, sid: str, event: str, code: str) -> None:
+        try:
+            await self.sio.emit(event, {"code": code}, to=sid, ignore_queue=True)
+            await self.sio.disconnect(sid, ignore_queue=True)
+        except Exception:  # a socket that is already gone
+            log.debug("ending a socket failed", extra={"sid": sid})
+
+    async def _refresh(self, sid: str, data: Any = None) -> dict[str, Any]:
+        """``auth:refresh {token}``: a fresh token of the same user replaces the socket's."""
+        current = self.identities.get(sid)
+        if current is None:
+            return {"error": {"code": "unauthorized", "message": "not connected"}}
+        token = data.get("token") if isinstance(data, dict) else None
+        try:
+            fresh = self.tokens.verify(token)
+        except TokenError as exc:
+            return {"error": {"code": exc.code, "message": exc.message}}
+        if fresh.user_id != current.user_id:
+            return {"error": {"code": "wrong_user", "message": "the new token is for another user"}}
+        self.identities[sid] = fresh
+        self._expire_at(sid, fresh)
+        return {"expiresAt": fresh.expires_at}
+
+    async def end_sockets(self, matches: Callable[[Identity], bool], code: str) -> int:
+        """End this node's sockets whose identity ``matches`` (revocation):
+        ``auth:revoked {code}``, then disconnect. How many were ended."""
+        ended = [sid for sid, identity in list(self.identities.items()) if matches(identity)]
+        for sid in ended:
+            await self._end_socket(sid, "auth:revoked", code)
+        return len(ended)
 
     def sockets_of(self, user_id: str) -> list[str]:
         return [sid for sid, ident in self.identities.items() if ident.user_id == user_id]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -137,8 +138,12 @@ class SqliteDatabase(Database):
 
     @classmethod
     async def open(cls, path: Path) -> SqliteDatabase:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
+            # Readable by the server's user only; SQLite gives its -wal and -shm
+            # files the database file's mode.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(path, 0o600)
             conn = await aiosqlite.connect(str(path), isolation_level=None)
         except Exception as exc:  # sqlite3.OperationalError and friends
             raise DatabaseUnavailable(f"cannot open SQLite database {path}: {exc}") from exc

@@ -2,13 +2,26 @@
 
 The embedded default (SQLite, in-process bus) and production (PostgreSQL plus
 Redis) are both exercised: fixtures parametrised with ``backend`` run once per
-column. PostgreSQL and Redis must be up (tests/prepare-machine.sh starts
-them); a missing server fails the run, it never skips.
+column. PostgreSQL and Redis are the suite's own (tests/services.py): started
+once per run on free loopback ports and removed after it, unless
+AIRWAVE_TEST_PG_URL / AIRWAVE_TEST_REDIS_URL name servers to use instead. xdist
+workers inherit the URLs from the controller; ``PG_URL`` and ``REDIS_URL`` read
+them when a test module imports them. A server that cannot be had fails the
+run with what to install, it never skips.
+
+Tests marked ``serial`` (browsers, coturn, FFmpeg, several-node clusters,
+shaped links: they flake when the CPU is contended) run in a second, serial
+pytest; ``make test`` runs both (tests/suite.py). Marked here: by path, and any
+test whose module imports ``chromium`` from tests/webapp/browser.py or
+``CoturnProcess``, or that uses the ``coturn`` fixture; anything else CPU-heavy
+says ``pytestmark = pytest.mark.serial`` itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import inspect
 import ipaddress
 import os
 import socket
@@ -27,10 +40,101 @@ from aiohttp.test_utils import TestServer
 
 from auth import Grants, TokenService
 from config import Settings, load_settings
+from tests.services import PrivateServices, ServicesUnavailable
 
-PG_URL = os.environ.get("AIRWAVE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("AIRWAVE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+SERVICE_URLS = {"PG_URL": "AIRWAVE_TEST_PG_URL", "REDIS_URL": "AIRWAVE_TEST_REDIS_URL"}
 BACKENDS = ["embedded", "postgres"]
+# What puts a test in the serial pytest besides its own ``serial`` mark: its path, or
+# a helper in its module that starts Chromium or coturn (browser tests live elsewhere too).
+SERIAL_PATHS = (
+    "tests/webapp/",
+    "tests/cluster/",
+    "tests/netlab/",
+    "tests/api/test_ffmpeg_whip.py",
+    "tests/api/test_rtmp.py",
+)
+SERIAL_HELPERS = {("tests.webapp.browser", "chromium"), ("tests.turn.turn_testing", "CoturnProcess")}
+SERIAL_FIXTURES = {"coturn"}
+_private_services: list[PrivateServices] = []
+
+
+def _service_url(env: str) -> str:
+    """The URL in ``env``, starting the private services first when it is not set."""
+    if not os.environ.get(env):
+        _start_private_services()
+    return os.environ[env]
+
+
+def _start_private_services() -> None:
+    """Start a private PostgreSQL/Redis for whichever URL is not given. The controller does
+    this in pytest_configure (or earlier, when a conftest imports PG_URL); xdist workers
+    inherit its environment and so start nothing."""
+    missing = [env for env in SERVICE_URLS.values() if not os.environ.get(env)]
+    if not missing:
+        return
+    services = PrivateServices(
+        want_postgres="AIRWAVE_TEST_PG_URL" in missing,
+        want_redis="AIRWAVE_TEST_REDIS_URL" in missing,
+    )
+    services.start()
+    _private_services.append(services)
+    atexit.register(services.stop)  # also when pytest dies before pytest_unconfigure
+    if services.pg_url:
+        os.environ["AIRWAVE_TEST_PG_URL"] = services.pg_url
+    if services.redis_url:
+        os.environ["AIRWAVE_TEST_REDIS_URL"] = services.redis_url
+
+
+def __getattr__(name: str) -> str:
+    """``PG_URL`` / ``REDIS_URL``: the servers of this run (``from tests.conftest import PG_URL``)."""
+    if name in SERVICE_URLS:
+        return _service_url(SERVICE_URLS[name])
+    raise AttributeError(name)
+
+
+def pg_url() -> str:
+    return _service_url("AIRWAVE_TEST_PG_URL")
+
+
+def redis_url() -> str:
+    return _service_url("AIRWAVE_TEST_REDIS_URL")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        _start_private_services()
+    except ServicesUnavailable as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _private_services:
+        services = _private_services.pop()
+        services.stop()
+        urls = {"AIRWAVE_TEST_PG_URL": services.pg_url, "AIRWAVE_TEST_REDIS_URL": services.redis_url}
+        for env, url in urls.items():
+            if url and os.environ.get(env) == url:
+                del os.environ[env]
+
+
+def _is_serial(item: pytest.Item, root: Path) -> bool:
+    if item.path.is_relative_to(root) and item.path.relative_to(root).as_posix().startswith(SERIAL_PATHS):
+        return True
+    if SERIAL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    module = getattr(item, "module", None)
+    return module is not None and any(
+        (value.__module__, value.__name__) in SERIAL_HELPERS
+        for value in vars(module).values()
+        if inspect.isfunction(value) or inspect.isclass(value)
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not serial" deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_serial(item, config.rootpath):
+            item.add_marker(pytest.mark.serial)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -41,21 +145,21 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 async def _require_services() -> None:
     try:
-        conn = await asyncpg.connect(PG_URL, timeout=5)
+        conn = await asyncpg.connect(pg_url(), timeout=5)
         await conn.close()
     except Exception as exc:  # fail, never skip: CI must have PostgreSQL
-        pytest.fail(f"PostgreSQL is required at {PG_URL} (run tests/prepare-machine.sh): {exc}")
-    client = aioredis.from_url(REDIS_URL)
+        pytest.fail(f"PostgreSQL is required at {pg_url()}: {exc}")
+    client = aioredis.from_url(redis_url())
     try:
         await client.ping()
     except Exception as exc:
-        pytest.fail(f"Redis is required at {REDIS_URL} (run tests/prepare-machine.sh): {exc}")
+        pytest.fail(f"Redis is required at {redis_url()}: {exc}")
     finally:
         await client.aclose()
 
 
 async def drop_schema(schema: str) -> None:
-    conn = await asyncpg.connect(PG_URL, timeout=5)
+    conn = await asyncpg.connect(pg_url(), timeout=5)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     finally:
@@ -129,9 +233,9 @@ async def make_settings(
             schema = f"t_{uuid.uuid4().hex[:12]}"
             schemas.append(schema)
             values.update(
-                AIRWAVE_DATABASE_URL=PG_URL,
+                AIRWAVE_DATABASE_URL=pg_url(),
                 AIRWAVE_DATABASE_SCHEMA=schema,
-                AIRWAVE_REDIS_URL=REDIS_URL,
+                AIRWAVE_REDIS_URL=redis_url(),
                 AIRWAVE_REDIS_PREFIX=f"test-{schema}",
             )
         values.update({f"AIRWAVE_{k.upper()}": str(v) for k, v in env.items()})

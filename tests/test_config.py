@@ -12,7 +12,7 @@ def test_defaults_run_on_a_laptop() -> None:
     assert s.effective_database_url == "sqlite:///data/airwave.db"
     assert s.redis_url == ""
     assert s.stun_port == 3478
-    assert s.embedded
+    assert not s.dev and s.mode == "production"  # development mode only on request
 
 
 def test_environment_overrides_file_and_file_overrides_defaults(tmp_path: Path) -> None:
@@ -41,6 +41,8 @@ def test_command_line_overrides_environment() -> None:
         ({"AIRWAVE_ICE_ADDRESSES": "not-an-ip"}, "AIRWAVE_ICE_ADDRESSES"),
         ({"AIRWAVE_GIFT_CREATOR_SHARE": "1.5"}, "AIRWAVE_GIFT_CREATOR_SHARE"),
         ({"AIRWAVE_ENV": "production"}, "AIRWAVE_JWT_SECRET"),
+        ({"AIRWAVE_ENV": "development"}, "AIRWAVE_ENV"),
+        ({"AIRWAVE_DEV": "true", "AIRWAVE_ENV": "production", "AIRWAVE_JWT_SECRET": "s"}, "AIRWAVE_DEV"),
         ({"AIRWAVE_JWT_ALGORITHM": "RS256"}, "AIRWAVE_JWT_PUBLIC_KEY_FILE"),
         ({"AIRWAVE_TURN_URLS": "turn:x:3478"}, "AIRWAVE_TURN_SECRETS"),
     ],

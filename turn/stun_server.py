@@ -280,6 +280,25 @@ class StunServer:
     def from_settings(cls, settings: Settings) -> StunServer:
         return cls(rate_limit=settings.stun_rate_limit)
 
+    @classmethod
+    async def start_embedded(cls, settings: Settings) -> StunServer | None:
+        """The node's (or the supervisor's) embedded STUN server on AIRWAVE_STUN_PORT,
+        or None when it is off or its port is taken: one line says which setting to
+        change and the node runs on (another node on this host answers STUN there)."""
+        if not settings.stun_port:
+            return None
+        server = cls.from_settings(settings)
+        try:
+            await server.start("::", settings.stun_port)
+        except OSError as exc:
+            logger.error(
+                "embedded STUN off: UDP %s is taken (%s); another node on this host may serve it, "
+                "else set AIRWAVE_STUN_PORT to a free port (0 turns it off)",
+                settings.stun_port, exc.strerror or exc,
+            )
+            return None
+        return server
+
     @property
     def addresses(self) -> list[Address]:
         """(host, port) of every bound socket."""

@@ -54,6 +54,7 @@ def test_serve_with_no_config_answers_and_exits_0_on_sigterm(tmp_path: Path) -> 
         assert status == 200 and json.loads(body)["checks"]["database"] == "ok"
         status, body = _get(url + "/metrics")
         assert status == 200 and b"process_cpu_seconds_total" in body and b"airwave_http_requests_total" in body
+        assert _post_json(url + "/api/v1/dev/token", {"name": "Eve"})[0] == 404  # no dev mode unasked
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         log = proc.stderr.read()
@@ -63,9 +64,49 @@ def test_serve_with_no_config_answers_and_exits_0_on_sigterm(tmp_path: Path) -> 
             proc.wait()
     first_lines = "\n".join(log.splitlines()[:8])
     assert "SQLite" in first_lines and "in-process" in first_lines
+    assert "production mode" in first_lines
+    # No secret set: one is generated and kept, readable by the owner only.
+    assert (tmp_path / "data" / "jwt-secret").stat().st_mode & 0o777 == 0o600
+    # and the database with its WAL files the same (issue 15.13)
+    for name in ("airwave.db", "airwave.db-wal", "airwave.db-shm"):
+        path = tmp_path / "data" / name
+        assert not path.exists() or path.stat().st_mode & 0o777 == 0o600, name
+    assert (tmp_path / "data" / "airwave.db").stat().st_mode & 0o777 == 0o600
     assert f"http://127.0.0.1:{port}/" in log
     # The embedded default keeps its data under ./data of the working directory.
     assert (tmp_path / "data" / "airwave.db").exists()
+
+
+def _post_json(url: str, payload: object) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_dev_mode_only_on_request_and_said_loudly(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--dev", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, proc)
+        status, body = _post_json(url + "/api/v1/dev/token", {"name": "Ada"})
+        assert status == 200 and body["token"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "DEVELOPMENT mode" in "\n".join(log.splitlines()[:3])
 
 
 def test_sigint_also_exits_0(tmp_path: Path) -> None:
@@ -114,3 +155,26 @@ def test_config_file_sets_the_port(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         assert proc.wait(timeout=20) == 0
+
+
+def test_a_request_path_cannot_forge_a_log_line(tmp_path: Path) -> None:
+    """Issue 15.12: GET /x%0AFAKE-LOG-LINE is one line in the text log, escaped."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=tmp_path, env=_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_up(url, proc)
+        assert _get(url + "/x%0AFAKE-LOG-LINE%1B%5B31m")[0] == 404
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not any(line.startswith("FAKE-LOG-LINE") for line in log.splitlines())
+    (line,) = [line for line in log.splitlines() if "FAKE-LOG-LINE" in line]
+    assert "GET /x\\nFAKE-LOG-LINE\\x1b[31m 404" in line

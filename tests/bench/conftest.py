@@ -61,6 +61,15 @@ def start_server(tmp: Path, **env_overrides: str) -> tuple[subprocess.Popen, Ben
         AIRWAVE_STUN_PORT="0",
         AIRWAVE_ICE_ADDRESSES="127.0.0.1",
         AIRWAVE_LOG_LEVEL="warning",
+        # many viewers from one address and one token: the bench sets its own limits
+        AIRWAVE_MAX_SESSIONS_PER_USER="0",
+        AIRWAVE_MAX_SESSIONS_PER_IP="0",
+        AIRWAVE_MAX_CONNECTING_PER_USER="0",
+        AIRWAVE_MAX_CONNECTING_PER_IP="0",
+        AIRWAVE_RATE_LIMIT_HTTP="0",
+        AIRWAVE_RATE_LIMIT_HTTP_IP="0",
+        AIRWAVE_RATE_LIMIT_EVENTS="0",
+        AIRWAVE_RATE_LIMIT_ACTIONS="0",
         **env_overrides,
     )
     proc = subprocess.Popen(
@@ -104,6 +113,7 @@ def production_like_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         AIRWAVE_RING_TIMEOUT=str(RING_TIMEOUT),
         AIRWAVE_CALL_DURATION=str(CALL_DURATION),
         AIRWAVE_CALL_WARNING_BEFORE="1",
+        AIRWAVE_DEV="true",  # the scripts sign demo users in: development mode, asked for explicitly
     )
     server.env["schema"] = schema
     try:
@@ -115,7 +125,8 @@ def production_like_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 @pytest.fixture(scope="module")
 def bench_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BenchServer]:
-    proc, server = start_server(tmp_path_factory.mktemp("bench-server"))
+    # The bench scripts sign demo users in: development mode, asked for explicitly.
+    proc, server = start_server(tmp_path_factory.mktemp("bench-server"), AIRWAVE_DEV="true")
     try:
         yield server
     finally:

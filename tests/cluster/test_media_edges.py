@@ -89,7 +89,7 @@ async def test_stream_on_a_is_watched_on_b_and_c_through_one_pull_per_edge() -> 
 
             # B's last viewer leaves: B drops its pull, the origin loses that subscriber; C carries on
             for v, location in viewers[:2]:
-                async with http.delete(location) as r:
+                async with http.delete(location, headers={"Authorization": f"Bearer {token}"}) as r:
                     assert r.status == 200
                 await v.close()
             await until_metric(http, b, "airwave_sfu_sessions", 0)

@@ -46,7 +46,7 @@ async def test_whip_publisher_starts_and_ends_the_stream(make_settings: Callable
             assert started["roomId"] == room["id"] and started["streamId"] and started["resumed"] is False
             _, live = await rest(app, "GET", f"/api/v1/rooms/{room['id']}", "bob")
             assert live["status"] == "live" and live["streamId"] == started["streamId"] and live["liveAt"]
-            async with http.delete(app.url + location) as r:
+            async with http.delete(app.url + location, headers={"Authorization": headers["Authorization"]}) as r:
                 assert r.status == 200
             gone_at = time.monotonic()
             ended = await bob.wait("stream:ended", within=10)
@@ -135,8 +135,10 @@ async def test_viewer_counts_once_per_user_debounced(running: RunningApp) -> Non
 async def test_presence_online_until_the_last_socket_closes(running: RunningApp) -> None:
     ann = await connect(running, "ann")
     ben1 = await connect(running, "ben")
-    status, _ = await rest(running, "POST", "/api/v1/chats", "ann", {"userId": "ben"})
+    status, chat = await rest(running, "POST", "/api/v1/chats", "ann", {"userId": "ben"})
     assert status == 201
+    for who in (ann, ben1):  # a direct chat both have written in makes them contacts
+        assert (await who.call("chat:send", {"roomId": chat["id"], "text": "hi"}))["seq"]
     await ben1.close()
     assert (await ann.wait("presence:offline"))["userId"] == "ben"
     ben1 = await connect(running, "ben")

@@ -5,22 +5,33 @@ from __future__ import annotations
 import asyncio
 import time
 
+from aiortc import RTCRtpSender
 from prometheus_client import REGISTRY
 
 from .sfu_peers import PacketTrack, Publisher, Viewer, vp8_keyframe, wait_for
 
 
-async def _live(engine, room, frames):
+def _without_rtx(transceiver) -> None:
+    """NACKs then answered in the media stream (RTX: tests/sfu/test_rtx.py)."""
+    caps = RTCRtpSender.getCapabilities("video").codecs
+    transceiver.setCodecPreferences([c for c in caps if c.name.lower() != "rtx"])
+
+
+async def _live(engine, room, frames, *, rtx: bool = True):
     track = PacketTrack("video", frames)
     pub = Publisher([track])
+    if not rtx:
+        _without_rtx(pub.pc.getTransceivers()[0])
     session = await engine.publish(room, await pub.offer())
     await pub.accept(session.answer_sdp)
     await wait_for(lambda: session.state == "connected", 5)
     return pub, track, session
 
 
-async def _viewer(engine, room):
+async def _viewer(engine, room, *, rtx: bool = True):
     v = Viewer()
+    if not rtx:
+        _without_rtx(v.transceivers[0])
     s = await engine.subscribe(room, await v.offer())
     await v.accept(s.answer_sdp)
     return v, s
@@ -89,7 +100,7 @@ def _drop_on_the_wire(ice_transport, ssrc: int, pick, limit: int):
 
 async def test_viewer_nacks_are_answered_from_history(engine, vp8_frames):
     pub, track, session = await _live(engine, "n", vp8_frames)
-    viewer, vs = await _viewer(engine, "n")
+    viewer, vs = await _viewer(engine, "n", rtx=False)
     await wait_for(lambda: len(viewer.frames["video"]) > 3, 5)
     receiver = viewer.transceivers[0].receiver
     dropped, recovered = _drop_on_the_wire(
@@ -109,7 +120,7 @@ async def test_viewer_nacks_are_answered_from_history(engine, vp8_frames):
 
 
 async def test_publisher_loss_is_nacked_upstream(engine, vp8_frames):
-    pub, track, session = await _live(engine, "u", vp8_frames)
+    pub, track, session = await _live(engine, "u", vp8_frames, rtx=False)
     up = session.uptracks[0]
     await wait_for(lambda: up.packets > 10, 5)
     dropped, recovered = _drop_on_the_wire(session.ice, up.in_ssrc, lambda seq: seq % 5 == 1, 10)

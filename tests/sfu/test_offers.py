@@ -40,7 +40,11 @@ async def test_chrome_shaped_offer(engine):
     assert "a=recvonly" in audio and "a=rtpmap:111 opus/48000/2" in audio
     assert "a=fmtp:111 minptime=10;useinbandfec=1" in audio
     assert "m=video 9" not in video and "a=rtpmap:96 VP8/90000" in video
-    assert "a=rtcp-fb:96 nack pli" in video and "transport-cc" not in video and "rtx" not in video
+    assert "a=rtcp-fb:96 nack pli" in video and "transport-cc" not in video
+    # RTX for the chosen codec only, and the publisher's RTX SSRC learned from its FID group
+    assert "a=rtpmap:97 rtx/90000" in video and "a=fmtp:97 apt=96" in video
+    assert "rtx" not in video.replace("a=rtpmap:97 rtx/90000", "")
+    assert session._rtx_by_ssrc == {2002: session.uptracks[1].layers[0]}
     # the extensions we read (mid, abs-send-time), under the offer's ids; not the others
     assert "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid" in video
     assert "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time" in video

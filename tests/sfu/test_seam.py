@@ -104,6 +104,7 @@ def test_aioice_connection_internals():
         "_nominated",
         "_protocols",
         "_query_consent_task",
+        "_remote_candidates",
         "remote_password",
         "ice_controlling",
     ):
@@ -157,6 +158,88 @@ async def test_consent_replacement_counts_inbound_traffic():
     assert counter.count == 1
     assert await asyncio.wait_for(conn._queue.get(), 1) == (b"x", 1)
     await ice.stop()
+
+
+def test_ice_restart_internals():
+    """What IceRestart relies on to swap a connection under a live transport."""
+    import aiortc.rtcicetransport as rtcicetransport
+
+    assert "data = await self.transport._recv()" in _source(RTCDtlsTransport._recv_next)
+    assert "await self.transport._send(data)" in _source(RTCDtlsTransport._send_rtp)
+    assert "await self.transport._send(data)" in _source(RTCDtlsTransport._write_ssl)
+    init = _source(RTCIceTransport.__init__)
+    assert "self._connection = gatherer._connection" in init
+    assert "self._recv = self._connection.recv" in init and "self._send = self._connection.send" in init
+    assert "await self._connection.get_event()" in _source(RTCIceTransport._monitor)
+    assert "self._connection.close()" in _source(RTCIceTransport.stop)
+    assert "self.__iceGatherer._remote_candidates_end" in _source(RTCIceTransport.addRemoteCandidate)
+    assert "self._connection.local_username" in _source(RTCIceGatherer.getLocalParameters)
+    assert "self._connection.local_candidates" in _source(RTCIceGatherer.getLocalCandidates)
+    assert callable(rtcicetransport.candidate_from_aioice)
+    assert callable(rtcicetransport.candidate_to_aioice)
+    assert "result = await self._queue.get()" in _source(aioice.ice.Connection.recvfrom)
+    close = _source(aioice.ice.Connection.close)
+    assert "self._queue.put_nowait(None)" in close and "self._emit_event(ConnectionClosed())" in close
+    assert "self._event_waiter" in _source(aioice.ice.Connection.get_event)
+    assert "waiter = self._event_waiter" in _source(aioice.ice.Connection._emit_event)
+    conn = aioice.ice.Connection(ice_controlling=False)
+    assert isinstance(conn._queue, asyncio.Queue) and conn._event_waiter is None
+
+
+async def _connected_pair() -> tuple[RTCIceTransport, RTCIceTransport]:
+    a, b = RTCIceTransport(RTCIceGatherer(iceServers=[])), RTCIceTransport(RTCIceGatherer(iceServers=[]))
+    for ice in (a, b):
+        seam.restrict_gathering(ice, ("127.0.0.1",), None)
+        await ice.iceGatherer.gather()
+    a._connection.ice_controlling = True
+    for ice, other in ((a, b), (b, a)):
+        for candidate in other.iceGatherer.getLocalCandidates():
+            await ice.addRemoteCandidate(candidate)
+        await ice.addRemoteCandidate(None)
+    await asyncio.gather(
+        a.start(b.iceGatherer.getLocalParameters()), b.start(a.iceGatherer.getLocalParameters())
+    )
+    assert a.state == b.state == "completed"
+    return a, b
+
+
+async def test_ice_restart_swaps_the_connection_under_a_pending_read():
+    a, b = await _connected_pair()
+    old_a, old_b = a._connection, b._connection
+    reading = asyncio.ensure_future(b._recv())  # as the DTLS loop does, before the restart
+    await asyncio.sleep(0)
+    counter = seam.InboundCounter()
+    ra = seam.IceRestart(a, ("127.0.0.2",), None)
+    rb = seam.IceRestart(b, ("127.0.0.1",), None, counter)
+    assert ra.connection.ice_controlling and not rb.connection.ice_controlling
+    await asyncio.gather(ra.gather(), rb.gather())
+    ra.set_remote(rb.local_parameters())
+    rb.set_remote(ra.local_parameters())
+    for restart, other in ((ra, rb), (rb, ra)):
+        for candidate in other.local_candidates():
+            await restart.add_remote_candidate(candidate)
+        await restart.add_remote_candidate(None)
+    await asyncio.gather(ra.connect(), rb.connect())
+    swapped: list[str] = []
+    await ra.install(lambda: swapped.append("a"))
+    await rb.install(lambda: swapped.append("b"))
+    assert swapped == ["a", "b"]
+    # the transports now stand on the new connections; the old ones are closed
+    assert a._connection is ra.connection and a.iceGatherer._connection is ra.connection
+    assert old_a._protocols == [] and old_b._protocols == []
+    assert a.iceGatherer.getLocalParameters().usernameFragment == ra.connection.local_username
+    assert seam.remote_username(b) == ra.connection.local_username
+    # the read begun before the swap gets what the new path carries
+    await a._send(b"after the swap")
+    assert await asyncio.wait_for(reading, 2) == b"after the swap"
+    assert counter.count >= 1  # consent counting follows the new connection
+    assert b._connection._nominated[1].remote_addr[0] == "127.0.0.2"
+    # closing the old connections did not fail the transports
+    await asyncio.sleep(0.05)
+    assert a.state == b.state == "completed"
+    await a.stop()
+    await b.stop()
+    assert a.state == b.state == "closed"
 
 
 def test_datagram_sender_needs_srtp_and_a_pair():

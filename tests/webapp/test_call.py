@@ -28,13 +28,13 @@ REMOTE_FRAMES = """async () => {
   });
   return frames;
 }"""
-REMOTE_WIDTH = "(document.querySelector('#call-remote') || {}).videoWidth > 0"
+REMOTE_WIDTH = "() => (document.querySelector('#call-remote') || {}).videoWidth > 0"  # a function: no eval under the CSP
 
 
 async def test_two_pages_call_extend_and_hang_up(make_settings: Callable[..., Settings]) -> None:
     ensure_socket_io_bundle()
     # the warning comes 4 s after the answer, the call would end at 10 s; Extend adds 30 s
-    settings = make_settings(call_duration=10, call_warning_before=6, call_extension=30, ring_timeout=15)
+    settings = make_settings(dev=True, call_duration=10, call_warning_before=6, call_extension=30, ring_timeout=15)
     running = await start_app(settings)
     errors: list[str] = []
     try:

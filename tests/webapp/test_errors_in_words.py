@@ -13,7 +13,7 @@ from .browser import chromium, ensure_socket_io_bundle, new_page, screenshot, si
 
 async def test_camera_refused_and_unknown_room_are_explained(make_settings: Callable[..., Settings]) -> None:
     ensure_socket_io_bundle()
-    running = await start_app(make_settings())
+    running = await start_app(make_settings(dev=True))
     errors: list[str] = []
     try:
         async with asyncio.timeout(45):

@@ -34,7 +34,7 @@ FRAMES_DECODED = """async () => {
 
 async def test_go_live_and_watch_with_chat_and_gifts(make_settings: Callable[..., Settings]) -> None:
     ensure_socket_io_bundle()
-    running = await start_app(make_settings())
+    running = await start_app(make_settings(dev=True))
     errors: list[str] = []
     try:
         async with asyncio.timeout(60):
@@ -42,7 +42,7 @@ async def test_go_live_and_watch_with_chat_and_gifts(make_settings: Callable[...
                 url = running.url
                 live = await new_page(browser, url, errors)
                 await sign_in(live, url, "Alice", "#/live")
-                await live.wait_for_function("(document.querySelector('#preview') || {}).videoWidth > 0")
+                await live.wait_for_function("() => (document.querySelector('#preview') || {}).videoWidth > 0")
                 await live.fill("#room-title", "Alice in the browser")
                 await live.click("#go-live")
                 await live.wait_for_selector("#live-badge[data-room-id]")
@@ -57,7 +57,7 @@ async def test_go_live_and_watch_with_chat_and_gifts(make_settings: Callable[...
                 await card.click()
 
                 # the <video> plays: it has a size, and frames keep being decoded
-                await viewer.wait_for_function("(document.querySelector('#remote') || {}).videoWidth > 0")
+                await viewer.wait_for_function("() => (document.querySelector('#remote') || {}).videoWidth > 0")
                 first = await viewer.evaluate(FRAMES_DECODED)
                 await until(lambda: _more_frames(viewer, first + 10), 10, "framesDecoded to grow")
 

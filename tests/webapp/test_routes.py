@@ -3,9 +3,13 @@ demo sign-in exists in development only."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from collections.abc import Callable
 
 import aiohttp
+import pytest
 import socketio
 
 from api.webapp import SOCKET_IO_PATH
@@ -14,6 +18,12 @@ from config import Settings
 from tests.conftest import RunningApp, start_app
 
 from .browser import ensure_socket_io_bundle
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """The demo sign-in these tests use exists in development mode only (``--dev``)."""
+    return make_settings(dev=True)
 
 
 async def test_page_and_its_files_are_served(running: RunningApp) -> None:
@@ -107,8 +117,9 @@ async def test_online_lists_everyone_else_with_a_socket(running: RunningApp) -> 
             await client.disconnect()
 
 
-async def test_no_demo_sign_in_in_production(make_settings: Callable[..., Settings]) -> None:
-    running = await start_app(make_settings(env="production"))
+async def test_no_demo_sign_in_without_dev(make_settings: Callable[..., Settings]) -> None:
+    """The default on either backend, with or without a JWT secret of its own."""
+    running = await start_app(make_settings())
     try:
         token = running.token("carol", publish=True, subscribe=True, room="*")
         async with aiohttp.ClientSession() as http:
@@ -122,3 +133,25 @@ async def test_no_demo_sign_in_in_production(make_settings: Callable[..., Settin
                 assert r.status == 200  # the app itself is served; its sign-in says why it cannot sign in
     finally:
         await running.server.close()
+
+
+async def test_security_headers_fit_the_page(running: RunningApp) -> None:
+    """Issue 15.13: a CSP that lets the page's own scripts run and nothing else, never framed."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(running.url + "/") as r:
+            html = await r.text()
+            policy = r.headers["Content-Security-Policy"]
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            assert r.headers["Referrer-Policy"] == "no-referrer"
+            assert r.headers["X-Frame-Options"] == "DENY"
+        async with http.get(running.url + "/api/v1/rooms") as r:
+            assert r.headers["X-Content-Type-Options"] == "nosniff"
+            assert "Content-Security-Policy" not in r.headers  # JSON needs none
+    directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+    assert directives["frame-ancestors"] == "'none'" and directives["object-src"] == "'none'"
+    assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy
+    for body in re.findall(r"<script>(.*?)</script>", html, flags=re.S):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        assert f"'sha256-{digest}'" in directives["script-src"]
+    host = running.url.removeprefix("http://")
+    assert f"ws://{host}" in directives["connect-src"]

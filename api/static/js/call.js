@@ -180,6 +180,10 @@ export async function mount(root) {
       onRemote: (stream) => {
         if (remoteVideo.srcObject !== stream) remoteVideo.srcObject = stream;
       },
+      // an ICE restart the server answered with a new session: connect again (bounded by MEDIA_ATTEMPTS)
+      onReplaced: () => {
+        if (call && call.connection === connection && call.mediaAttempts < MEDIA_ATTEMPTS) joinMedia().catch(showError);
+      },
     });
     call.connection = connection;
     call.mediaAttempts = (call.mediaAttempts || 0) + 1;

@@ -7,15 +7,22 @@
 //  3. Candidates: the offer carries the ones gathered within whip.js GATHERING_LIMIT_MS; any later one is
 //     trickled with call:ice_candidate {callId, candidate} (null ends them). The server does not trickle.
 //
-// Offering again replaces our session on the server: that takes a new CallConnection (no ICE restart).
+// ICE restart: when the connection fails or the network changes, we offer again on the SAME
+// connection with new ICE credentials (pc.restartIce(), call:sdp_offer). A server that restarts ICE in
+// place acks with our sessionId and the connection carries on; an ack with another sessionId means the
+// server replaced our session: ``onReplaced`` then sets up a new CallConnection (call.js).
 import { AppError } from "./errors.js";
 import { request } from "./socket.js";
-import { gatheringComplete } from "./whip.js";
+import { freshGathering, gatheringComplete, onNetworkChange } from "./whip.js";
+
+const ICE_RESTARTS = 3;  // per connection
 
 export class CallConnection {
   /** @param onRemote called with the MediaStream of the other party's tracks (once it has a track). */
-  constructor(callId, iceServers, { stream, onRemote }) {
+  constructor(callId, iceServers, { stream, onRemote, onReplaced = () => {} }) {
     this.callId = callId;
+    this.onReplaced = onReplaced;
+    this.iceRestarts = 0;
     this.sessionId = null;
     this.closed = false;
     this.pc = new RTCPeerConnection({ iceServers });
@@ -37,6 +44,7 @@ export class CallConnection {
     });
     // Server offers wait for our own offer's answer: one negotiation at a time.
     this.negotiation = Promise.resolve();
+    this.stopWatching = onNetworkChange(this.pc, (why) => this.restartIce(why));
   }
 
   /** Step 1: offer our tracks; resolves once the server's answer is set. */
@@ -81,6 +89,42 @@ export class CallConnection {
     return this.negotiation;
   }
 
+  /** ICE restart through renegotiation: our tracks again, with new ICE credentials, on this connection. */
+  restartIce(why = "asked") {
+    if (this.closed || !this.sessionId || this.iceRestarts >= ICE_RESTARTS) return this.negotiation;
+    this.iceRestarts += 1;
+    const run = async () => {
+      if (this.closed) return;
+      this.offerSent = false;  // the new candidates go in the offer
+      this.pc.restartIce();
+      const gathered = freshGathering(this.pc);
+      await this.pc.setLocalDescription(await this.pc.createOffer({ iceRestart: true }));
+      await gathered;
+      if (this.closed) return;
+      this.offerSent = true;
+      let ack;
+      try {
+        ack = await request("call:sdp_offer", { callId: this.callId, sdp: this.pc.localDescription.sdp });
+      } catch (error) {
+        console.warn(`ICE restart (${why}) refused: ${error && error.code ? error.code : error}`);
+        if (this.pc.signalingState === "have-local-offer") await this.pc.setLocalDescription({ type: "rollback" });
+        return;
+      }
+      if (this.closed) return;
+      if (ack.sessionId !== this.sessionId) {
+        console.warn(`ICE restart (${why}): the server replaced the session; connecting again`);
+        this.close();
+        this.onReplaced();
+        return;
+      }
+      await this.pc.setRemoteDescription({ type: "answer", sdp: ack.sdp });
+    };
+    this.negotiation = this.negotiation.catch(() => {}).then(run).catch((error) => {
+      if (!this.closed) console.warn(`ICE restart (${why}) failed: ${error && error.message ? error.message : error}`);
+    });
+    return this.negotiation;
+  }
+
   /** Send the late candidates in order, once the ack has named our session. */
   trickle() {
     if (!this.sessionId || this.closed) return;
@@ -98,6 +142,7 @@ export class CallConnection {
 
   close() {
     this.closed = true;
+    this.stopWatching();
     this.pc.close();
   }
 }

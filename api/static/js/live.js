@@ -50,7 +50,9 @@ export async function mount(root) {
       throw new AppError("insecure_page",
         "This browser gives no camera to this page: open it as http://localhost:8080 or over HTTPS.");
     }
-    camera = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: true });
+    // 720p, so that the three simulcast layers (whip.js) are 180, 360 and 720 lines.
+    camera = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: true });
     preview.srcObject = camera;
     overlay.hidden = true;
     goLive.disabled = false;

@@ -6,7 +6,7 @@ import { audienceCounter, chatPanel } from "./room.js";
 import { session } from "./session.js";
 import { listen, request } from "./socket.js";
 import { action, expose, h, showError } from "./ui.js";
-import { framesDecoded, watch } from "./whip.js";
+import { receivedVideo, watch } from "./whip.js";
 
 const LIST_REFRESH_MS = 3000;
 
@@ -67,15 +67,22 @@ async function watchRoom(root, roomId) {
   const chat = chatPanel(roomId);
   const countViewers = audienceCounter(roomId, viewers);
   const stats = h("span", { class: "muted", id: "video-stats" });
+  // The layer this viewer receives (with simulcast the server picks it for our link): lines and frame rate.
+  const layer = h("span", { class: "badge idle", id: "layer-badge", style: "left: auto; right: .6em", hidden: true });
   const statsTimer = setInterval(async () => {
     if (!whep) return;
-    const frames = await framesDecoded(whep.pc).catch(() => 0);
-    stats.textContent = video.videoWidth ? `${video.videoWidth}×${video.videoHeight} · ${frames} frames decoded` : "";
+    const received = await receivedVideo(whep.pc).catch(() => null);
+    if (!received) return;
+    stats.textContent = video.videoWidth
+      ? `${video.videoWidth}×${video.videoHeight} · ${received.framesDecoded} frames decoded` : "";
+    layer.hidden = !received.frameHeight;
+    layer.textContent = `${received.frameHeight}p · ${Math.round(received.framesPerSecond)} fps`;
+    Object.assign(layer.dataset, { height: received.frameHeight, fps: received.framesPerSecond });
   }, 1000);
 
   root.replaceChildren(h("div", { class: "stage", id: "watch-page" },
     h("div", {},
-      h("div", { class: "video-box" }, video, badge, overlay),
+      h("div", { class: "video-box" }, video, badge, layer, overlay),
       h("div", { class: "row" },
         h("h1", { id: "room-title" }, room.title || room.id),
         h("span", { class: "muted" }, `by ${displayName(room.ownerId)}`)),
