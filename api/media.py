@@ -39,7 +39,7 @@ from api.limits import MediaQuota, SessionLimitExceeded, client_address
 from api.routing import ApiRoutes
 from auth import Identity
 from rooms.rooms import RoomError
-from sfu import MediaError, Session, SessionNotFound
+from sfu import MediaError, Session, SessionNotFound, max_layer_value
 from sfu.sdp import write_ice_fragment
 from signaling import SignalError
 from signaling import media as socket_media
@@ -222,6 +222,12 @@ async def _create(request: web.Request, kind: str) -> web.Response:
     airwave = request.app[AIRWAVE]
     room = request.match_info["room"]
     identity = await _authorize(request, kind, room)
+    max_layer = None
+    if kind == "whep" and "maxLayer" in request.query:
+        try:
+            max_layer = max_layer_value(request.query["maxLayer"])
+        except ValueError as exc:
+            raise ApiError(400, "bad_request", str(exc)) from None
     offer = await _read_sdp(request, SDP)
     owner = identity.user_id if identity else ""
     quota = request.app[QUOTA_KEY]
@@ -235,6 +241,8 @@ async def _create(request: web.Request, kind: str) -> web.Response:
             else:
                 await local_copy(airwave, room)
                 session = await airwave.media.subscribe(room, offer, owner=owner)
+                if max_layer is not None:
+                    airwave.media.set_max_layer(session.id, max_layer)
     except SessionLimitExceeded as exc:
         raise ApiError(429, exc.code, exc.message, headers={"Retry-After": str(QUOTA_RETRY_AFTER)}) from None
     except MediaError as exc:

@@ -15,6 +15,13 @@ join-to-keyframe p95 passes ``--max-join-p95``; the last good step is the
 capacity. ``--reference`` then measures a naive relay (bench/reference_relay.py:
 aiortc MediaRelay, decode and re-encode per viewer) with the same viewers.
 
+``--simulcast`` publishes three VP8 layers instead (180, 360 and 720 lines,
+bench/simulcast_publisher.py) and ``--low-share F --low-kbps K`` makes that
+share of the viewers report (by REMB) a downlink of K kbit/s; each step then
+also reports the layer mix (viewers per layer, from each viewer's video
+bit rate without padding: paused, q, h, f) and layer switches per viewer per
+minute (the server's ``airwave_sfu_layer_switches_total``).
+
     python -m bench.fanout --url http://127.0.0.1:8080 --token TOKEN \\
         --server-pid PID --viewers 1,10,50,100,150,200 --out fanout.json
 """
@@ -41,6 +48,7 @@ from .client_ice import use_host_addresses
 from .media_clip import VideoSpec, audio_clip, bitrate, video_clip
 from .report import chart_fanout, finite, format_table, percentile, write_json
 from .server_probe import ServerProbe, ServerSample, proc_cpu_seconds
+from .simulcast_publisher import SimulcastWhipPublisher
 from .whip_publisher import LoopedClipTrack, WhipPublisher
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +68,7 @@ COLUMNS = [
     ("server_rss_mb", "rss MB"),
     ("load_cpu_pct", "load cpu%"),
 ]
+SIMULCAST_COLUMNS = [("layer_mix", "p/q/h/f"), ("switches_per_viewer_min", "sw/min")]
 
 
 # ------------------------------------------------------------------ worker processes
@@ -164,9 +173,26 @@ async def _snapshot(probe: ServerProbe, workers: list[Worker]) -> Snapshot:
     return Snapshot(server, list(viewers), load, time.monotonic())
 
 
+def _layer_mix(a: Snapshot, b: Snapshot, layer_bps: list[float]) -> list[int]:
+    """Viewers per layer over the window, from their video bit rates: [paused, low, ..., top]."""
+    mix = [0] * (len(layer_bps) + 1)
+    elapsed = b.at - a.at
+    for wa, wb in zip(a.viewers, b.viewers, strict=True):
+        for before, after in zip(wa["video_bytes_each"], wb["video_bytes_each"], strict=False):
+            if before < 0 or after < 0:
+                continue
+            rate = (after - before) * 8 / elapsed
+            if rate < layer_bps[0] / 2:
+                mix[0] += 1
+            else:
+                nearest = min(range(len(layer_bps)), key=lambda i: abs(math.log(rate / layer_bps[i])))
+                mix[nearest + 1] += 1
+    return mix
+
+
 def _step_result(
     viewers: int, step: int, a: Snapshot, b: Snapshot, rss_baseline: int | None,
-    joined: dict[str, Any],
+    joined: dict[str, Any], layer_bps: list[float] | None = None,
 ) -> dict[str, Any]:
     elapsed = b.at - a.at
     packets = (_sum(b.viewers, "video_packets") + _sum(b.viewers, "audio_packets")
@@ -189,7 +215,19 @@ def _step_result(
     failures = sum(1 for j in joins if not j[1] or j[4] is None)
     ice = [j[5] if j[1] and j[5] is not None else math.inf for j in joins]
     dtls = [j[6] if j[1] and j[6] is not None else math.inf for j in joins]
+    simulcast: dict[str, Any] = {}
+    if layer_bps:
+        mix = _layer_mix(a, b, layer_bps)
+        switches = None
+        if a.server.layer_switches is not None and b.server.layer_switches is not None:
+            switches = (b.server.layer_switches - a.server.layer_switches) / max(1, viewers)
+        simulcast = {
+            "layers": dict(zip(["paused", "q", "h", "f"][: len(mix)], mix, strict=True)),
+            "layer_mix": "/".join(str(n) for n in mix),
+            "switches_per_viewer_min": finite(switches * 60 / elapsed if switches is not None else None, 2),
+        }
     return {
+        **simulcast,
         "viewers": viewers,
         "connected_viewers": _sum(b.viewers, "viewers"),
         "seconds": round(elapsed, 2),
@@ -232,16 +270,25 @@ def _good(step: dict[str, Any], max_loss: float, max_join_p95: float) -> bool:
 
 
 async def run_steps(
-    target: Target, counts: list[int], args: argparse.Namespace, http: aiohttp.ClientSession
+    target: Target, counts: list[int], args: argparse.Namespace, http: aiohttp.ClientSession,
+    *, simulcast: bool = False,
 ) -> tuple[list[dict[str, Any]], int, dict[str, Any]]:
     """Publish, then step viewers up; returns (steps, capacity, publisher info)."""
     spec = VideoSpec()
     video = video_clip(spec)
     audio = audio_clip()
-    publisher = WhipPublisher([
-        LoopedClipTrack("video", video, fps=spec.fps),
-        LoopedClipTrack("audio", audio, fps=50),
-    ])
+    publisher: WhipPublisher | SimulcastWhipPublisher
+    layer_bps: list[float] | None = None
+    if simulcast:
+        publisher = SimulcastWhipPublisher(audio)
+        layer_bps = [bitrate(layer.frames, s.fps) for layer, s in
+                     zip(publisher.layers, publisher.specs, strict=True)]
+    else:
+        publisher = WhipPublisher([
+            LoopedClipTrack("video", video, fps=spec.fps),
+            LoopedClipTrack("audio", audio, fps=50),
+        ])
+    columns = COLUMNS + (SIMULCAST_COLUMNS if simulcast else [])
     probe = ServerProbe(http, target.url, target.server_pid)
     steps: list[dict[str, Any]] = []
     capacity = 0
@@ -271,7 +318,8 @@ async def run_steps(
                                 + (max(shares) / rate if rate > 0 else 0))
                 replies = await asyncio.gather(*(
                     w.request({"op": "join", "count": n, "concurrency": args.join_concurrency,
-                               "rate": rate, "step": step}, join_timeout)
+                               "rate": rate, "step": step, "low_share": args.low_share,
+                               "low_bps": args.low_kbps * 1000}, join_timeout)
                     for w, n in zip(workers, shares, strict=True) if n > 0
                 ))
                 current = count
@@ -280,10 +328,10 @@ async def run_steps(
                 a = await _snapshot(probe, workers)
                 await asyncio.sleep(args.duration)
                 b = await _snapshot(probe, workers)
-                result = _step_result(count, step, a, b, baseline.rss_bytes, joined)
+                result = _step_result(count, step, a, b, baseline.rss_bytes, joined, layer_bps)
                 steps.append(result)
                 good = _good(result, args.max_loss, args.max_join_p95)
-                print(f"[{target.label}] " + format_table([result], COLUMNS).splitlines()[-1]
+                print(f"[{target.label}] " + format_table([result], columns).splitlines()[-1]
                       + ("" if good else "   <- past the limit"), file=sys.stderr, flush=True)
                 if not good:
                     break
@@ -293,12 +341,17 @@ async def run_steps(
             await publisher.stop(http, target.token)
         else:
             await publisher.pc.close()
-    info = {
+    info: dict[str, Any] = {
         "video": f"VP8 {spec.width}x{spec.height} {spec.fps} fps",
         "video_kbps": round(bitrate(video, spec.fps) / 1000),
         "audio_kbps": round(bitrate(audio, 50) / 1000),
-        "keyframe_requests": publisher.tracks[0].keyframe_requests,
     }
+    if isinstance(publisher, SimulcastWhipPublisher):
+        info["video"] = "VP8 simulcast 320x180, 640x360, 1280x720 30 fps"
+        info["layers_kbps"] = [round(b / 1000) for b in layer_bps or []]
+        info["keyframe_requests"] = publisher.keyframe_requests
+    else:
+        info["keyframe_requests"] = publisher.tracks[0].keyframe_requests
     return steps, capacity, info
 
 
@@ -384,6 +437,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="join-to-keyframe p95 in ms that ends stepping (default 2000)")
     p.add_argument("--max-time", type=float, default=900.0,
                    help="hard limit on the whole run in seconds (default 900)")
+    p.add_argument("--simulcast", action="store_true",
+                   help="publish three VP8 layers (180/360/720 lines) instead of one")
+    p.add_argument("--low-share", type=float, default=0.0,
+                   help="share of the viewers (0..1) that report a low downlink by REMB (default 0)")
+    p.add_argument("--low-kbps", type=int, default=300,
+                   help="the downlink those viewers report, kbit/s (default 300)")
     p.add_argument("--reference", action="store_true",
                    help="also measure the naive relay (bench/reference_relay.py)")
     p.add_argument("--reference-viewers", default="1,2,4",
@@ -400,6 +459,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--viewers needs positive counts")
     if args.workers < 1:
         p.error("--workers must be at least 1")
+    if not 0 <= args.low_share <= 1 or args.low_kbps < 1:
+        p.error("--low-share must be 0..1 and --low-kbps positive")
     return args
 
 
@@ -412,11 +473,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "started_at": time.time(),
         "settings": {k: getattr(args, k) for k in (
             "room", "duration", "settle", "workers", "join_concurrency", "join_rate", "max_loss",
-            "max_join_p95", "ice_address")},
+            "max_join_p95", "ice_address", "simulcast", "low_share", "low_kbps")},
     }
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         target = Target("airwave", url, args.room, args.token, args.server_pid)
-        steps, capacity, publisher = await run_steps(target, args.counts, args, http)
+        steps, capacity, publisher = await run_steps(
+            target, args.counts, args, http, simulcast=args.simulcast
+        )
         result.update(publisher=publisher, steps=steps, capacity_viewers=capacity)
         result["cpu_pct_per_viewer"] = _per_viewer(steps, capacity)
         if args.reference:
@@ -447,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     chart = args.chart or str(Path(args.out).with_suffix(".png"))
     drawn = chart_fanout(chart, result["steps"], (result.get("reference") or {}).get("steps"),
                          title=f"bench.fanout {result['publisher']['video']}")
-    print(format_table(result["steps"], COLUMNS))
+    print(format_table(result["steps"], COLUMNS + (SIMULCAST_COLUMNS if args.simulcast else [])))
     print(f"capacity: {result['capacity_viewers']} viewers "
           f"(loss <= {args.max_loss}%, keyframe p95 <= {args.max_join_p95:.0f} ms)")
     if "reference" in result:

@@ -21,6 +21,7 @@ class ServerSample:
     cpu_seconds: float | None
     rss_bytes: int | None
     forwarded_packets: float | None  # airwave_sfu_forwarded_packets_total, when exposed
+    layer_switches: float | None = None  # airwave_sfu_layer_switches_total, when exposed
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -115,4 +116,5 @@ class ServerProbe:
             cpu = metrics.get("process_cpu_seconds_total")
             rss_value = metrics.get("process_resident_memory_bytes")
             rss = int(rss_value) if rss_value is not None else None
-        return ServerSample(at, cpu, rss, metrics.get("airwave_sfu_forwarded_packets_total"))
+        return ServerSample(at, cpu, rss, metrics.get("airwave_sfu_forwarded_packets_total"),
+                            metrics.get("airwave_sfu_layer_switches_total"))

@@ -5,8 +5,9 @@ lines: the first line on stdin is its configuration
 ``{"url", "token", "ice_addresses", "lifetime"}``, then commands, each
 answered by one line on stdout:
 
-* ``{"op": "join", "count": N, "concurrency": C, "rate": R, "step": S}`` -> ``{"op": "joined", "ok", "failed", "errors"}``
-* ``{"op": "snapshot"}`` -> the summed counters and every viewer's join times
+* ``{"op": "join", "count": N, "concurrency": C, "rate": R, "step": S}`` -> ``{"op": "joined", "ok", "failed", "errors"}``;
+  with ``"low_share": F, "low_bps": B`` that share of the worker's viewers reports a downlink of B bit/s (REMB)
+* ``{"op": "snapshot"}`` -> the summed counters, every viewer's join times and video bytes
 * ``{"op": "close"}`` -> DELETE every session, stop, ``{"op": "closed"}``, exit
 
 It also closes everything and exits when stdin ends (the controller died) or
@@ -34,6 +35,7 @@ class ViewerPool:
         self.certificate = RTCCertificate.generateCertificate()
         self.viewers: list[tuple[int, CheapViewer]] = []
         self.http: aiohttp.ClientSession | None = None
+        self.started = 0  # viewers started so far, for the low-bandwidth share
 
     async def open(self) -> None:
         connector = aiohttp.TCPConnector(limit=64)
@@ -41,9 +43,12 @@ class ViewerPool:
             connector=connector, timeout=aiohttp.ClientTimeout(total=20)
         )
 
-    async def join(self, count: int, concurrency: int, step: int, rate: float) -> dict[str, Any]:
+    async def join(
+        self, count: int, concurrency: int, step: int, rate: float,
+        low_share: float = 0.0, low_bps: int = 0,
+    ) -> dict[str, Any]:
         """Join ``count`` viewers, starting ``rate`` per second (0: all at once),
-        at most ``concurrency`` in flight."""
+        at most ``concurrency`` in flight; ``low_share`` of them report ``low_bps``."""
         assert self.http is not None
         gate = asyncio.Semaphore(max(1, concurrency))
         errors: list[str] = []
@@ -55,7 +60,10 @@ class ViewerPool:
             nonlocal ok
             if rate > 0:
                 await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
-            viewer = CheapViewer(self.certificate)
+            n = self.started
+            self.started += 1
+            low = low_share > 0 and int((n + 1) * low_share) > int(n * low_share)
+            viewer = CheapViewer(self.certificate, remb_bps=low_bps if low else None)
             async with gate:
                 try:
                     await viewer.join(self.http, self.url, self.token)
@@ -77,7 +85,10 @@ class ViewerPool:
             "audio_bytes": 0, "expected": 0, "lost": 0, "other_packets": 0,
         }
         joins = []
+        video_bytes = []
         for step, v in self.viewers:
+            c = v.counters
+            video_bytes.append(c.video.octets - c.video_padding_bytes if v.error is None else -1)
             joins.append([step, v.error is None, v.times.post_ms, v.times.first_video_ms,
                           v.times.keyframe_ms, v.times.ice_ms, v.times.dtls_ms])
             if v.error is not None:
@@ -91,7 +102,7 @@ class ViewerPool:
             totals["expected"] += c.video.expected + c.audio.expected
             totals["lost"] += c.video.lost + c.audio.lost
             totals["other_packets"] += c.other
-        return {"op": "snapshot", **totals, "joins": joins}
+        return {"op": "snapshot", **totals, "joins": joins, "video_bytes_each": video_bytes}
 
     async def close(self) -> None:
         http = self.http
@@ -136,7 +147,9 @@ async def serve() -> None:
                 op = command.get("op")
                 if op == "join":
                     _send(await pool.join(int(command["count"]), int(command.get("concurrency", 8)),
-                                          int(command.get("step", 0)), float(command.get("rate", 0))))
+                                          int(command.get("step", 0)), float(command.get("rate", 0)),
+                                          float(command.get("low_share", 0)),
+                                          int(command.get("low_bps", 0))))
                 elif op == "snapshot":
                     _send(pool.snapshot())
                 elif op == "close":

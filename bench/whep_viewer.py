@@ -21,6 +21,7 @@ import aiohttp
 from aiortc import sdp as aiortc_sdp
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 from yarl import URL
 
 from .session_url import delete_session
@@ -28,6 +29,7 @@ from .session_url import delete_session
 VIDEO_PT = 96
 AUDIO_PT = 111
 CONNECT_TIMEOUT = 15.0
+REMB_INTERVAL = 0.5  # seconds between two REMBs of a viewer that reports a low bandwidth
 
 
 class TrackCounter:
@@ -116,6 +118,7 @@ class ViewerCounters:
     video: TrackCounter = field(default_factory=TrackCounter)
     audio: TrackCounter = field(default_factory=TrackCounter)
     other: int = 0
+    video_padding_bytes: int = 0  # of video.octets: padding-only probes (P bit, in the clear)
 
 
 def offer_sdp(
@@ -164,9 +167,11 @@ class WhepError(Exception):
 
 
 class CheapViewer:
-    """One WHEP session whose media is counted, never decoded."""
+    """One WHEP session whose media is counted, never decoded. With
+    ``remb_bps`` it also says, by REMB twice a second, that its downlink holds
+    only that much (as a browser on a slow link would)."""
 
-    def __init__(self, certificate: RTCCertificate) -> None:
+    def __init__(self, certificate: RTCCertificate, remb_bps: int | None = None) -> None:
         self.counters = ViewerCounters()
         self.times = JoinTimes()
         self.location: str | None = None
@@ -183,6 +188,8 @@ class CheapViewer:
         self._video_pt = VIDEO_PT
         self._audio_pt = AUDIO_PT
         self._closed = False
+        self.remb_bps = remb_bps
+        self._remb_task: asyncio.Task[None] | None = None
 
     async def join(self, http: aiohttp.ClientSession, url: str, token: str | None) -> None:
         """POST the offer, connect ICE and DTLS. Raises on failure."""
@@ -219,6 +226,19 @@ class CheapViewer:
         if self._dtls.state != "connected":
             raise ConnectionError(f"DTLS {self._dtls.state}")
         self._unprotect = self._dtls._rx_srtp.unprotect
+        if self.remb_bps:
+            self._remb_task = asyncio.create_task(self._send_remb(self.remb_bps))
+
+    async def _send_remb(self, bitrate: int) -> None:
+        packet = bytes(RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP, ssrc=secrets.randbits(32), media_ssrc=0, fci=pack_remb_fci(bitrate, [])
+        ))
+        while True:
+            try:
+                await self._dtls._send_rtp(packet)  # RTCP: protected as such by aiortc
+            except ConnectionError:
+                return
+            await asyncio.sleep(REMB_INTERVAL)
 
     def _read_payload_types(self, answer: Any) -> None:
         for m in answer.media:
@@ -246,6 +266,8 @@ class CheapViewer:
         seq = (data[2] << 8) | data[3]
         if pt == self._video_pt:
             self.counters.video.on_packet(seq, len(data))
+            if data[0] & 0x20:
+                self.counters.video_padding_bytes += len(data)
             if not self._keyframe_seen:
                 self._check_keyframe(data)
         elif pt == self._audio_pt:
@@ -273,6 +295,8 @@ class CheapViewer:
         if self._closed:
             return
         self._closed = True
+        if self._remb_task is not None:
+            self._remb_task.cancel()
         await delete_session(http, self.location, token)
         for stop in (self._dtls.stop, self._ice.stop):
             try:

@@ -4,7 +4,7 @@ Publishers send into a room, subscribers receive the room's tracks; RTP is
 forwarded as bytes (no decoding, no re-encoding). See docs/media.md.
 """
 
-from .engine import MediaEngine, RoomInfo
+from .engine import MediaEngine, RoomInfo, max_layer_value
 from .errors import (
     AtCapacity,
     IceRestartRefused,
@@ -36,4 +36,5 @@ __all__ = [
     "SdpError",
     "Session",
     "SessionNotFound",
+    "max_layer_value",
 ]

@@ -20,9 +20,10 @@ from .sdp import AnswerSection
 H264_PROFILES = frozenset({"42e0", "42c0", "4200", "4d00", "6400"})
 H264_DEFAULT_PROFILE_LEVEL_ID = "42001f"
 
-# feedback we relay or answer ourselves; goog-remb / transport-cc are not
-# offered because the engine does no bandwidth estimation.
-VIDEO_FEEDBACK = (("nack", None), ("nack", "pli"), ("ccm", "fir"))
+# feedback we relay or answer ourselves. goog-remb: we send REMB to
+# publishers and read it from subscribers (docs/media.md, "Bandwidth");
+# transport-cc is never negotiated, so that browsers estimate on their side.
+VIDEO_FEEDBACK = (("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None))
 
 
 def _mime(codec: RTCRtpCodecParameters) -> str:

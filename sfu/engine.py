@@ -34,7 +34,15 @@ from .errors import (
 )
 from .local import LocalPublisher
 from .recording_sink import LocalSubscriber, RtpSink
-from .sdp import Offer, OfferedMedia, ice_parameters, parse_candidate, parse_offer
+from .sdp import (
+    EXT_ABS_SEND_TIME,
+    MAX_LAYERS,
+    Offer,
+    OfferedMedia,
+    ice_parameters,
+    parse_candidate,
+    parse_offer,
+)
 from .session import MediaLine, Session
 from .track import DownTrack, UpTrack
 
@@ -252,6 +260,16 @@ class MediaEngine:
         except (ValueError, TypeError) as exc:
             raise SdpError(f"unusable candidate: {exc}") from None
 
+    def set_max_layer(self, session_id: str, max_layer: int | None) -> None:
+        """A subscriber's cap on the simulcast layer it receives: 0 is the
+        lowest, None lifts the cap. Tracks without simulcast are not affected."""
+        session = self._sessions.get(session_id)
+        if session is None or session.closed or not isinstance(session, Session):
+            raise SessionNotFound(session_id)
+        if max_layer is not None and not 0 <= max_layer < MAX_LAYERS:
+            raise SdpError(f"max layer must be 0..{MAX_LAYERS - 1} or none")
+        session.set_max_layer(max_layer)
+
     async def restart_ice(
         self, session_id: str, ufrag: str, pwd: str, candidates: list[str]
     ) -> tuple[RTCIceParameters, list[RTCIceCandidate]]:
@@ -354,7 +372,7 @@ class MediaEngine:
         if session.closed:  # closed while gathering (engine shutdown, room ended)
             raise SessionNotFound("session closed during set-up")
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -373,14 +391,14 @@ class MediaEngine:
             logger.exception("sfu observer failed")
             return
         if inspect.isawaitable(result):
-            self._spawn(_awaited(result))
+            self.spawn(_awaited(result))
 
-    def _session_connected(self, session: Session) -> None:
+    def session_connected(self, session: Session) -> None:
         if session.role in ("publisher", "peer") and session.uptracks and not session.pulled:
             self._started.add(session.id)
             self._notify(self.on_publisher_started, session.room, session)
 
-    async def _session_closing(self, session: Session, reason: str) -> None:
+    async def session_closing(self, session: Session, reason: str) -> None:
         """First step of a session's close: leave the room; a leaving publisher
         takes the sessions subscribed to it along."""
         r = self._rooms.get(session.room)
@@ -399,7 +417,7 @@ class MediaEngine:
         else:
             r.subscribers.pop(session.id, None)
 
-    def _session_closed(self, session: Session, reason: str) -> None:
+    def session_closed(self, session: Session, reason: str) -> None:
         if self._sessions.pop(session.id, None) is None:
             return
         metrics.SESSIONS.dec()
@@ -417,13 +435,38 @@ class MediaEngine:
         self._notify(self.on_session_closed, session, reason)
 
 
+LAYER_NAMES = {"low": 0, "medium": 1, "high": 2}
+
+
+def max_layer_value(value: object) -> int | None:
+    """A viewer's layer cap as the faces take it: ``"low"``, ``"medium"``,
+    ``"high"``, a layer index 0..3, or ``None``/``"none"`` for no cap.
+    Raises ValueError on anything else."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str):
+        if value in LAYER_NAMES:
+            return LAYER_NAMES[value]
+        if value.isdigit() and len(value) == 1:
+            value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MAX_LAYERS:
+        return value
+    raise ValueError("maxLayer must be low, medium, high, 0..3 or none")
+
+
 async def _awaited(result: Awaitable[Any]) -> None:
     await result
 
 
 def _send_on(line: MediaLine, session: Session, up: UpTrack, peer_codec: Any) -> None:
     """``line`` forwards ``up`` to ``session`` with the peer's payload type."""
-    line.down = DownTrack(session, up, mid=line.media.mid, payload_type=peer_codec.payloadType)
+    line.down = DownTrack(
+        session,
+        up,
+        mid=line.media.mid,
+        payload_type=peer_codec.payloadType,
+        abs_send_time_id=line.media.extensions.get(EXT_ABS_SEND_TIME, 0),
+    )
     line.down_codec = peer_codec
 
 
@@ -483,4 +526,4 @@ def _check_bundle(offer: Offer, used: list[OfferedMedia]) -> None:
         raise SdpError("an offer with several media sections must BUNDLE them")
 
 
-__all__ = ["MediaEngine", "Room", "RoomInfo"]
+__all__ = ["LAYER_NAMES", "MediaEngine", "Room", "RoomInfo", "max_layer_value"]

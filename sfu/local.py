@@ -21,7 +21,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
@@ -29,9 +29,6 @@ from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
 from .codecs import is_forwardable
 from .errors import NothingAcceptable
 from .track import DownTrack, UpTrack
-
-if TYPE_CHECKING:
-    from .engine import MediaEngine
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +38,18 @@ KeyframeRequest = Callable[[str], None]
 
 def _random_ssrc() -> int:
     return random.randint(1, 0xFFFFFFFE)
+
+
+class LocalHost(Protocol):
+    """What a local publisher needs of the engine (the public names a
+    :class:`~sfu.session.SessionHost` has too): it is told of the publisher
+    as of any publishing session."""
+
+    def session_connected(self, session: Any) -> None: ...
+
+    async def session_closing(self, session: Any, reason: str) -> None: ...
+
+    def session_closed(self, session: Any, reason: str) -> None: ...
 
 
 class LocalPublisher:
@@ -54,7 +63,7 @@ class LocalPublisher:
 
     def __init__(
         self,
-        engine: MediaEngine,
+        engine: LocalHost,
         room: str,
         owner: str,
         tracks: list[tuple[str, RTCRtpCodecParameters]],
@@ -86,7 +95,7 @@ class LocalPublisher:
         self.uptracks: list[UpTrack] = list(self._by_kind.values())
 
     def _new_uptrack(self, kind: str, mid: int, codec: RTCRtpCodecParameters) -> UpTrack:
-        return UpTrack(self, kind=kind, mid=str(mid), codec=codec,  # type: ignore[arg-type]
+        return UpTrack(self, kind=kind, mid=str(mid), codec=codec,
                        ssrcs=[_random_ssrc()], out_ssrc=_random_ssrc())
 
     # -- the ingest's side ----------------------------------------------------------------
@@ -125,7 +134,7 @@ class LocalPublisher:
         self.state = "connected"
         self.connected_at = time.time()
         self._metrics_task = asyncio.create_task(self._flush_metrics(), name=f"sfu-local-{self.id}")
-        self._engine._session_connected(self)  # type: ignore[arg-type]
+        self._engine.session_connected(self)
 
     async def _flush_metrics(self) -> None:
         while True:
@@ -155,7 +164,7 @@ class LocalPublisher:
         self.close_reason = reason
         for up in self.uptracks:
             up.close()
-        await self._engine._session_closing(self, reason)  # type: ignore[arg-type]
+        await self._engine.session_closing(self, reason)
         task = self._metrics_task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -165,7 +174,7 @@ class LocalPublisher:
                 pass
         self.state = "closed"
         self._closed.set()
-        self._engine._session_closed(self, reason)  # type: ignore[arg-type]
+        self._engine.session_closed(self, reason)
 
     def __repr__(self) -> str:
         return f"LocalPublisher({self.id[:8]} room={self.room!r} {self.state})"

@@ -32,6 +32,13 @@ NACKS_SENT = Counter("airwave_sfu_nacks_sent", "NACK messages sent to publishers
 KEYFRAME_REQUESTS = Counter(
     "airwave_sfu_keyframe_requests_relayed", "PLI sent to publishers on behalf of subscribers"
 )
+LAYER_SWITCHES = Counter(
+    "airwave_sfu_layer_switches",
+    "Simulcast layer changes of subscriber tracks (pauses and resumes included)",
+)
+PAUSED_VIEWERS = Gauge(
+    "airwave_sfu_paused_viewers", "Subscriber video tracks paused: not even the lowest layer fits"
+)
 SESSIONS_ENDED = Counter("airwave_sfu_sessions_ended", "Sessions ended, by reason", ["reason"])
 SESSIONS_FAILED = Counter(
     "airwave_sfu_sessions_failed", "Sessions ended by a failure, by reason", ["reason"]

@@ -134,10 +134,10 @@ class LocalSubscriber:
         self.close_reason = reason
         for down in self.downtracks:
             down.stop()
-        await self._engine._session_closing(self, reason)  # type: ignore[arg-type]
+        await self._engine.session_closing(self, reason)  # type: ignore[arg-type]
         self.state = "closed"
         self._closed.set()
-        self._engine._session_closed(self, reason)  # type: ignore[arg-type]
+        self._engine.session_closed(self, reason)  # type: ignore[arg-type]
         self.sink.on_closed(reason)
 
     def __repr__(self) -> str:

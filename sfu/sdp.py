@@ -2,7 +2,9 @@
 
 Parsing uses aiortc's SDP parser (wrapped so that any failure is an
 :class:`SdpError`); answers (and, for calls, offers) are written here because
-the engine chooses codecs itself and sends no header extensions.
+the engine chooses codecs and header extensions itself. aiortc's parser
+does not read ``a=rid`` / ``a=simulcast`` (RFC 8851, RFC 8853): those are
+read here from the text, per media section.
 """
 
 from __future__ import annotations
@@ -18,8 +20,18 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from .errors import SdpError
 
 MAX_SDP_LENGTH = 64 * 1024
+MAX_LAYERS = 4
 MAX_MEDIA_SECTIONS = 16  # an answer has one section per offered one: no amplification
 _ICE_CHARS = re.compile(r"^[A-Za-z0-9+/]+$")
+_RID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+
+# header extensions we read or write (one-byte ids, RFC 8285)
+EXT_MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+EXT_RID = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+EXT_REPAIRED_RID = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+EXT_ABS_SEND_TIME = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+PUBLISHER_EXTENSIONS = (EXT_MID, EXT_RID, EXT_REPAIRED_RID, EXT_ABS_SEND_TIME)
+SUBSCRIBER_EXTENSIONS = (EXT_ABS_SEND_TIME,)
 
 
 @dataclass
@@ -35,6 +47,10 @@ class OfferedMedia:
     ssrcs: list[int]
     fid: list[tuple[int, int]]  # (media ssrc, rtx ssrc)
     msid: str | None
+    extensions: dict[str, int] = field(default_factory=dict)  # uri -> id
+    rids: list[str] = field(default_factory=list)  # simulcast layers sent, in a=simulcast order
+    paused_rids: list[str] = field(default_factory=list)  # of those, the ones marked ~
+    sim_ssrcs: list[int] = field(default_factory=list)  # a=ssrc-group:SIM, in its order
 
 
 @dataclass
@@ -87,6 +103,7 @@ def parse_offer(text: str) -> Offer:
             bundle = [str(x) for x in group.items]
             break
 
+    simulcast = _simulcast_lines(text)
     media: list[OfferedMedia] = []
     mids: set[str] = set()
     for index, m in enumerate(desc.media):
@@ -96,9 +113,18 @@ def parse_offer(text: str) -> Offer:
         mids.add(mid)
         codecs = list(m.rtp.codecs) if m.kind in ("audio", "video") else []
         fid: list[tuple[int, int]] = []
+        sim: list[int] = []
         for group in m.ssrc_group:
             if group.semantic == "FID" and len(group.items) == 2:
                 fid.append((int(group.items[0]), int(group.items[1])))
+            elif group.semantic == "SIM" and not sim:
+                sim = [int(x) for x in group.items][:MAX_LAYERS]
+        extensions: dict[str, int] = {}
+        for ext in m.rtp.headerExtensions:
+            if 1 <= ext.id <= 14 and ext.uri not in extensions:
+                extensions[ext.uri] = ext.id
+        rid_lines, simulcast_line = simulcast[index] if index < len(simulcast) else ([], None)
+        rids, paused = _rids(rid_lines, simulcast_line)
         media.append(
             OfferedMedia(
                 index=index,
@@ -112,6 +138,10 @@ def parse_offer(text: str) -> Offer:
                 ssrcs=[s.ssrc for s in m.ssrc],
                 fid=fid,
                 msid=m.msid,
+                extensions=extensions,
+                rids=rids,
+                paused_rids=paused,
+                sim_ssrcs=sim,
             )
         )
 
@@ -164,6 +194,65 @@ def parse_offer(text: str) -> Offer:
     )
 
 
+def _simulcast_lines(text: str) -> list[tuple[list[str], str | None]]:
+    """Per media section: its ``a=rid`` values and its ``a=simulcast`` value."""
+    sections: list[tuple[list[str], str | None]] = []
+    for line in text.splitlines():
+        if line.startswith("m="):
+            sections.append(([], None))
+        elif sections and line.startswith("a=rid:"):
+            sections[-1][0].append(line[6:].strip())
+        elif sections and line.startswith("a=simulcast:"):
+            sections[-1] = (sections[-1][0], line[12:].strip())
+    return sections
+
+
+def _rids(rid_lines: list[str], simulcast: str | None) -> tuple[list[str], list[str]]:
+    """The rids a section sends, in ``a=simulcast`` order (the ``a=rid`` order
+    without one), and those marked paused (``~``). Alternatives (``a,b``):
+    the first. Anything malformed: no simulcast (the section is one stream)."""
+    declared = []
+    for value in rid_lines:
+        parts = value.split()
+        if len(parts) >= 2 and parts[1] == "send" and _RID.match(parts[0]):
+            declared.append(parts[0])
+    if not declared:
+        return [], []
+    order = list(declared)
+    paused: list[str] = []
+    if simulcast:
+        parts = simulcast.split()
+        if len(parts) >= 2 and parts[0] == "send":
+            order = []
+            for layer in parts[1].split(";"):
+                rid = layer.split(",")[0]
+                if rid.startswith("~"):
+                    rid = rid[1:]
+                    paused.append(rid)
+                if rid in declared and rid not in order:
+                    order.append(rid)
+    if len(order) < 2:
+        return [], []
+    return order[:MAX_LAYERS], [r for r in paused if r in order[:MAX_LAYERS]]
+
+
+_NAMED_ORDERS = (("q", "h", "f"), ("l", "m", "h"), ("low", "mid", "high"), ("low", "medium", "high"))
+
+
+def order_layers(rids: list[str]) -> tuple[list[str], bool]:
+    """``rids`` low to high, and whether the SDP told the order. Chromium
+    sends rids in its ``sendEncodings`` order, by convention low to high
+    (``q``, ``h``, ``f``); OBS (libdatachannel) names its layers ``0``, ``1``,
+    ``2`` with ``0`` the full-resolution encoder and each next one smaller.
+    Other names keep the ``a=simulcast`` order until measured bitrates tell."""
+    for names in _NAMED_ORDERS:
+        if set(rids) <= set(names):
+            return sorted(rids, key=names.index), True
+    if all(r.isdigit() for r in rids):
+        return sorted(rids, key=int, reverse=True), True
+    return list(rids), False
+
+
 def _check_candidate(c: RTCIceCandidate) -> None:
     import ipaddress
 
@@ -208,6 +297,8 @@ class AnswerSection:
     fmt: list[str] = field(default_factory=list)  # for rejected sections
     ssrc: int | None = None  # our SSRC when we send
     msid: str | None = None
+    extensions: list[tuple[int, str]] = field(default_factory=list)  # (id, uri)
+    recv_rids: list[str] = field(default_factory=list)  # simulcast layers we receive
     rtx_ssrc: int | None = None  # our RTX SSRC (RFC 4588) for ``ssrc``, when negotiated
 
 
@@ -256,6 +347,8 @@ def write_description(
             if s.msid and s.direction in ("sendonly", "sendrecv"):
                 lines.append(f"a=msid:{s.msid}")
             lines.append("a=rtcp-mux")
+            for ext_id, uri in s.extensions:
+                lines.append(f"a=extmap:{ext_id} {uri}")
             for c in s.codecs:
                 lines.append(f"a=rtpmap:{c.payloadType} {c}")
                 for fb in c.rtcpFeedback:
@@ -264,6 +357,10 @@ def write_description(
                 params = aiortc_sdp.parameters_to_sdp(c.parameters)
                 if params:
                     lines.append(f"a=fmtp:{c.payloadType} {params}")
+            if s.recv_rids:
+                for rid in s.recv_rids:
+                    lines.append(f"a=rid:{rid} recv")
+                lines.append("a=simulcast:recv " + ";".join(s.recv_rids))
             if s.ssrc is not None and s.direction in ("sendonly", "sendrecv"):
                 # the media SSRC first: aiortc takes the second a=ssrc as RTX
                 ssrcs = [s.ssrc]
@@ -308,11 +405,18 @@ def write_ice_fragment(
 
 
 __all__ = [
+    "EXT_ABS_SEND_TIME",
+    "EXT_MID",
+    "EXT_REPAIRED_RID",
+    "EXT_RID",
+    "PUBLISHER_EXTENSIONS",
+    "SUBSCRIBER_EXTENSIONS",
     "AnswerSection",
     "Offer",
     "OfferedMedia",
     "Transport",
     "ice_parameters",
+    "order_layers",
     "parse_candidate",
     "parse_offer",
     "write_description",

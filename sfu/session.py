@@ -13,9 +13,11 @@ import random
 import secrets
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Coroutine
+from typing import Any, Literal, Protocol
 
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rate import RemoteBitrateEstimator
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcicetransport import (
     RTCIceCandidate,
     RTCIceGatherer,
@@ -24,28 +26,72 @@ from aiortc.rtcicetransport import (
 )
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import (
+    RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
     RtcpPsfbPacket,
     RtcpSdesPacket,
     RtcpSourceInfo,
     RtcpSrPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
 )
+
+from config.settings import Settings
 
 from . import aiortc_seam as seam
 from . import metrics, rtx
+from .bandwidth import DownlinkEstimate
+from .candidates import CandidatePolicy
 from .codecs import answer_codec, match_rtx, match_subscriber_codec, rtx_codec
 from .errors import AtCapacity, IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
-from .sdp import AnswerSection, Offer, OfferedMedia, Transport, parse_offer, write_description
-from .track import DownTrack, UpTrack, receiver_report
-
-if TYPE_CHECKING:
-    from .engine import MediaEngine
+from .sdp import (
+    EXT_ABS_SEND_TIME,
+    EXT_MID,
+    EXT_REPAIRED_RID,
+    EXT_RID,
+    PUBLISHER_EXTENSIONS,
+    SUBSCRIBER_EXTENSIONS,
+    AnswerSection,
+    Offer,
+    OfferedMedia,
+    Transport,
+    order_layers,
+    parse_offer,
+    write_description,
+)
+from .track import DownTrack, Layer, UpTrack, receiver_report
 
 logger = logging.getLogger(__name__)
 
 Role = Literal["publisher", "subscriber", "peer"]
 RTCP_INTERVAL = 1.0
+REMB_INTERVAL = 1.0  # seconds between two REMBs to a publisher when nothing changed
 RESTART_SPACING = 1.0  # seconds between two ICE restarts of a session
+
+
+class SessionHost(Protocol):
+    """What a session needs of the engine that made it (the engine imports
+    sessions; a session knows only this)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def certificate(self) -> RTCCertificate: ...
+
+    @property
+    def connect_timeout(self) -> float: ...
+
+    @property
+    def candidates(self) -> CandidatePolicy: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+    def session_connected(self, session: Session) -> None: ...
+
+    async def session_closing(self, session: Session, reason: str) -> None: ...
+
+    def session_closed(self, session: Session, reason: str) -> None: ...
 
 
 def random_ssrc() -> int:
@@ -59,7 +105,7 @@ class Session:
     one sendrecv connection; tracks that appear later are offered by the
     server (:meth:`create_offer` / :meth:`accept_answer`)."""
 
-    def __init__(self, engine: MediaEngine, role: Role, room: str, owner: str) -> None:
+    def __init__(self, engine: SessionHost, role: Role, room: str, owner: str) -> None:
         self.id = uuid.uuid4().hex
         self.role: Role = role
         self.room = room
@@ -76,8 +122,8 @@ class Session:
 
         self._engine = engine
         self._cname = uuid.uuid4().hex[:16]
-        self._by_ssrc: dict[int, UpTrack] = {}
-        self._rtx_by_ssrc: dict[int, UpTrack] = {}  # the publisher's RTX SSRCs
+        self._by_ssrc: dict[int, Layer] = {}
+        self._rtx_by_ssrc: dict[int, Layer] = {}  # the publisher's RTX SSRCs, by the layer they repair
         self._closing = False
         self._closed = asyncio.Event()
         self._connect_task: asyncio.Task[None] | None = None
@@ -91,6 +137,16 @@ class Session:
         # pulled from a remote origin (we offered, the origin answered): an
         # edge's local copy of a room, not a publisher of its own
         self.pulled = False
+        # bandwidth: what the subscriber's browser says of its downlink (REMB,
+        # reports), and our own estimate of the publisher's uplink (REMB we send)
+        self.downlink = DownlinkEstimate()
+        self.uplink_bitrate: int | None = None
+        self._uplink: RemoteBitrateEstimator | None = None
+        self._abs_send_time_id = 0
+        self._rid_id = 0
+        self._repaired_rid_id = 0
+        self._mid_id = 0
+        self._remb_sent = (0, 0.0)  # (bitrate, monotonic)
         self._restart: seam.IceRestart | None = None  # new ICE path being checked
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_lock = asyncio.Lock()
@@ -132,26 +188,36 @@ class Session:
         await self.ice.addRemoteCandidate(candidate)
 
     def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
         return {
             "id": self.id,
             "role": self.role,
             "room": self.room,
             "state": self.state,
+            "downlink_bps": self.downlink.current(now),
+            "uplink_bps": self.uplink_bitrate,
             "tracks": [
-                {"kind": u.kind, "codec": u.codec.mimeType, "packets": u.packets}
+                {
+                    "kind": u.kind,
+                    "codec": u.codec.mimeType,
+                    "packets": u.packets,
+                    "layers": [
+                        {"rid": layer.rid, "ssrc": layer.ssrc, "bitrate": int(layer.bitrate)}
+                        for layer in u.layers
+                    ],
+                }
                 for u in self.uptracks
             ]
-            + [
-                {
-                    "kind": d.up.kind,
-                    "codec": d.up.codec.mimeType,
-                    "retransmitted": d.retransmitted,
-                    "rtx": d.rtx_payload_type is not None,
-                    "keyframe_requests": d.keyframe_requests,
-                }
-                for d in self.downtracks
-            ],
+            + [d.stats() for d in self.downtracks],
         }
+
+    def set_max_layer(self, max_layer: int | None) -> None:
+        """Cap the simulcast layer each of our video tracks receives (0 = lowest;
+        None = no cap). Takes effect at the target layer's next keyframe."""
+        now = time.monotonic()
+        for down in self.downtracks:
+            down.max_layer = max_layer
+        self._adapt(now)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -204,14 +270,24 @@ class Session:
     def _take(self, lines: list[MediaLine]) -> None:
         """Make ``lines`` this session's: the tracks it receives and sends."""
         self.lines = lines
+        remb = False
         for line in lines:
             if line.up is not None:
                 self.uptracks.append(line.up)
-                if line.up.in_ssrc is not None:
-                    self._by_ssrc[line.up.in_ssrc] = line.up
+                for layer in line.up.layers:
+                    if layer.ssrc is not None:
+                        self._by_ssrc[layer.ssrc] = layer
+                ext = line.media.extensions
+                self._abs_send_time_id = self._abs_send_time_id or ext.get(EXT_ABS_SEND_TIME, 0)
+                self._rid_id = self._rid_id or ext.get(EXT_RID, 0)
+                self._repaired_rid_id = self._repaired_rid_id or ext.get(EXT_REPAIRED_RID, 0)
+                self._mid_id = self._mid_id or ext.get(EXT_MID, 0)
+                remb = remb or any(fb.type == "goog-remb" for fb in line.up.codec.rtcpFeedback)
             if line.down is not None:
                 self.downtracks.append(line.down)
                 self._use_rtx(line.down, line.down_codec, line.media.codecs)
+        if remb and self._abs_send_time_id:
+            self._uplink = RemoteBitrateEstimator()
 
     def _begin(self) -> None:
         """Route our publishers' RTCP to us and start connecting."""
@@ -244,28 +320,45 @@ class Session:
         fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
         rtx_ssrcs = {r for _, r in media.fid}
         ssrcs = [s for s in media.ssrcs if s not in rtx_ssrcs]
+        rids: list[str] = []
+        known = True
+        if media.kind == "video" and media.rids:
+            # layers by rid; their SSRCs from the SIM group (in rid order) or
+            # later from the rtp-stream-id extension of their first packets
+            rids, known = order_layers(media.rids)
+            by_rid = dict(zip(media.rids, media.sim_ssrcs, strict=False))
+            ssrcs = [by_rid[r] for r in rids] if len(by_rid) == len(rids) else []
+        elif media.kind == "video" and len(media.sim_ssrcs) > 1:
+            rids = [str(i) for i in range(len(media.sim_ssrcs))]  # SIM without rids: low to high
+            ssrcs = list(media.sim_ssrcs)
+        else:
+            ssrcs = ssrcs[:1]
         up = UpTrack(
             self,
             kind=media.kind,
             mid=media.mid,
             codec=answer_codec(codec, codec),
-            ssrcs=ssrcs[:1],
+            ssrcs=ssrcs,
             out_ssrc=random_ssrc(),
             fir_only=("nack", "pli") not in fbs and ("ccm", "fir") in fbs,
+            rids=rids,
+            rid_order_known=known,
         )
         repair = match_rtx(codec, media.codecs)
         if repair is not None:
+            # one RTX payload type for the track; an RTX SSRC per layer (FID pairs)
             up.rtx_payload_type = repair.payloadType
-            for media_ssrc, rtx_ssrc in media.fid:
-                if ssrcs and media_ssrc == ssrcs[0]:
-                    self.bind_rtx_ssrc(rtx_ssrc, up)
+            by_media_ssrc = dict(media.fid)
+            for layer in up.layers:
+                if layer.ssrc is not None and layer.ssrc in by_media_ssrc:
+                    self.bind_rtx_ssrc(by_media_ssrc[layer.ssrc], layer)
         return up
 
-    def bind_rtx_ssrc(self, rtx_ssrc: int, up: UpTrack) -> None:
-        """Packets the publisher sends on ``rtx_ssrc`` are RTX repairs for ``up``
-        (from ``a=ssrc-group:FID``, the RTX payload type, or a
-        repaired-rtp-stream-id header extension naming ``up``'s layer)."""
-        self._rtx_by_ssrc[rtx_ssrc] = up
+    def bind_rtx_ssrc(self, rtx_ssrc: int, layer: Layer) -> None:
+        """Packets the publisher sends on ``rtx_ssrc`` are RTX repairs for
+        ``layer`` (from ``a=ssrc-group:FID``, the RTX payload type of a plain
+        track, or a repaired-rtp-stream-id header extension naming the layer)."""
+        self._rtx_by_ssrc[rtx_ssrc] = layer
 
     def _use_rtx(
         self,
@@ -289,7 +382,13 @@ class Session:
             line, peer_codec = self._line_for(up)
             if line is None or peer_codec is None:
                 continue
-            line.down = DownTrack(self, up, mid=line.media.mid, payload_type=peer_codec.payloadType)
+            line.down = DownTrack(
+                self,
+                up,
+                mid=line.media.mid,
+                payload_type=peer_codec.payloadType,
+                abs_send_time_id=line.media.extensions.get(EXT_ABS_SEND_TIME, 0),
+            )
             line.down_codec = peer_codec
             line.pending = True
             self._use_rtx(line.down, peer_codec, line.media.codecs)
@@ -373,6 +472,9 @@ class Session:
                 self.drop_down(line)
                 continue
             down.payload_type = peer.payloadType
+            down.abs_send_time_id = min(
+                down.abs_send_time_id, m.extensions.get(EXT_ABS_SEND_TIME, 0)
+            )
             line.down_codec = peer
             self._use_rtx(down, peer, m.codecs)
             if self.state == "connected":
@@ -405,20 +507,20 @@ class Session:
             async with asyncio.timeout(self._engine.connect_timeout):
                 await self.ice.start(self._offer.ice)
                 if self.ice.state != "completed":
-                    self._engine._spawn(self.close("ice_failed"))
+                    self._engine.spawn(self.close("ice_failed"))
                     return
                 await self.dtls.start(self._offer.dtls)
         except TimeoutError:
-            self._engine._spawn(self.close("connect_timeout"))
+            self._engine.spawn(self.close("connect_timeout"))
             return
         except Exception as exc:  # noqa: BLE001 - aiortc can raise on odd peers
             logger.info("session %s: connect failed: %s", self.id, exc)
-            self._engine._spawn(self.close("dtls_failed"))
+            self._engine.spawn(self.close("dtls_failed"))
             return
         if self._closing:
             return
         if self.dtls.state != "connected":
-            self._engine._spawn(self.close("dtls_failed"))
+            self._engine.spawn(self.close("dtls_failed"))
             return
         self._on_connected()
 
@@ -432,11 +534,9 @@ class Session:
             if down not in pending:
                 self._start_down(down)
         for up in self.uptracks:
-            if up._pli_wanted:
-                up._pli_wanted = False
-                up.request_keyframe()
+            up.wants_keyframe_on_connect()
         self._rtcp_task = asyncio.create_task(self._run_rtcp(), name=f"sfu-rtcp-{self.id}")
-        self._engine._session_connected(self)
+        self._engine.session_connected(self)
 
     def _target(self) -> tuple[Any, Any, Any] | None:
         s = self.sender
@@ -450,51 +550,150 @@ class Session:
         if len(data) < 12:
             return
         ssrc = int.from_bytes(data[8:12], "big")
-        up = self._by_ssrc.get(ssrc)
-        if up is None:
+        layer = self._by_ssrc.get(ssrc)
+        if layer is None:
             repaired = self._rtx_by_ssrc.get(ssrc)
             if repaired is None:
-                repaired = self._learn_rtx_ssrc(ssrc, data[1] & 0x7F)
+                repaired = self._learn_rtx_ssrc(ssrc, data)
             if repaired is not None:
+                if self._uplink is not None and data[0] & 0x10:
+                    self._estimate_uplink(ssrc, data)  # RTX padding probes count too
                 self._on_rtx(repaired, data)
                 return
-            up = self._learn_ssrc(ssrc, data[1] & 0x7F)
-            if up is None:
+            layer = self._learn_ssrc(ssrc, data)
+            if layer is None:
                 return
-        up.on_rtp(data)
+        if self._uplink is not None and data[0] & 0x10:
+            self._estimate_uplink(ssrc, data)
+        layer.on_rtp(data)
 
-    def _on_rtx(self, up: UpTrack, data: bytes) -> None:
-        """An RTX packet repairing ``up``: the original packet goes in as a late one."""
-        if (data[1] & 0x7F) != up.rtx_payload_type or up.in_ssrc is None:
+    def _on_rtx(self, layer: Layer, data: bytes) -> None:
+        """An RTX packet repairing ``layer``: the original packet goes in as a late one."""
+        up = layer.track
+        if (data[1] & 0x7F) != up.rtx_payload_type or layer.ssrc is None:
             return
-        original = rtx.unwrap(data, up.codec.payloadType, up.in_ssrc)
-        if original is not None and up.on_repair(original):
+        original = rtx.unwrap(data, up.codec.payloadType, layer.ssrc)
+        if original is not None and layer.on_repair(original):
             metrics.RTX_REPAIRED.inc()
 
-    def _learn_rtx_ssrc(self, ssrc: int, pt: int) -> UpTrack | None:
-        """An unknown SSRC sending the RTX payload type of exactly one track."""
+    def _learn_rtx_ssrc(self, ssrc: int, data: bytes) -> Layer | None:
+        """An unknown SSRC sending an RTX payload type: the layer its
+        repaired-rtp-stream-id (and mid) extension names, or else the one
+        layer of the one plain track with that RTX payload type."""
+        pt = data[1] & 0x7F
         candidates = [u for u in self.uptracks if u.rtx_payload_type == pt]
-        if len(candidates) != 1 or candidates[0] in self._rtx_by_ssrc.values():
+        if not candidates:
             return None
-        self.bind_rtx_ssrc(ssrc, candidates[0])
-        return candidates[0]
+        layer = None
+        if self._repaired_rid_id and data[0] & 0x10:
+            rid = header_extension(data, self._repaired_rid_id)
+            if rid is not None:
+                mid = header_extension(data, self._mid_id) if self._mid_id else None
+                for up in candidates:
+                    if mid is None or mid.decode("ascii", "replace") == up.mid:
+                        layer = up.layer_by_rid(rid.decode("ascii", "replace"))
+                        if layer is not None:
+                            break
+        if layer is None and len(candidates) == 1 and not candidates[0].simulcast:
+            layer = candidates[0].layers[0]
+        if layer is None or layer in self._rtx_by_ssrc.values():
+            return None
+        self.bind_rtx_ssrc(ssrc, layer)
+        return layer
 
-    def _learn_ssrc(self, ssrc: int, pt: int) -> UpTrack | None:
+    def _learn_ssrc(self, ssrc: int, data: bytes) -> Layer | None:
+        """A new SSRC: a simulcast layer by its rtp-stream-id (and mid), or the
+        one track of its payload type that has no SSRC yet."""
+        pt = data[1] & 0x7F
         candidates = [u for u in self.uptracks if u.codec.payloadType == pt]
-        if len(candidates) != 1 or candidates[0].in_ssrc is not None:
+        layer = None
+        if self._rid_id and data[0] & 0x10:
+            rid = header_extension(data, self._rid_id)
+            if rid is not None:
+                mid = header_extension(data, self._mid_id) if self._mid_id else None
+                for up in candidates:
+                    if up.simulcast and (mid is None or mid.decode("ascii", "replace") == up.mid):
+                        layer = up.layer_by_rid(rid.decode("ascii", "replace"))
+                        if layer is not None:
+                            break
+        if layer is None and len(candidates) == 1 and not candidates[0].simulcast:
+            layer = candidates[0].layers[0]
+        if layer is None or layer.ssrc is not None:
             return None
-        up = candidates[0]
-        up.in_ssrc = ssrc
-        self._by_ssrc[ssrc] = up
+        layer.ssrc = ssrc
+        self._by_ssrc[ssrc] = layer
         seam.register_rtcp_source(self.dtls, [ssrc], self)
-        return up
+        return layer
+
+    def _estimate_uplink(self, ssrc: int, data: bytes) -> None:
+        """Feed the receive-side estimator (abs-send-time); send REMB when it says so."""
+        value = header_extension(data, self._abs_send_time_id)
+        if value is None or len(value) != 3 or self._uplink is None:
+            return
+        remb = self._uplink.add(
+            arrival_time_ms=int(time.monotonic() * 1000),
+            abs_send_time=int.from_bytes(value, "big"),
+            payload_size=len(data),
+            ssrc=ssrc,
+        )
+        if remb is not None:
+            self.uplink_bitrate = remb[0]
+            self._send_remb()
+
+    def _send_remb(self) -> None:
+        """REMB to the publisher: our estimate of its uplink, and in a call no
+        more than what the receiving party's downlink takes."""
+        sender = self.sender
+        if sender is None or self.uplink_bitrate is None or not self._by_ssrc:
+            return
+        bitrate = self.uplink_bitrate
+        now = time.monotonic()
+        if self.role == "peer":
+            for up in self.uptracks:
+                for down in up.down:
+                    other = down.session.downlink.current(now) if down.session else None
+                    if other is not None:
+                        bitrate = min(bitrate, other)
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP,
+            ssrc=self.rtcp_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(bitrate, sorted(self._by_ssrc)),
+        )
+        try:
+            sender.send_rtcp(bytes(packet))
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("session %s: REMB failed: %s", self.id, exc)
+            return
+        self._remb_sent = (bitrate, now)
+
+    def on_remb(self, bitrate: int) -> None:
+        """The subscriber's REMB (its browser's downlink estimate)."""
+        now = time.monotonic()
+        previous = self.downlink.current(now)
+        self.downlink.on_remb(bitrate, now)
+        if previous is None or bitrate < previous:
+            self._adapt(now)
+
+    def _adapt(self, now: float) -> None:
+        """Each simulcast video track's layer from the downlink estimate, less audio."""
+        estimate = self.downlink.current(now)
+        videos = [d for d in self.downtracks if d.up.simulcast]
+        if not videos:
+            return
+        budget = None
+        if estimate is not None:
+            audio = sum(d.up.layers[0].bitrate for d in self.downtracks if d.up.kind == "audio")
+            budget = max(0, int((estimate - audio) / len(videos)))
+        for down in videos:
+            down.adapt(budget, now)
 
     # called by aiortc's RtpRouter for RTCP about the publisher's SSRCs
     async def _handle_rtcp_packet(self, packet: Any) -> None:
         if isinstance(packet, RtcpSrPacket):
-            up = self._by_ssrc.get(packet.ssrc)
-            if up is not None:
-                up.on_sender_report(
+            layer = self._by_ssrc.get(packet.ssrc)
+            if layer is not None:
+                layer.on_sender_report(
                     packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp
                 )
         # RtcpByePacket: nothing to do, the transport closing ends the session
@@ -521,6 +720,10 @@ class Session:
             target = self._target()
             for down in self.downtracks:
                 down.retarget(target)
+        now = time.monotonic()
+        self._adapt(now)
+        if self._uplink is not None and now - self._remb_sent[1] >= REMB_INTERVAL:
+            self._send_remb()
         try:
             if self.uptracks:
                 reports = []
@@ -550,14 +753,14 @@ class Session:
 
     def _on_ice_state(self) -> None:
         if self.ice.state == "failed":
-            self._engine._spawn(self.close("ice_failed"))
+            self._engine.spawn(self.close("ice_failed"))
 
     def _on_dtls_state(self) -> None:
         state = self.dtls.state
         if state == "failed":
-            self._engine._spawn(self.close("dtls_failed"))
+            self._engine.spawn(self.close("dtls_failed"))
         elif state == "closed":
-            self._engine._spawn(self.close("disconnected"))
+            self._engine.spawn(self.close("disconnected"))
 
     async def close(self, reason: str = "closed") -> None:
         """End the session and release everything it holds. Idempotent."""
@@ -574,7 +777,7 @@ class Session:
         for up in self.uptracks:
             up.close()
         # the engine ends the subscribers of a publisher that leaves
-        await self._engine._session_closing(self, reason)
+        await self._engine.session_closing(self, reason)
 
         current = asyncio.current_task()
         for task in (self._connect_task, self._rtcp_task):
@@ -599,7 +802,7 @@ class Session:
         self.sender = None
         self.state = "closed"
         self._closed.set()
-        self._engine._session_closed(self, reason)
+        self._engine.session_closed(self, reason)
 
     # -- ICE restart ----------------------------------------------------------------------------
 
@@ -698,7 +901,7 @@ class Session:
         target = self._target()
         for down in self.downtracks:
             down.retarget(target)
-            down.up.request_keyframe()
+            down.request_keyframe()  # the layer this viewer receives or waits for
 
     async def _drop_restart(self) -> None:
         restart, task = self._restart, self._restart_task
@@ -736,6 +939,10 @@ class MediaLine:
         m = self.media
         if self.up is None and self.down is None:
             return _unused_section(m)
+        wanted = set(SUBSCRIBER_EXTENSIONS) if self.down is not None else set()
+        if self.up is not None:
+            wanted.update(PUBLISHER_EXTENSIONS)
+        extensions = sorted((i, uri) for uri, i in m.extensions.items() if uri in wanted)
         codecs = []
         if self.up is not None:
             codecs.append(self.up.codec)
@@ -767,28 +974,73 @@ class MediaLine:
             codecs=codecs,
             ssrc=down.ssrc if down is not None else None,
             msid=f"{down.up.publisher.id} {down.up.track_id}" if down is not None else None,
+            extensions=extensions,
+            recv_rids=[r for r in m.rids if self.up.layer_by_rid(r)]
+            if self.up is not None and self.up.simulcast
+            else [],
             rtx_ssrc=rtx_ssrc,
         )
 
 
+def header_extension(data: bytes, ext_id: int) -> bytes | None:
+    """The value of header extension ``ext_id`` in an RTP packet (RFC 8285,
+    one-byte or two-byte form), or None."""
+    n = len(data)
+    pos = 12 + ((data[0] & 0x0F) << 2)
+    if not data[0] & 0x10 or n < pos + 4:
+        return None
+    profile = (data[pos] << 8) | data[pos + 1]
+    end = pos + 4 + (((data[pos + 2] << 8) | data[pos + 3]) << 2)
+    pos += 4
+    if end > n:
+        return None
+    if profile == 0xBEDE:
+        while pos < end:
+            b = data[pos]
+            if b == 0:
+                pos += 1
+                continue
+            x_id, length = b >> 4, (b & 0x0F) + 1
+            if x_id == 15:
+                return None
+            if x_id == ext_id:
+                return data[pos + 1 : pos + 1 + length] if pos + 1 + length <= end else None
+            pos += 1 + length
+    elif profile & 0xFFF0 == 0x1000:
+        while pos + 1 < end:
+            x_id = data[pos]
+            if x_id == 0:
+                pos += 1
+                continue
+            length = data[pos + 1]
+            if x_id == ext_id:
+                return data[pos + 2 : pos + 2 + length] if pos + 2 + length <= end else None
+            pos += 2 + length
+    return None
+
+
 class _FirSink:
-    """RTCP with media SSRC 0: FIR carries its target SSRC in the FCI."""
+    """RTCP with media SSRC 0: FIR carries its target SSRC in the FCI; REMB
+    (PSFB 15) is the subscriber's whole downlink estimate."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
 
     async def _handle_rtcp_packet(self, packet: Any) -> None:
-        if (
-            isinstance(packet, RtcpPsfbPacket)
-            and packet.fmt == RTCP_PSFB_FIR
-            and len(packet.fci) >= 8
-        ):
-            for i in range(0, len(packet.fci) - 7, 8):
-                ssrc = int.from_bytes(packet.fci[i : i + 4], "big")
-                for down in self.session.downtracks:
-                    if down.ssrc == ssrc:
-                        down.keyframe_requests += 1
-                        down.up.request_keyframe()
+        if not isinstance(packet, RtcpPsfbPacket):
+            return
+        try:
+            if packet.fmt == RTCP_PSFB_FIR and len(packet.fci) >= 8:
+                for i in range(0, len(packet.fci) - 7, 8):
+                    ssrc = int.from_bytes(packet.fci[i : i + 4], "big")
+                    for down in self.session.downtracks:
+                        if down.ssrc == ssrc:
+                            down.keyframe_requests += 1
+                            down.request_keyframe()
+            elif packet.fmt == RTCP_PSFB_APP and packet.fci[:4] == b"REMB":
+                self.session.on_remb(unpack_remb_fci(packet.fci)[0])
+        except Exception:  # an exception here would end the transport's receive loop
+            logger.exception("RTCP feedback handling failed")
 
 
 def _fingerprints(offer: Offer) -> set[tuple[str, str]]:

@@ -1,17 +1,26 @@
 """Forwarding of one publisher track to its subscribers, at the RTP level.
 
-An :class:`UpTrack` receives the publisher's decrypted RTP packets as bytes.
-For each packet it strips the header extensions and CSRCs, writes its own
-outgoing SSRC (one per up track, shared by all its subscribers: SSRCs only
-need to be unique inside each subscriber's own RTP session), keeps the
-publisher's sequence number and timestamp, stores the packet in a history for
-NACKs, then for each group of subscribers sharing a payload type writes that
-payload type and hands the same bytes to each subscriber's SRTP session and
-socket. The payload bytes are never looked at.
+An :class:`UpTrack` is one media track a publisher sends; it has one
+:class:`Layer` per RTP stream: one for a plain track, one per simulcast
+layer (``a=rid``), ordered low to high. A layer receives the publisher's
+decrypted RTP packets as bytes, strips the header extensions and CSRCs,
+writes the track's outgoing SSRC (one per up track, shared by its
+subscribers: SSRCs only need to be unique inside each subscriber's own RTP
+session), stores the packet in its history for NACKs, and sends it on:
+
+* to *plain* down tracks (those that have received this one layer since they
+  started, unchanged sequence numbers and timestamps) as the same bytes per
+  group of subscribers sharing a payload type and abs-send-time extension id:
+  the fast path, one ``bytes`` per group;
+* to *rewriting* down tracks (those that switched layer, paused, or padded)
+  one by one, each with its own sequence number, timestamp and (VP8) picture
+  id / TL0PICIDX offsets, so that what each receives is one continuous stream.
 
 A :class:`DownTrack` is one subscriber's view of an up track: its payload
-type and the RTCP feedback it sends (NACK answered from the history, PLI and
-FIR relayed to the publisher as PLI at most once per second).
+type, its layer (chosen by :class:`~sfu.bandwidth.LayerPolicy` from the
+subscriber's REMB and reports, within its preference), and the RTCP feedback
+it sends (NACK answered from the history, PLI and FIR relayed to the
+publisher as PLI for its layer, at most once per second per layer).
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import asyncio
 import logging
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiortc import clock
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -37,29 +46,70 @@ from aiortc.rtp import (
 )
 
 from . import metrics, rtx
-
-if TYPE_CHECKING:
-    from .session import Session
+from .bandwidth import DownlinkEstimate, LayerPolicy
 
 logger = logging.getLogger(__name__)
 
-HISTORY_SIZE = 1024  # packets kept per up track for retransmission (power of two)
-KEYFRAME_INTERVAL = 1.0  # seconds between two PLIs to one publisher track
+HISTORY_SIZE = 1024  # packets kept per layer for retransmission (power of two)
+KEYFRAME_INTERVAL = 1.0  # seconds between two PLIs to one publisher layer
 MAX_NACK_GAP = 200  # a larger jump in sequence numbers is a reset, not loss
 NACK_RETRIES = 3
-KEYFRAME_WAIT = 4.0  # seconds a new subscriber waits for a keyframe before starting anyway
+KEYFRAME_WAIT = 4.0  # seconds a waiting subscriber waits for a keyframe before starting anyway
+LAYER_GONE = 2.0  # seconds without a packet after which a layer counts as not sent
+PADDING_SIZE = 255  # bytes of padding in one padding-only probe packet
+MAX_PADDING_BURST = 16  # padding packets sent at one frame end
 
 _pack_ssrc = struct.Struct("!I").pack
+_pack_header = struct.Struct("!BBHII").pack
+_MASK = HISTORY_SIZE - 1
 
 Target = tuple[Any, Any, Any]  # (protect, sendto, addr)
+Vp8Ids = tuple[int, int, int]  # (picture id offset in payload, its bits 7/15/0, TL0PICIDX offset or 0)
+
+
+class RtcpSender(Protocol):
+    def send_rtcp(self, packet: bytes) -> None: ...
+
+
+class PublisherLink(Protocol):
+    """What an up track needs of its publisher's session."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def rtcp_ssrc(self) -> int: ...
+
+    @property
+    def sender(self) -> RtcpSender | None: ...
+
+
+class SubscriberLink(Protocol):
+    """What is asked of a down track's subscriber session (by the publisher's
+    session, relaying a call party's downlink as its REMB)."""
+
+    @property
+    def downlink(self) -> DownlinkEstimate: ...
+
+
+def abs_send_time(ext_id: int, now: float) -> bytes:
+    """A one-byte header extension block holding abs-send-time (6.18 fixed point seconds)."""
+    t = int(now * 262144) & 0xFFFFFF
+    return bytes((0xBE, 0xDE, 0, 1, (ext_id << 4) | 2, t >> 16, (t >> 8) & 0xFF, t & 0xFF))
+
+
+def _with_extension(buf: bytearray, ext: bytes) -> bytes:
+    """``buf`` (a 12-byte header, no extension) with the extension block ``ext`` inserted."""
+    buf[0] |= 0x10
+    return bytes(buf[:12]) + ext + buf[12:]
 
 
 class UpTrack:
-    """One media track a publisher sends into a room."""
+    """One media track a publisher sends into a room: one or more layers."""
 
     def __init__(
         self,
-        publisher: Session,
+        publisher: PublisherLink,
         *,
         kind: str,
         mid: str,
@@ -67,31 +117,175 @@ class UpTrack:
         ssrcs: list[int],
         out_ssrc: int,
         fir_only: bool = False,
+        rids: list[str] | None = None,
+        rid_order_known: bool = True,
     ) -> None:
         self.publisher = publisher
         self.kind = kind
         self.mid = mid
         self.codec = codec
         self.declared_ssrcs = list(ssrcs)
-        self.in_ssrc: int | None = ssrcs[0] if ssrcs else None
         self.out_ssrc = out_ssrc
         self.track_id = f"{kind}-{out_ssrc:08x}"
         self.clock_rate = codec.clockRate
-        self._ssrc_bytes = _pack_ssrc(out_ssrc)
-        self._fir_only = fir_only
-        self._nack = kind == "video"
+        self.fir_only = fir_only
+        self.codec_name = codec.mimeType.split("/")[-1].lower()
+        self.ssrc_bytes = _pack_ssrc(out_ssrc)
         self.down: list[DownTrack] = []
-        # subscribers that joined and wait for the next frame boundary, so
-        # that nobody starts with the tail of a frame
+        self.closed = False
+        # the publisher's RTX payload type (RFC 4588) for this track, when
+        # negotiated: one for all its layers, each layer on its own RTX SSRC
+        self.rtx_payload_type: int | None = None
+        # rids low to high; when the SDP did not tell their order, the
+        # measured bitrates decide it once every layer is flowing
+        self._order_known = rid_order_known
+        if rids:
+            self.layers = [Layer(self, rid, None) for rid in rids]
+            for i, ssrc in enumerate(ssrcs[: len(rids)]):
+                self.layers[i].ssrc = ssrc
+        else:
+            self.layers = [Layer(self, None, ssrcs[0] if ssrcs else None)]
+        self._number_layers()
+
+    def _number_layers(self) -> None:
+        simulcast = len(self.layers) > 1
+        for i, layer in enumerate(self.layers):
+            layer.index = i
+            layer.parse_vp8_ids = simulcast and self.codec_name == "vp8"
+
+    @property
+    def simulcast(self) -> bool:
+        return len(self.layers) > 1
+
+    def layer_by_rid(self, rid: str) -> Layer | None:
+        for layer in self.layers:
+            if layer.rid == rid:
+                return layer
+        return None
+
+    # the single-layer view (a plain track is its one layer)
+
+    @property
+    def in_ssrc(self) -> int | None:
+        return self.layers[0].ssrc
+
+    def on_rtp(self, data: bytes) -> None:
+        self.layers[0].on_rtp(data)
+
+    def history(self, seq: int) -> bytes | None:
+        return self.layers[0].history(seq)
+
+    @property
+    def packets(self) -> int:
+        return sum(layer.packets for layer in self.layers)
+
+    @property
+    def forwarded(self) -> int:
+        return sum(layer.forwarded for layer in self.layers)
+
+    @property
+    def forwarded_bytes(self) -> int:
+        return sum(layer.forwarded_bytes for layer in self.layers)
+
+    @property
+    def keyframe_requests(self) -> int:
+        return sum(layer.keyframe_requests for layer in self.layers)
+
+    def request_keyframe(self) -> None:
+        """A keyframe on every layer that someone receives or waits for."""
+        for layer in self.layers:
+            if layer.wanted():
+                layer.request_keyframe()
+
+    def wants_keyframe_on_connect(self) -> None:
+        for layer in self.layers:
+            if layer.pli_wanted:
+                layer.pli_wanted = False
+                layer.request_keyframe()
+
+    # -- subscribers ---------------------------------------------------------------------
+
+    def attach(self, down: DownTrack) -> None:
+        """Start forwarding to ``down`` at the next keyframe of its first layer."""
+        if down in self.down:
+            return
+        self.down.append(down)
+        layer = self.start_layer(down.max_layer)
+        down.wanted = layer
+        layer.add_pending(down)
+
+    def start_layer(self, max_layer: int | None) -> Layer:
+        """The highest layer that is flowing (within ``max_layer``), or the
+        highest one when none is flowing yet."""
+        top = len(self.layers) - 1 if max_layer is None else min(max_layer, len(self.layers) - 1)
+        now = time.monotonic()
+        for layer in reversed(self.layers[: top + 1]):
+            if layer.bitrate > 0 or (layer.packets and now - layer.last_ts_time < 1.0):
+                return layer
+        return self.layers[top]
+
+    def detach(self, down: DownTrack) -> None:
+        for layer in self.layers:
+            layer.remove(down)
+        if down in self.down:
+            self.down.remove(down)
+
+    def rebuild(self) -> None:
+        for layer in self.layers:
+            layer.rebuild()
+
+    # -- feedback to the publisher, statistics ---------------------------------------------
+
+    def periodic(self) -> list[Any]:
+        """Once a second: RR blocks for the publisher, NACK retries, bitrates, metrics."""
+        reports = []
+        for layer in self.layers:
+            reports.extend(layer.periodic())
+        if not self._order_known and all(layer.bitrate > 0 for layer in self.layers):
+            ordered = sorted(self.layers, key=lambda layer: layer.bitrate)
+            if ordered != self.layers:
+                self.layers = ordered
+                self._number_layers()
+            self._order_known = True
+        return reports
+
+    def flush_metrics(self) -> None:
+        for layer in self.layers:
+            layer.flush_metrics()
+
+    def close(self) -> None:
+        self.closed = True
+        for layer in self.layers:
+            layer.close()
+        self.down.clear()
+
+
+class Layer:
+    """One RTP stream (SSRC) of an up track: the track, or one simulcast layer."""
+
+    def __init__(self, track: UpTrack, rid: str | None, ssrc: int | None) -> None:
+        self.track = track
+        self.rid = rid
+        self.ssrc = ssrc
+        self.index = 0  # position, low to high
+        self.parse_vp8_ids = False
+        self._ssrc_bytes = track.ssrc_bytes
+        self._codec_name = track.codec_name
+        self._video = track.kind == "video"
+        self._nack = self._video
+        self.plain: list[DownTrack] = []
+        self.rewriting: list[DownTrack] = []
+        self.padders: list[DownTrack] = []  # paused subscribers probing at our frame ends
+        # subscribers that wait for a keyframe (video) or a frame boundary to
+        # start on this layer or switch to it
         self._pending: list[DownTrack] = []
         self._pending_since = 0.0
         self._frame_start = True  # the next packet starts a frame
-        self._codec_name = codec.mimeType.split("/")[-1].lower()
-        self._fanout: tuple[tuple[int, tuple[Target, ...]], ...] = ()
+        self._fanout: tuple[tuple[int, int, tuple[Target, ...]], ...] = ()
+        # rewriting subscribers with the same offsets share their bytes too
+        self._rewrite_fanout: tuple[tuple[tuple[int, ...], tuple[Target, ...]], ...] = ()
+        self._probing: tuple[DownTrack, ...] = ()  # padding: one by one
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
-        self.closed = False
-        # the publisher's RTX payload type (RFC 4588) for this track, when negotiated
-        self.rtx_payload_type: int | None = None
 
         # counters, flushed to prometheus in batches
         self.packets = 0
@@ -100,23 +294,33 @@ class UpTrack:
         self.forwarded_bytes = 0
         self._flushed = (0, 0, 0)
 
+        # bitrate over the last second or two (bits/s), for the layer choice
+        self.bitrate = 0.0
+        self._bitrate_measured = False
+        self._rate_mark = (0, time.monotonic())
+
         # upstream receive statistics (for RR) and loss (for NACK)
         self._base_seq: int | None = None
         self.max_seq: int | None = None
         self._cycles = 0
         self._expected_prior = 0
         self._received_prior = 0
-        self._missing: dict[int, int] = {}
+        self.missing: dict[int, int] = {}
         self.last_ts = 0
         self.last_ts_time = 0.0
+        self.last_picture_id = -1
+        self.last_tl0 = -1
         self._sr: tuple[int, int, float] | None = None  # (ntp, rtp ts, monotonic)
 
         # keyframe relay
         self._last_pli = -KEYFRAME_INTERVAL
         self._pli_handle: asyncio.TimerHandle | None = None
-        self._pli_wanted = False
+        self.pli_wanted = False
         self._fir_seq = 0
         self.keyframe_requests = 0
+
+    def __repr__(self) -> str:
+        return f"Layer({self.index} rid={self.rid!r} ssrc={self.ssrc})"
 
     # -- the forwarding path -----------------------------------------------------------
 
@@ -132,6 +336,7 @@ class UpTrack:
             return
         seq = (data[2] << 8) | data[3]
         self.packets += 1
+        self.octets += n
 
         # loss and statistics, in the common case one comparison
         last = self.max_seq
@@ -147,9 +352,23 @@ class UpTrack:
             self.last_ts = ts
             self.last_ts_time = time.monotonic()
 
+        vp8: Vp8Ids | None = None
+        if self.parse_vp8_ids:
+            vp8 = vp8_picture_ids(data, hlen)
+            if vp8 is not None:
+                pos, bits, tl0 = vp8
+                if bits == 15:
+                    self.last_picture_id = ((data[hlen + pos] & 0x7F) << 8) | data[hlen + pos + 1]
+                elif bits == 7:
+                    self.last_picture_id = data[hlen + pos] & 0x7F
+                if tl0:
+                    self.last_tl0 = data[hlen + tl0]
+
         if self._pending and self._frame_start and self._may_start(data, hlen):
-            self._activate_pending()
-        self._frame_start = data[1] >= 0x80  # marker: the last packet of a frame
+            self._activate_pending(seq, ts)
+        # marker: the last packet of a video frame; every audio packet is a
+        # frame (Chromium marks only a talkspurt's first one)
+        self._frame_start = data[1] >= 0x80 or not self._video
 
         if hlen == 12:
             base = bytearray(data)
@@ -158,23 +377,72 @@ class UpTrack:
             base += data[hlen:]
         base[0] = 0x80 | (b0 & 0x20)
         base[8:12] = self._ssrc_bytes
-        self._history[seq & (HISTORY_SIZE - 1)] = bytes(base)
+        self._history[seq & _MASK] = bytes(base)
 
         mbit = base[1] & 0x80
         size = len(base)
-        for pt, targets in self._fanout:
-            base[1] = mbit | pt
-            packet = bytes(base)
-            try:
-                for protect, sendto, addr in targets:
-                    sendto(protect(packet), addr)
-            except Exception:  # noqa: BLE001 - one bad subscriber must not stop the others
-                self._send_each(packet, targets)
-            self.forwarded += len(targets)
-            self.forwarded_bytes += len(targets) * size
+        if self._fanout:
+            ext_now = 0.0
+            payload = b""
+            for pt, abs_id, targets in self._fanout:
+                if abs_id:
+                    if not ext_now:
+                        ext_now = time.monotonic()
+                        payload = bytes(base[12:])
+                    head = bytearray(base[:12])
+                    head[0] |= 0x10
+                    head[1] = mbit | pt
+                    packet = bytes(head) + abs_send_time(abs_id, ext_now) + payload
+                else:
+                    base[1] = mbit | pt
+                    packet = bytes(base)
+                try:
+                    for protect, sendto, addr in targets:
+                        sendto(protect(packet), addr)
+                except Exception:  # noqa: BLE001 - one bad subscriber must not stop the others
+                    _send_each(packet, targets)
+                self.forwarded += len(targets)
+                self.forwarded_bytes += len(targets) * size
+        if self._rewrite_fanout:
+            # one header (and VP8 descriptor) per group, the payload shared
+            first = base[0]
+            ssrc = self.track.out_ssrc
+            cut = 12
+            if vp8 is not None:
+                cut = 13 + max(vp8[0] + (2 if vp8[1] == 15 else 1), vp8[2])
+            rest = bytes(base[cut:])
+            for (pt, abs_id, seq_off, ts_off, pid_off, tl0_off), targets in self._rewrite_fanout:
+                head = _pack_header(first, mbit | pt, (seq + seq_off) & 0xFFFF,
+                                    (ts + ts_off) & 0xFFFFFFFF, ssrc)
+                if abs_id:
+                    head = bytes((first | 0x10,)) + head[1:] + abs_send_time(
+                        abs_id, time.monotonic()
+                    )
+                if cut > 12:
+                    descriptor = bytearray(12) + base[12:cut]
+                    if pid_off or tl0_off:
+                        _shift_vp8_ids(descriptor, vp8, pid_off, tl0_off)  # type: ignore[arg-type]
+                    packet = head + descriptor[12:] + rest
+                else:
+                    packet = head + rest
+                try:
+                    for protect, sendto, addr in targets:
+                        sendto(protect(packet), addr)
+                except Exception:  # noqa: BLE001
+                    _send_each(packet, targets)
+                self.forwarded += len(targets)
+                self.forwarded_bytes += len(targets) * size
+        if self._probing:
+            for down in self._probing:
+                down.forward(base, seq, ts, mbit, vp8)
+            self.forwarded += len(self._probing)
+            self.forwarded_bytes += len(self._probing) * size
+        if mbit and self.padders:
+            for down in self.padders:
+                down.pad_paused()
 
-        if self._pli_wanted and self.in_ssrc is not None:
-            self._pli_wanted = False
+        if self.pli_wanted and self.ssrc is not None:
+            self.pli_wanted = False
             self.request_keyframe()
 
     def on_repair(self, data: bytes) -> bool:
@@ -185,13 +453,6 @@ class UpTrack:
             return False
         self.on_rtp(data)
         return True
-
-    def _send_each(self, packet: bytes, targets: tuple[Target, ...]) -> None:
-        for protect, sendto, addr in targets:
-            try:
-                sendto(protect(packet), addr)
-            except Exception as exc:  # noqa: BLE001
-                logger.debug("forward failed: %s", exc)
 
     def _track_sequence(self, seq: int) -> None:
         last = self.max_seq
@@ -205,27 +466,31 @@ class UpTrack:
         if delta < 0x8000:  # forward jump
             if delta <= MAX_NACK_GAP and self._nack:
                 for i in range(1, delta):
-                    self._missing[(last + i) & 0xFFFF] = 0
+                    self.missing[(last + i) & 0xFFFF] = 0
                 self._send_nack()
             if seq < last:
                 self._cycles += 0x10000
             self.max_seq = seq
         else:  # late: a retransmission or reordering
-            self._missing.pop(seq, None)
+            self.missing.pop(seq, None)
 
     # -- subscribers ---------------------------------------------------------------------
 
-    def attach(self, down: DownTrack) -> None:
-        """Start forwarding to ``down`` at the next keyframe (video) or packet (audio)."""
-        if down not in self.down and down not in self._pending:
+    def wanted(self) -> bool:
+        return bool(self.plain or self.rewriting or self._pending)
+
+    def add_pending(self, down: DownTrack) -> None:
+        """``down`` starts on (or switches to) this layer at its next keyframe."""
+        if down not in self._pending:
             if not self._pending:
                 self._pending_since = time.monotonic()
             self._pending.append(down)
+        self.request_keyframe()
 
     def _may_start(self, data: bytes, hlen: int) -> bool:
-        """Whether new subscribers may start with this packet, the first of a
-        frame: a keyframe's first packet for VP8/H.264 (only looked at while
-        someone waits), or after KEYFRAME_WAIT in case we cannot tell."""
+        """Whether waiting subscribers may start with this packet, the first
+        of a frame: a keyframe's first packet for VP8/H.264 (only looked at
+        while someone waits), or after KEYFRAME_WAIT in case we cannot tell."""
         if self._codec_name == "vp8":
             start = vp8_keyframe_start(data, hlen)
         elif self._codec_name == "h264":
@@ -234,27 +499,49 @@ class UpTrack:
             return True
         return start or time.monotonic() - self._pending_since > KEYFRAME_WAIT
 
-    def _activate_pending(self) -> None:
-        self.down.extend(self._pending)
-        self._pending.clear()
-        self._rebuild()
+    def _activate_pending(self, seq: int, ts: int) -> None:
+        pending, self._pending = self._pending, []
+        now = time.monotonic()
+        for down in pending:
+            if down.wanted is self:
+                down.join(self, seq, ts, now)
+        self.track.rebuild()
 
-    def detach(self, down: DownTrack) -> None:
+    def remove_pending(self, down: DownTrack) -> None:
         if down in self._pending:
             self._pending.remove(down)
-        if down in self.down:
-            self.down.remove(down)
-        self._rebuild()
 
-    def _rebuild(self) -> None:
-        groups: dict[int, list[Target]] = {}
-        for d in self.down:
+    def remove(self, down: DownTrack) -> None:
+        changed = False
+        for group in (self.plain, self.rewriting, self._pending, self.padders):
+            if down in group:
+                group.remove(down)
+                changed = True
+        if changed:
+            self.rebuild()
+
+    def rebuild(self) -> None:
+        """Group the subscribers that can share bytes (after any change of
+        membership, target or offsets)."""
+        groups: dict[tuple[int, int], list[Target]] = {}
+        for d in self.plain:
             if d.target is not None:
-                groups.setdefault(d.payload_type, []).append(d.target)
-        self._fanout = tuple((pt, tuple(ts)) for pt, ts in groups.items())
+                groups.setdefault((d.payload_type, d.abs_send_time_id), []).append(d.target)
+        self._fanout = tuple((pt, ext, tuple(ts)) for (pt, ext), ts in groups.items())
+        rewriting: dict[tuple[int, ...], list[Target]] = {}
+        probing = []
+        for d in self.rewriting:
+            if d.target is None:
+                continue
+            if d.probing:
+                probing.append(d)
+            else:
+                rewriting.setdefault(d.offsets(), []).append(d.target)
+        self._rewrite_fanout = tuple((key, tuple(ts)) for key, ts in rewriting.items())
+        self._probing = tuple(probing)
 
     def history(self, seq: int) -> bytes | None:
-        packet = self._history[seq & (HISTORY_SIZE - 1)]
+        packet = self._history[seq & _MASK]
         if packet is not None and ((packet[2] << 8) | packet[3]) == seq:
             return packet
         return None
@@ -262,11 +549,11 @@ class UpTrack:
     # -- feedback to the publisher ---------------------------------------------------------
 
     def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe: now, or when the 1 s spacing allows."""
-        if self.kind != "video" or self.closed:
+        """Ask the publisher for a keyframe on this layer: now, or when the 1 s spacing allows."""
+        if self.track.kind != "video" or self.track.closed:
             return
-        if self.in_ssrc is None:
-            self._pli_wanted = True
+        if self.ssrc is None:
+            self.pli_wanted = True
             return
         if self._pli_handle is not None:
             return
@@ -279,22 +566,22 @@ class UpTrack:
 
     def _deferred_pli(self) -> None:
         self._pli_handle = None
-        if not self.closed:
+        if not self.track.closed:
             self._send_pli()
 
     def _send_pli(self) -> None:
-        sender = self.publisher.sender
-        if sender is None or self.in_ssrc is None:
-            self._pli_wanted = True
+        sender = self.track.publisher.sender
+        if sender is None or self.ssrc is None:
+            self.pli_wanted = True
             return
         self._last_pli = asyncio.get_running_loop().time()
-        rtcp_ssrc = self.publisher.rtcp_ssrc
-        if self._fir_only:
+        rtcp_ssrc = self.track.publisher.rtcp_ssrc
+        if self.track.fir_only:
             self._fir_seq = (self._fir_seq + 1) & 0xFF
-            fci = _pack_ssrc(self.in_ssrc) + bytes([self._fir_seq, 0, 0, 0])
+            fci = _pack_ssrc(self.ssrc) + bytes([self._fir_seq, 0, 0, 0])
             packet = RtcpPsfbPacket(fmt=RTCP_PSFB_FIR, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci)
         else:
-            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=rtcp_ssrc, media_ssrc=self.in_ssrc)
+            packet = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=rtcp_ssrc, media_ssrc=self.ssrc)
         try:
             sender.send_rtcp(bytes(packet))
         except Exception as exc:  # noqa: BLE001
@@ -304,12 +591,12 @@ class UpTrack:
         metrics.KEYFRAME_REQUESTS.inc()
 
     def _send_nack(self) -> None:
-        sender = self.publisher.sender
-        if sender is None or self.in_ssrc is None or not self._missing:
+        sender = self.track.publisher.sender
+        if sender is None or self.ssrc is None or not self.missing:
             return
-        lost = sorted(self._missing)[:64]
+        lost = sorted(self.missing)[:64]
         packet = RtcpRtpfbPacket(
-            fmt=RTCP_RTPFB_NACK, ssrc=self.publisher.rtcp_ssrc, media_ssrc=self.in_ssrc
+            fmt=RTCP_RTPFB_NACK, ssrc=self.track.publisher.rtcp_ssrc, media_ssrc=self.ssrc
         )
         packet.lost = lost
         try:
@@ -322,18 +609,38 @@ class UpTrack:
     def on_sender_report(self, ntp: int, rtp_ts: int) -> None:
         self._sr = (ntp, rtp_ts, time.monotonic())
 
+    def _measure(self) -> None:
+        octets, since = self._rate_mark
+        now = time.monotonic()
+        elapsed = now - since
+        if elapsed < 0.25:
+            return
+        rate = (self.octets - octets) * 8 / elapsed
+        if not self._bitrate_measured:
+            self.bitrate = rate
+        elif rate == 0 and now - self.last_ts_time > LAYER_GONE:
+            self.bitrate = 0.0  # the publisher stopped sending this layer
+        else:
+            self.bitrate = 0.5 * self.bitrate + 0.5 * rate
+        self._bitrate_measured = True
+        self._rate_mark = (self.octets, now)
+
     def periodic(self) -> list[Any]:
-        """Once a second: RR for the publisher, NACK retries, metrics."""
+        """Once a second: RR block, NACK retries, bitrate, metrics, keyframe
+        for subscribers still waiting to switch here."""
         self.flush_metrics()
-        if self._missing:
-            for seq in list(self._missing):
-                tries = self._missing[seq] + 1
+        self._measure()
+        if self._pending and time.monotonic() - self._pending_since > KEYFRAME_INTERVAL:
+            self.request_keyframe()
+        if self.missing:
+            for seq in list(self.missing):
+                tries = self.missing[seq] + 1
                 if tries > NACK_RETRIES:
-                    del self._missing[seq]
+                    del self.missing[seq]
                 else:
-                    self._missing[seq] = tries
+                    self.missing[seq] = tries
             self._send_nack()
-        if self.in_ssrc is None or self.max_seq is None or self._base_seq is None:
+        if self.ssrc is None or self.max_seq is None or self._base_seq is None:
             return []
         expected = self._cycles + self.max_seq - self._base_seq + 1
         lost = max(0, expected - self.packets)
@@ -349,7 +656,7 @@ class UpTrack:
             dlsr = int((time.monotonic() - self._sr[2]) * 65536) & 0xFFFFFFFF
         return [
             RtcpReceiverInfo(
-                ssrc=self.in_ssrc,
+                ssrc=self.ssrc,
                 fraction_lost=fraction,
                 packets_lost=min(lost, (1 << 23) - 1),
                 highest_sequence=(self._cycles + self.max_seq) & 0xFFFFFFFF,
@@ -360,20 +667,19 @@ class UpTrack:
         ]
 
     def clock_now(self) -> tuple[int, int]:
-        """(NTP time, RTP timestamp) for a sender report about this track now,
+        """(NTP time, RTP timestamp) for a sender report about this layer now,
         keeping the publisher's own NTP/RTP mapping when it sent one."""
         now = time.monotonic()
+        clock_rate = self.track.clock_rate
         if self._sr is not None:
             ntp, rtp_ts, at = self._sr
             elapsed = now - at
             return (
                 (ntp + int(elapsed * (1 << 32))) & 0xFFFFFFFFFFFFFFFF,
-                (rtp_ts + int(elapsed * self.clock_rate)) & 0xFFFFFFFF,
+                (rtp_ts + int(elapsed * clock_rate)) & 0xFFFFFFFF,
             )
         elapsed = now - self.last_ts_time if self.last_ts_time else 0.0
-        return clock.current_ntp_time(), (
-            self.last_ts + int(elapsed * self.clock_rate)
-        ) & 0xFFFFFFFF
+        return clock.current_ntp_time(), (self.last_ts + int(elapsed * clock_rate)) & 0xFFFFFFFF
 
     def flush_metrics(self) -> None:
         p, f, b = self._flushed
@@ -386,24 +692,56 @@ class UpTrack:
         self._flushed = (self.packets, self.forwarded, self.forwarded_bytes)
 
     def close(self) -> None:
-        self.closed = True
         self.flush_metrics()
         if self._pli_handle is not None:
             self._pli_handle.cancel()
             self._pli_handle = None
-        self._fanout = ()
-        self.down.clear()
+        self._fanout = self._rewrite_fanout = self._probing = ()
+        self.plain.clear()
+        self.rewriting.clear()
+        self.padders.clear()
         self._pending.clear()
+
+
+def _send_each(packet: bytes, targets: tuple[Target, ...]) -> None:
+    for protect, sendto, addr in targets:
+        try:
+            sendto(protect(packet), addr)
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("forward failed: %s", exc)
+
+
+class _Sent:
+    """Where a down track's stream stood when it left a layer: what the next
+    layer's offsets continue from."""
+
+    __slots__ = ("seq", "ts", "picture_id", "tl0", "at")
+
+    def __init__(self, seq: int, ts: int, picture_id: int, tl0: int, at: float) -> None:
+        self.seq = seq
+        self.ts = ts
+        self.picture_id = picture_id
+        self.tl0 = tl0
+        self.at = at
 
 
 class DownTrack:
     """One subscriber's copy of an up track."""
 
-    def __init__(self, session: Session, up: UpTrack, *, mid: str, payload_type: int) -> None:
+    def __init__(
+        self,
+        session: SubscriberLink | None,
+        up: UpTrack,
+        *,
+        mid: str,
+        payload_type: int,
+        abs_send_time_id: int = 0,
+    ) -> None:
         self.session = session
         self.up = up
         self.mid = mid
         self.payload_type = payload_type
+        self.abs_send_time_id = abs_send_time_id  # 0: not negotiated
         self.ssrc = up.out_ssrc
         # RTX (RFC 4588) toward this subscriber, when it offered it: payload
         # type, SSRC and the RTX stream's own sequence numbers
@@ -412,10 +750,35 @@ class DownTrack:
         self._rtx_ssrc_bytes = b""
         self._rtx_seq = 0
         self.target: Target | None = None
-        self._base = (0, 0)
+        self.layer: Layer | None = None  # the layer sent now (None: not started, or paused)
+        self.wanted: Layer | None = None  # the layer it starts on or switches to next
+        self.paused = False
+        self.max_layer: int | None = None  # the subscriber's own cap
+        self.switches = 0
         self.nacks = 0
         self.retransmitted = 0
         self.keyframe_requests = 0
+        self.fraction_lost = 0.0
+        self.rtt: float | None = None
+        self.policy = LayerPolicy()
+        # own stream state, for a rewriting subscriber
+        self.rewrites = False
+        self._seq_off = 0
+        self._ts_off = 0
+        self._pid_off = 0
+        self._tl0_off = 0
+        self._left: _Sent | None = None
+        # NACKs: our sequence number minus _seq_off is the layer's, from
+        # _offset_since on; before that (padding changed the offset) the map says
+        self._offset_since = 0
+        self._out_map: list[int] = []
+        self._probe_bps = 0
+        self._pad_credit = 0.0
+        self._pad_time = 0.0
+        self._sr_sent: dict[int, float] = {}
+        self._base = (0, 0)
+
+    # -- life ---------------------------------------------------------------------------
 
     def start(self, target: Target) -> None:
         if self.up.closed:
@@ -423,32 +786,230 @@ class DownTrack:
         self.target = target
         self._base = (self.up.forwarded, self.up.forwarded_bytes)
         self.up.attach(self)
-        self.up.request_keyframe()
 
     def retarget(self, target: Target | None) -> None:
         self.target = target
-        self.up._rebuild()
+        self.up.rebuild()
 
     def stop(self) -> None:
         self.up.detach(self)
         self.target = None
+        self.layer = self.wanted = None
+        if self.paused:
+            self.paused = False
+            metrics.PAUSED_VIEWERS.dec()
 
-    def sender_report(self) -> RtcpSrPacket:
-        ntp, rtp_ts = self.up.clock_now()
-        # counts are the up track's since this subscriber joined: an estimate
-        # shared by its subscribers, which is what SR counts are used for
-        n = len(self.up.down) or 1
-        packets = (self.up.forwarded - self._base[0]) // n
-        octets = (self.up.forwarded_bytes - self._base[1]) // n
-        return RtcpSrPacket(
-            ssrc=self.ssrc,
-            sender_info=RtcpSenderInfo(
-                ntp_timestamp=ntp,
-                rtp_timestamp=rtp_ts,
-                packet_count=packets & 0xFFFFFFFF,
-                octet_count=octets & 0xFFFFFFFF,
-            ),
+    # -- layers ---------------------------------------------------------------------------
+
+    def join(self, layer: Layer, seq: int, ts: int, now: float) -> None:
+        """Called by ``layer`` at the keyframe that starts this subscriber on it."""
+        old = self.layer
+        if old is not None:
+            self._left = self._position(old)
+            old.remove(self)
+        for other in self.up.layers:
+            if other is not layer:
+                other.remove(self)
+        if self in layer.padders:
+            layer.padders.remove(self)
+        left = self._left
+        if left is None and not self.rewrites:
+            layer.plain.append(self)
+        else:
+            self._start_rewriting()
+            if left is not None:
+                self._offset_since = (left.seq + 1) & 0xFFFF
+                self._seq_off = (left.seq + 1 - seq) & 0xFFFF
+                step = max(1, int((now - left.at) * self.up.clock_rate))
+                self._ts_off = (left.ts + step - ts) & 0xFFFFFFFF
+                self._pid_off = 0
+                if left.picture_id >= 0 and layer.last_picture_id >= 0:
+                    self._pid_off = (left.picture_id + 1 - layer.last_picture_id) & 0x7FFF
+                self._tl0_off = 0
+                if left.tl0 >= 0 and layer.last_tl0 >= 0:
+                    self._tl0_off = (left.tl0 + 1 - layer.last_tl0) & 0xFF
+            layer.rewriting.append(self)
+        if old is not None or self.paused:
+            self.switches += 1
+            metrics.LAYER_SWITCHES.inc()
+        if self.paused:
+            self.paused = False
+            metrics.PAUSED_VIEWERS.dec()
+        self.layer = layer
+        self._left = None
+        self.wanted = layer
+
+    def _start_rewriting(self) -> None:
+        """From now on our own sequence numbers (a fresh map back to the layer's)."""
+        self.rewrites = True
+        self._out_map = [-1] * HISTORY_SIZE
+
+    def _position(self, layer: Layer) -> _Sent:
+        """Where our stream stands now on ``layer`` (its latest packet, our offsets)."""
+        seq = ((layer.max_seq or 0) + self._seq_off) & 0xFFFF
+        ts = (layer.last_ts + self._ts_off) & 0xFFFFFFFF
+        pid = tl0 = -1
+        if layer.last_picture_id >= 0:
+            pid = (layer.last_picture_id + self._pid_off) & 0x7FFF
+        if layer.last_tl0 >= 0:
+            tl0 = (layer.last_tl0 + self._tl0_off) & 0xFF
+        return _Sent(seq, ts, pid, tl0, layer.last_ts_time or time.monotonic())
+
+    def switch_to(self, index: int) -> None:
+        """Receive layer ``index`` from its next keyframe on; -1 pauses the video now."""
+        layers = self.up.layers
+        if index < 0:
+            if self.paused:
+                return
+            if self.layer is not None:
+                self._left = self._position(self.layer)
+            for layer in layers:
+                layer.remove(self)
+            self.layer = self.wanted = None
+            self.paused = True
+            self.switches += 1
+            metrics.LAYER_SWITCHES.inc()
+            metrics.PAUSED_VIEWERS.inc()
+            return
+        target = layers[min(index, len(layers) - 1)]
+        if target is self.wanted:
+            return
+        for layer in layers:
+            if layer is not target and layer is not self.layer:
+                layer.remove(self)
+        self.wanted = target
+        if target is self.layer:
+            target.remove_pending(self)
+            return
+        target.add_pending(self)
+
+    def adapt(self, budget: int | None, now: float) -> None:
+        """Follow the subscriber's estimate (called by its session about once a second
+        and on each REMB): maybe switch layer, pause, resume, or probe."""
+        up = self.up
+        if not up.simulcast or self.target is None or up.closed:
+            return
+        current = self.wanted.index if self.wanted is not None else -1
+        rates = [layer.bitrate for layer in up.layers]
+        decision = self.policy.decide(
+            current, rates, budget, self.fraction_lost, now, max_layer=self.max_layer
         )
+        if decision.layer != current:
+            self.switch_to(decision.layer)
+        self.set_probe(decision.probe_bps)
+
+    def set_probe(self, bps: int) -> None:
+        """Pad at ``bps`` on top of the media (at frame ends) to let the estimate grow."""
+        toggled = bool(bps) != bool(self._probe_bps)
+        if bps and not self._probe_bps:
+            self._pad_time = time.monotonic()
+            self._pad_credit = 0.0
+        self._probe_bps = bps
+        padders = self.up.layers[0].padders
+        if bps and self.paused:
+            if self not in padders:
+                padders.append(self)
+        elif self in padders:
+            padders.remove(self)
+        layer = self.layer
+        if bps and layer is not None and not self.rewrites and self in layer.plain:
+            # padding takes sequence numbers: from now on ours differ from the layer's
+            layer.plain.remove(self)
+            self._start_rewriting()
+            # what we sent so far had the layer's own numbers (offset 0)
+            self._offset_since = ((layer.max_seq or 0) + 1 - HISTORY_SIZE) & 0xFFFF
+            layer.rewriting.append(self)
+            layer.rebuild()
+        elif toggled and layer is not None and self in layer.rewriting:
+            layer.rebuild()
+
+    @property
+    def probing(self) -> bool:
+        return bool(self._probe_bps)
+
+    def offsets(self) -> tuple[int, ...]:
+        """What a rewriting subscriber shares its bytes with others by."""
+        return (
+            self.payload_type,
+            self.abs_send_time_id,
+            self._seq_off,
+            self._ts_off,
+            self._pid_off,
+            self._tl0_off,
+        )
+
+    # -- the rewriting path ------------------------------------------------------------------
+
+    def forward(self, base: bytearray, seq: int, ts: int, mbit: int, vp8: Vp8Ids | None) -> None:
+        """One packet of our layer, with our own sequence number, timestamp and
+        picture id, while we probe (others share theirs: Layer.on_rtp)."""
+        target = self.target
+        if target is None:
+            return
+        buf = bytearray(base)
+        out = (seq + self._seq_off) & 0xFFFF
+        buf[1] = mbit | self.payload_type
+        buf[2] = out >> 8
+        buf[3] = out & 0xFF
+        if self._ts_off:
+            buf[4:8] = _pack_ssrc((ts + self._ts_off) & 0xFFFFFFFF)
+        if vp8 is not None and (self._pid_off or self._tl0_off):
+            _shift_vp8_ids(buf, vp8, self._pid_off, self._tl0_off)
+        self._out_map[out & _MASK] = (out << 17) | 0x10000 | seq
+        if self.abs_send_time_id:
+            packet = _with_extension(buf, abs_send_time(self.abs_send_time_id, time.monotonic()))
+        else:
+            packet = bytes(buf)
+        protect, sendto, addr = target
+        try:
+            sendto(protect(packet), addr)
+        except Exception as exc:  # noqa: BLE001
+            logger.debug("forward failed: %s", exc)
+            return
+        if mbit and self._probe_bps:
+            self._pad(out, (ts + self._ts_off) & 0xFFFFFFFF)
+
+    def _pad(self, last_seq: int, ts: int) -> None:
+        """Padding-only packets after a frame's last packet (``last_seq``)."""
+        now = time.monotonic()
+        self._pad_credit = min(
+            self._pad_credit + self._probe_bps / 8 * (now - self._pad_time), self._probe_bps / 40
+        )
+        self._pad_time = now
+        count = min(MAX_PADDING_BURST, int(self._pad_credit // (PADDING_SIZE + 20)))
+        if count <= 0 or self.target is None:
+            return
+        protect, sendto, addr = self.target
+        for i in range(1, count + 1):
+            seq = (last_seq + i) & 0xFFFF
+            head = bytearray(
+                struct.pack("!BBHI", 0xA0, self.payload_type, seq, ts) + self.up.ssrc_bytes
+            )
+            ext = abs_send_time(self.abs_send_time_id, now) if self.abs_send_time_id else b""
+            if ext:
+                head[0] |= 0x10
+            packet = bytes(head) + ext + bytes(PADDING_SIZE - 1) + bytes((PADDING_SIZE,))
+            if self._out_map:
+                self._out_map[seq & _MASK] = seq << 17
+            try:
+                sendto(protect(packet), addr)
+            except Exception as exc:  # noqa: BLE001
+                logger.debug("padding failed: %s", exc)
+                break
+            self._pad_credit -= len(packet)
+        if self.layer is not None:
+            self._seq_off = (self._seq_off + count) & 0xFFFF
+            self._offset_since = (last_seq + count + 1) & 0xFFFF
+        elif self._left is not None:
+            self._left.seq = (self._left.seq + count) & 0xFFFF
+
+    def pad_paused(self) -> None:
+        """A frame end of the lowest layer while we are paused and probing."""
+        left = self._left
+        if left is not None and self._probe_bps:
+            self._pad(left.seq, left.ts)
+
+    # -- feedback from the subscriber ----------------------------------------------------------
 
     # called by aiortc's RtpRouter for RTCP whose media SSRC is ours; an
     # exception here would end the transport's receive loop
@@ -462,9 +1023,24 @@ class DownTrack:
                 RTCP_PSFB_FIR,
             ):
                 self.keyframe_requests += 1
-                self.up.request_keyframe()
+                self.request_keyframe()
+            elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                for report in packet.reports:
+                    if report.ssrc == self.ssrc:
+                        self.on_report(report.fraction_lost, report.lsr, report.dlsr)
         except Exception:
             logger.exception("RTCP feedback handling failed")
+
+    def request_keyframe(self) -> None:
+        layer = self.wanted or self.layer
+        if layer is not None:
+            layer.request_keyframe()
+
+    def on_report(self, fraction_lost: int, lsr: int, dlsr: int) -> None:
+        self.fraction_lost = fraction_lost / 256.0
+        sent_at = self._sr_sent.get(lsr)
+        if sent_at is not None:
+            self.rtt = max(0.0, time.monotonic() - sent_at - dlsr / 65536)
 
     def use_rtx(self, payload_type: int | None, ssrc: int) -> None:
         """Answer NACKs with RTX packets of ``payload_type`` on ``ssrc`` (kept
@@ -475,10 +1051,35 @@ class DownTrack:
             self._rtx_ssrc_bytes = _pack_ssrc(ssrc)
             self._rtx_seq = ssrc & 0xFFFF  # a start unrelated to the media stream's
 
-    def sent_packet(self, seq: int) -> bytes | None:
-        """The packet this subscriber was sent as ``seq`` (payload type not yet
-        written), from the up track's history; None when it is gone."""
-        return self.up.history(seq)
+    def sent_packet(self, seq: int) -> bytearray | None:
+        """The packet this subscriber was sent as ``seq`` (its own sequence
+        number), as it was sent: payload type, and for a rewriting subscriber
+        its timestamp and VP8 ids, rebuilt from the current layer's history
+        (no header extension). None when it is gone, was padding, or was sent
+        from another layer."""
+        layer = self.layer
+        if layer is None:
+            return None
+        if not self.rewrites:
+            packet = layer.history(seq)
+            if packet is None:
+                return None
+            buf = bytearray(packet)
+            buf[1] = (buf[1] & 0x80) | self.payload_type
+            return buf
+        entry = self._out_map[seq & _MASK]
+        if entry >= 0 and entry >> 17 == seq:
+            if not entry & 0x10000:
+                return None  # padding
+            in_seq = entry & 0xFFFF
+        elif (seq - self._offset_since) & 0xFFFF < 0x8000:
+            in_seq = (seq - self._seq_off) & 0xFFFF
+        else:
+            return None
+        packet = layer.history(in_seq)
+        if packet is None:
+            return None
+        return self._rewritten(packet, seq)
 
     def retransmit(self, lost: list[int]) -> None:
         target = self.target
@@ -487,18 +1088,18 @@ class DownTrack:
         protect, sendto, addr = target
         rtx_pt = self.rtx_payload_type
         for seq in lost[:128]:
-            packet = self.sent_packet(seq)
-            if packet is None:
+            buf = self.sent_packet(seq)
+            if buf is None:
                 continue
-            if rtx_pt is None:
-                buf = bytearray(packet)
-                buf[1] = (buf[1] & 0x80) | self.payload_type
-                packet = bytes(buf)
+            if self.abs_send_time_id:
+                data = _with_extension(buf, abs_send_time(self.abs_send_time_id, time.monotonic()))
             else:
-                packet = rtx.wrap(packet, rtx_pt, self._rtx_seq, self._rtx_ssrc_bytes)
+                data = bytes(buf)
+            if rtx_pt is not None:
+                data = rtx.wrap(data, rtx_pt, self._rtx_seq, self._rtx_ssrc_bytes)
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             try:
-                sendto(protect(packet), addr)
+                sendto(protect(data), addr)
             except Exception as exc:  # noqa: BLE001
                 logger.debug("retransmit failed: %s", exc)
                 return
@@ -506,6 +1107,102 @@ class DownTrack:
             metrics.RETRANSMITTED.inc()
             if rtx_pt is not None:
                 metrics.RTX_SENT.inc()
+
+    def _rewritten(self, packet: bytes, out_seq: int) -> bytearray:
+        """A packet of our current layer's history as we sent it (sequence ``out_seq``)."""
+        buf = bytearray(packet)
+        buf[1] = (buf[1] & 0x80) | self.payload_type
+        buf[2] = out_seq >> 8
+        buf[3] = out_seq & 0xFF
+        ts = int.from_bytes(packet[4:8], "big")
+        buf[4:8] = _pack_ssrc((ts + self._ts_off) & 0xFFFFFFFF)
+        if self.up.codec_name == "vp8" and (self._pid_off or self._tl0_off):
+            vp8 = vp8_picture_ids(packet, 12)
+            if vp8 is not None:
+                _shift_vp8_ids(buf, vp8, self._pid_off, self._tl0_off)
+        return buf
+
+    def sender_report(self) -> RtcpSrPacket:
+        layer = self.layer or self.up.layers[0]
+        ntp, rtp_ts = layer.clock_now()
+        rtp_ts = (rtp_ts + self._ts_off) & 0xFFFFFFFF
+        # counts are the up track's since this subscriber joined: an
+        # estimate shared by its subscribers, which is what SR counts are for
+        n = len(self.up.down) or 1
+        packets = (self.up.forwarded - self._base[0]) // n
+        octets = (self.up.forwarded_bytes - self._base[1]) // n
+        lsr = (ntp >> 16) & 0xFFFFFFFF
+        if len(self._sr_sent) > 8:
+            self._sr_sent.clear()
+        self._sr_sent[lsr] = time.monotonic()
+        return RtcpSrPacket(
+            ssrc=self.ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp,
+                rtp_timestamp=rtp_ts,
+                packet_count=packets & 0xFFFFFFFF,
+                octet_count=octets & 0xFFFFFFFF,
+            ),
+        )
+
+    def stats(self) -> dict[str, Any]:
+        layer = self.layer
+        return {
+            "kind": self.up.kind,
+            "codec": self.up.codec.mimeType,
+            "layer": layer.index if layer is not None else None,
+            "rid": layer.rid if layer is not None else None,
+            "layers": len(self.up.layers),
+            "max_layer": self.max_layer,
+            "paused": self.paused,
+            "switches": self.switches,
+            "fraction_lost": round(self.fraction_lost, 3),
+            "rtt_ms": round(self.rtt * 1000, 1) if self.rtt is not None else None,
+            "retransmitted": self.retransmitted,
+            "rtx": self.rtx_payload_type is not None,
+            "keyframe_requests": self.keyframe_requests,
+        }
+
+
+def _shift_vp8_ids(buf: bytearray, vp8: Vp8Ids, pid_off: int, tl0_off: int) -> None:
+    pos, bits, tl0 = vp8
+    p = 12 + pos
+    if bits == 15:
+        pid = ((((buf[p] & 0x7F) << 8) | buf[p + 1]) + pid_off) & 0x7FFF
+        buf[p] = 0x80 | (pid >> 8)
+        buf[p + 1] = pid & 0xFF
+    elif bits == 7:
+        buf[p] = ((buf[p] & 0x7F) + pid_off) & 0x7F
+    if tl0:
+        buf[12 + tl0] = (buf[12 + tl0] + tl0_off) & 0xFF
+
+
+def vp8_picture_ids(data: bytes, hlen: int) -> Vp8Ids | None:
+    """Where the picture id and TL0PICIDX sit in a VP8 payload descriptor
+    (RFC 7741), as offsets from the payload start; None without either."""
+    n = len(data)
+    if n <= hlen + 1 or not data[hlen] & 0x80:  # no X: no picture id, no TL0PICIDX
+        return None
+    x = data[hlen + 1]
+    pos = 2
+    pid_pos = bits = tl0_pos = 0
+    if x & 0x80:  # I
+        if n <= hlen + pos + 1:
+            return None
+        pid_pos = pos
+        if data[hlen + pos] & 0x80:
+            bits = 15
+            pos += 2
+        else:
+            bits = 7
+            pos += 1
+    if x & 0x40:  # L
+        if n <= hlen + pos:
+            return None
+        tl0_pos = pos
+    if not bits and not tl0_pos:
+        return None
+    return (pid_pos, bits, tl0_pos)
 
 
 def vp8_keyframe_start(data: bytes, hlen: int) -> bool:
@@ -560,4 +1257,4 @@ def receiver_report(rtcp_ssrc: int, reports: list[Any]) -> bytes:
     return bytes(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
 
 
-__all__ = ["DownTrack", "UpTrack", "receiver_report"]
+__all__ = ["DownTrack", "Layer", "PublisherLink", "SubscriberLink", "UpTrack", "receiver_report"]

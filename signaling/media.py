@@ -6,7 +6,9 @@
 connection (``pc.restartIce()``) and acks ``{sessionId, sdp}``, the answer
 with the server's new credentials: the session, its tracks and its DTLS
 association stay;
-``sfu:unpublish`` / ``sfu:unsubscribe {sessionId}`` end a session. Grants,
+``sfu:unpublish`` / ``sfu:unsubscribe {sessionId}`` end a session;
+``sfu:layer {sessionId, maxLayer}`` caps the simulcast layer a subscription
+receives (``"low"``, ``"medium"``, ``"high"``, 0..3, or null for none). Grants,
 limits and errors are WHIP's and WHEP's, as ack errors. A socket's sessions
 end when the socket is gone.
 """
@@ -15,19 +17,21 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from auth import Identity
 from rooms.bus import EventBus
-from sfu import MediaEngine, MediaError, Session, SessionNotFound
+from sfu import MediaEngine, MediaError, Session, SessionNotFound, max_layer_value
 from signaling.server import SignalError, Signaling
 
 log = logging.getLogger("airwave.signaling.media")
 
 ROOM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_SDP_CHARS = 64 * 1024
+LAYER_CHANGES_PER_SECOND = 5  # per session
 
 Announce = Callable[[str, Session], Awaitable[None]]
 PrepareSubscribe = Callable[[str], Awaitable[None]]
@@ -66,6 +70,7 @@ def register(
     the room's own rules (who may watch, who may publish) after the grant."""
     sessions = SocketSessions()
     by_socket = sessions.by_socket
+    layer_changes: dict[str, tuple[float, int]] = {}  # session id -> (window start, changes)
 
     def owned(sid: str, data: Any) -> str:
         session_id = _field(data, "sessionId", 64)
@@ -133,10 +138,38 @@ def register(
     async def end(sid: str, data: Any) -> dict[str, bool]:
         session_id = owned(sid, data)
         by_socket[sid].discard(session_id)
+        layer_changes.pop(session_id, None)
         try:
             await engine.close_session(session_id, "unpublished")
         except SessionNotFound:
             pass
+        return {"ok": True}
+
+    @signaling.on("sfu:layer")
+    async def layer(sid: str, identity: Identity, data: Any) -> dict[str, bool]:
+        session_id = owned(sid, data)
+        if "maxLayer" not in data:
+            raise SignalError("bad_request", "maxLayer is required (null for no cap)")
+        try:
+            max_layer = max_layer_value(data["maxLayer"])
+        except ValueError as exc:
+            raise SignalError("bad_request", str(exc)) from None
+        session = engine.session(session_id)
+        if session is None or session.role != "subscriber":
+            raise SignalError("session_not_found", "no such subscription on this socket")
+        if not identity.can_subscribe(session.room):
+            raise SignalError("forbidden", f"the token does not grant subscribe for room {session.room!r}")
+        now = time.monotonic()
+        since, count = layer_changes.get(session_id, (now, 0))
+        if now - since >= 1.0:
+            since, count = now, 0
+        if count >= LAYER_CHANGES_PER_SECOND:
+            raise SignalError("rate_limited", f"at most {LAYER_CHANGES_PER_SECOND} layer changes a second")
+        layer_changes[session_id] = (since, count + 1)
+        try:
+            engine.set_max_layer(session_id, max_layer)
+        except MediaError as exc:
+            raise SignalError(exc.code, str(exc)) from None
         return {"ok": True}
 
     @signaling.on("sfu:unpublish")
@@ -149,6 +182,7 @@ def register(
 
     async def socket_gone(sid: str, identity: Identity) -> None:
         for session_id in by_socket.pop(sid, set()):
+            layer_changes.pop(session_id, None)
             try:
                 await engine.close_session(session_id, "socket_gone")
             except SessionNotFound:

@@ -42,3 +42,22 @@ def test_fanout_with_reference_writes_json_chart_and_table(
     assert data["reference_cpu_ratio"] is not None and data["reference_cpu_ratio"] > 1
     assert (tmp_path / "fanout.png").stat().st_size > 1000
     assert "capacity: 3 viewers" in result.stdout
+
+
+def test_fanout_simulcast_reports_the_layer_mix(bench_server: BenchServer, tmp_path: Path) -> None:
+    out = tmp_path / "simulcast.json"
+    token = bench_server.token(room="bench-simulcast", publish=True, subscribe=True)
+    run_bench(
+        "fanout", "--url", bench_server.url, "--token", token, "--room", "bench-simulcast",
+        "--server-pid", str(bench_server.pid), "--viewers", "4", "--duration", "3",
+        "--settle", "3", "--workers", "1", "--simulcast", "--low-share", "0.5",
+        "--low-kbps", "250", "--out", str(out), timeout=150,
+    )
+    data = json.loads(out.read_text())
+    assert data["publisher"]["layers_kbps"][0] < data["publisher"]["layers_kbps"][2]
+    step = data["steps"][0]
+    assert step["join_failures"] == 0 and step["delivered_pps"] > 0
+    assert sum(step["layers"].values()) == 4
+    # two viewers say 250 kbit/s: they are not on the top layer; the other two are
+    assert step["layers"]["f"] == 2
+    assert step["switches_per_viewer_min"] is not None

@@ -36,20 +36,26 @@ def _video_frames(n: int, width: int, height: int, seed: int = 1):
 
 
 def _encode_video(
-    codec: str, n: int, options: dict[str, str], profile: str | None = None, seed: int = 1
+    codec: str,
+    n: int,
+    options: dict[str, str],
+    profile: str | None = None,
+    seed: int = 1,
+    size: tuple[int, int] = (320, 240),
+    bit_rate: int = 800_000,
 ):
     cc = av.CodecContext.create(codec, "w")
-    cc.width, cc.height = 320, 240
+    cc.width, cc.height = size
     cc.pix_fmt = "yuv420p"
     cc.time_base = Fraction(1, 30)
     cc.framerate = Fraction(30, 1)
-    cc.bit_rate = 800_000
+    cc.bit_rate = bit_rate
     cc.gop_size = 10_000  # one keyframe, at the start: later ones only on request
     if profile:
         cc.profile = profile
     cc.options = options
     out: list[EncodedFrame] = []
-    for frame in _video_frames(n, 320, 240, seed):
+    for frame in _video_frames(n, size[0], size[1], seed):
         for packet in cc.encode(frame):
             out.append(EncodedFrame(bytes(packet), bool(packet.is_keyframe)))
     for packet in cc.encode(None):
@@ -57,17 +63,24 @@ def _encode_video(
     return out
 
 
-def encoded_vp8(n: int, seed: int = 1) -> list[EncodedFrame]:
+def encoded_vp8(
+    n: int, seed: int = 1, size: tuple[int, int] = (320, 240), bit_rate: int = 800_000
+) -> list[EncodedFrame]:
     options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
-    return _encode_video("libvpx", n, options, seed=seed)
+    return _encode_video("libvpx", n, options, seed=seed, size=size, bit_rate=bit_rate)
 
 
-def encoded_h264(n: int) -> list[EncodedFrame]:
+def encoded_h264(
+    n: int, seed: int = 1, size: tuple[int, int] = (320, 240), bit_rate: int = 800_000
+) -> list[EncodedFrame]:
     return _encode_video(
         "libx264",
         n,
         {"preset": "ultrafast", "tune": "zerolatency", "bf": "0"},
         profile="Constrained Baseline",
+        seed=seed,
+        size=size,
+        bit_rate=bit_rate,
     )
 
 

@@ -108,3 +108,26 @@ def test_any_bytes_from_a_publisher_are_survived(packets):
 
     sent = asyncio.run(run())
     assert all(p[1] & 0x7F == 100 and p[8:12] == b"\x00\x00\x00\x07" for p in sent)
+
+
+def test_a_late_viewer_gets_audio_without_marker_bits():
+    """Chromium sets the marker bit on an Opus talkspurt's first packet only:
+    a viewer joining later still starts at once."""
+
+    async def run() -> list[bytes]:
+        codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, payloadType=111)
+        up = UpTrack(_Publisher(), kind="audio", mid="0", codec=codec, ssrcs=[42], out_ssrc=7)
+        packets = [struct.pack("!BBHII", 0x80, 111 | (0x80 if i == 0 else 0), i, 960 * i, 42)
+                   + os.urandom(60) for i in range(20)]
+        for data in packets[:10]:
+            up.on_rtp(data)
+        down = DownTrack(None, up, mid="0", payload_type=109)
+        sent: list[bytes] = []
+        down.start((bytes, lambda data, addr: sent.append(data), ("127.0.0.1", 9)))
+        for data in packets[10:]:
+            up.on_rtp(data)
+        up.close()
+        return sent
+
+    sent = asyncio.run(run())
+    assert len(sent) == 10 and all(p[1] & 0x7F == 109 for p in sent)

@@ -128,5 +128,5 @@ async def test_publisher_loss_is_nacked_upstream(engine, vp8_frames):
     await wait_for(lambda: len(dropped) == 10 and recovered == dropped, 8)
     assert _metric("airwave_sfu_nacks_sent_total") > before
     await asyncio.sleep(0.1)
-    assert not (set(up._missing) & dropped)
+    assert not (set(up.layers[0].missing) & dropped)
     await pub.close()

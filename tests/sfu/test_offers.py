@@ -44,8 +44,12 @@ async def test_chrome_shaped_offer(engine):
     # RTX for the chosen codec only, and the publisher's RTX SSRC learned from its FID group
     assert "a=rtpmap:97 rtx/90000" in video and "a=fmtp:97 apt=96" in video
     assert "rtx" not in video.replace("a=rtpmap:97 rtx/90000", "")
-    assert session._rtx_by_ssrc == {2002: session.uptracks[1]}
-    assert "a=extmap" not in answer  # we take and send no header extensions
+    assert session._rtx_by_ssrc == {2002: session.uptracks[1].layers[0]}
+    # the extensions we read (mid, abs-send-time), under the offer's ids; not the others
+    assert "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid" in video
+    assert "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time" in video
+    assert "toffset" not in answer and "ssrc-audio-level" not in answer
+    assert "a=simulcast" not in answer
     assert "a=setup:active" in answer
     assert "a=group:BUNDLE 0 1" in answer
     assert re.search(r"a=candidate:\S+ 1 udp \d+ 127\.0\.0\.1 \d+ typ host", answer)

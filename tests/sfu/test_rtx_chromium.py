@@ -158,7 +158,7 @@ async def test_chromium_publisher_repairs_over_rtx_what_the_server_lost(engine):
         session = await engine.publish("chromium-up", offer)
         up = next(u for u in session.uptracks if u.kind == "video")
         # Chromium's RTX SSRC, from its a=ssrc-group:FID
-        assert up.rtx_payload_type is not None and list(session._rtx_by_ssrc.values()) == [up]
+        assert up.rtx_payload_type is not None and list(session._rtx_by_ssrc.values()) == [up.layers[0]]
         await page.evaluate(
             "sdp => window.pc.setRemoteDescription({type: 'answer', sdp})", session.answer_sdp
         )
@@ -166,7 +166,8 @@ async def test_chromium_publisher_repairs_over_rtx_what_the_server_lost(engine):
         rtx_ssrc = next(iter(session._rtx_by_ssrc))
 
         repaired: set[int] = set()
-        on_repair = up.on_repair
+        layer = up.layers[0]
+        on_repair = layer.on_repair
 
         def record_repair(data: bytes) -> bool:
             new = on_repair(data)
@@ -174,7 +175,7 @@ async def test_chromium_publisher_repairs_over_rtx_what_the_server_lost(engine):
                 repaired.add((data[2] << 8) | data[3])
             return new
 
-        up.on_repair = record_repair
+        layer.on_repair = record_repair  # type: ignore[method-assign]
         recv = session.ice._recv
         rng = random.Random(5)
         dropped: set[int] = set()

@@ -1,0 +1,156 @@
+"""Per-subscriber downlink estimate and the layer choice that follows it.
+
+The subscriber's browser estimates its own downlink: we negotiate
+``goog-remb`` and ``abs-send-time`` (never ``transport-cc``) on its leg and
+write abs-send-time into every packet we send it, so Chromium runs its
+receive-side estimator and sends REMB. :class:`DownlinkEstimate` keeps the
+latest REMB.
+:class:`LayerPolicy` turns that estimate and the publisher's measured layer
+bitrates into one layer per subscriber track: down when the estimate stays
+under the current layer for a second or at once when loss passes 10 %, up
+only after the estimate showed headroom for two seconds, probing with padding
+when the estimate sits under the next layer (REMB only grows with traffic).
+Nothing here knows tracks or sessions: numbers in, a decision out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEADROOM = 0.85  # share of the estimate a layer may use
+DOWNGRADE_AFTER = 1.0  # seconds the estimate stays under the current layer
+UPGRADE_AFTER = 2.0  # seconds the estimate shows room for a higher layer
+HIGH_LOSS = 0.10  # fraction lost (receiver reports) that forces a step down
+PROBE_SECONDS = 3.0  # one padding probe toward the next layer (again at once while it works)
+PROBE_GAP = 6.0  # seconds between two probes (doubled after a failed one, up to MAX)
+MAX_PROBE_GAP = 30.0
+MAX_PROBE_BPS = 2_000_000
+ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
+
+
+class DownlinkEstimate:
+    """What one subscriber's browser says of its downlink (REMB); the loss and
+    round-trip time of its receiver reports are kept per track (DownTrack)."""
+
+    __slots__ = ("bitrate", "updated")
+
+    def __init__(self) -> None:
+        self.bitrate: int | None = None  # bits per second, from the latest REMB
+        self.updated = 0.0
+
+    def on_remb(self, bitrate: int, now: float) -> None:
+        self.bitrate = bitrate
+        self.updated = now
+
+    def current(self, now: float) -> int | None:
+        """The estimate, or None when the subscriber sends no (recent) REMB."""
+        if self.bitrate is None or now - self.updated > ESTIMATE_TIMEOUT:
+            return None
+        return self.bitrate
+
+
+@dataclass
+class Decision:
+    layer: int  # -1: paused
+    probe_bps: int = 0  # padding to send on top of the layer, bits per second
+
+
+class LayerPolicy:
+    """One subscriber track's layer choice over time (hysteresis and probing)."""
+
+    def __init__(self) -> None:
+        self._below_since: float | None = None
+        self._above_since: float | None = None
+        self._probe_until = 0.0
+        self._next_probe = 0.0
+        self._probe_gap = PROBE_GAP
+        self._probe_start_estimate = 0
+        self._last_budget: int | None = None
+
+    def decide(
+        self,
+        current: int,
+        rates: list[float],
+        budget: int | None,
+        loss: float,
+        now: float,
+        *,
+        max_layer: int | None = None,
+    ) -> Decision:
+        """``current``: the layer sent now (-1 paused); ``rates``: each layer's
+        bitrate (bits/s, low to high; 0 for a layer the publisher is not
+        sending); ``budget``: what the video may use (None: no estimate, so
+        no limit). A layer is kept while it fits the estimate and taken only
+        when it fits with HEADROOM: the band between is the hysteresis."""
+        top = len(rates) - 1
+        if max_layer is not None:
+            top = max(0, min(top, max_layer))
+        active = [i for i in range(top + 1) if rates[i] > 0]
+        if not active:
+            return Decision(current if current <= top else top)
+        if budget is None:
+            self._below_since = self._above_since = self._last_budget = None
+            return Decision(active[-1])
+        fits = -1
+        for i in active:
+            if rates[i] <= budget * HEADROOM:
+                fits = i
+        # a receiver that is not congested reports about what it receives and
+        # grows from there: while the estimate rises, a layer above it (the
+        # publisher ramping up) is no reason to step down
+        rising = self._last_budget is not None and budget > self._last_budget * 1.01
+        self._last_budget = budget
+        if current > top or (current >= 0 and rates[current] <= 0):
+            return Decision(max(fits, active[0]) if current > top else fits)
+        if loss > HIGH_LOSS and current >= 0:
+            self._above_since = None
+            lower = [i for i in active if i < current]
+            return Decision(min(fits, lower[-1] if lower else -1))
+        if current >= 0 and rates[current] > budget:
+            self._above_since = None
+            if self._below_since is None or rising:
+                self._below_since = now
+            if now - self._below_since >= DOWNGRADE_AFTER:
+                self._below_since = None
+                return Decision(fits)
+            return Decision(current)
+        self._below_since = None
+        if fits > current:
+            if self._above_since is None:
+                self._above_since = now
+            if now - self._above_since >= UPGRADE_AFTER:
+                self._above_since = None
+                self._probe_gap = PROBE_GAP
+                return Decision(fits)
+            return Decision(current)
+        self._above_since = None
+        higher = [i for i in active if i > current]
+        if not higher:
+            return Decision(current)
+        return Decision(current, self._probe(current, rates, higher[0], budget, now))
+
+    def _probe(self, current: int, rates: list[float], nxt: int, budget: int, now: float) -> int:
+        """Padding toward the next layer when the estimate sits under it."""
+        target = rates[nxt] / HEADROOM
+        base = rates[current] if current >= 0 else 0.0
+        rate = int(min(MAX_PROBE_BPS, max(0.0, target - base)))
+        if now < self._probe_until:
+            return rate
+        if self._probe_until:  # a probe ended without an upgrade
+            self._probe_until = 0.0
+            if budget > self._probe_start_estimate * 1.05:  # but the estimate grew: go on
+                self._probe_gap = PROBE_GAP
+                self._probe_until = now + PROBE_SECONDS
+                self._probe_start_estimate = budget
+                return rate
+            self._probe_gap = min(MAX_PROBE_GAP, self._probe_gap * 2)
+            self._next_probe = now + self._probe_gap
+            return 0
+        if now < self._next_probe:
+            return 0
+        self._probe_until = now + PROBE_SECONDS
+        self._probe_start_estimate = budget
+        return rate
+
+
+__all__ = ["Decision", "DownlinkEstimate", "LayerPolicy"]

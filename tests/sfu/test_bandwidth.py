@@ -1,0 +1,120 @@
+"""The per-viewer layer choice, as numbers: quick downgrades, hysteresis,
+probes, pauses, caps (sfu/bandwidth.py)."""
+
+from __future__ import annotations
+
+from sfu.bandwidth import (
+    DOWNGRADE_AFTER,
+    HEADROOM,
+    UPGRADE_AFTER,
+    DownlinkEstimate,
+    LayerPolicy,
+)
+
+RATES = [150_000.0, 500_000.0, 1_500_000.0]
+
+
+def run(policy: LayerPolicy, current: int, budget: int | None, seconds: float, *, loss=0.0,
+        start=0.0, max_layer=None, rates=RATES):
+    """Decide every 0.5 s for ``seconds``; returns the layers chosen and the last decision."""
+    t = start
+    chosen = []
+    decision = None
+    while t <= start + seconds:
+        decision = policy.decide(current, rates, budget, loss, t, max_layer=max_layer)
+        current = decision.layer
+        chosen.append(current)
+        t += 0.5
+    return chosen, decision
+
+
+def test_no_estimate_means_the_top_layer_that_flows():
+    policy = LayerPolicy()
+    assert policy.decide(0, RATES, None, 0.0, 0.0).layer == 2
+    assert policy.decide(0, [150_000.0, 500_000.0, 0.0], None, 0.0, 0.0).layer == 1
+    assert policy.decide(2, RATES, None, 0.0, 0.0, max_layer=0).layer == 0
+
+
+def test_downgrade_after_a_second_under_the_current_layer():
+    policy = LayerPolicy()
+    chosen, _ = run(policy, 2, 600_000, 3.0)
+    assert chosen[0] == 2  # not at once: one low REMB is not a trend
+    first = chosen.index(1)
+    assert first * 0.5 >= DOWNGRADE_AFTER and first * 0.5 <= DOWNGRADE_AFTER + 0.5
+    assert set(chosen[first:]) == {1}
+
+
+def test_no_downgrade_while_the_estimate_rises():
+    # the publisher ramps its layer up faster than the receiver's REMB follows
+    policy = LayerPolicy()
+    t, budget = 0.0, 1_300_000
+    while t < 6.0:
+        assert policy.decide(2, RATES, budget, 0.0, t).layer == 2
+        t += 0.5
+        budget += 15_000  # +1.1 % or more a step, still under the layer
+    # the estimate stops rising under the layer: down after DOWNGRADE_AFTER
+    chosen, _ = run(policy, 2, budget, 3.0, start=t)
+    assert chosen[-1] == 1
+
+
+def test_high_loss_steps_down_at_once():
+    policy = LayerPolicy()
+    assert policy.decide(2, RATES, 5_000_000, 0.2, 0.0).layer == 1
+
+
+def test_no_oscillation_in_the_hysteresis_band():
+    # the estimate fits layer 1 but not with headroom: it neither leaves nor climbs
+    policy = LayerPolicy()
+    chosen, _ = run(policy, 2, int(RATES[2] * 1.05), 20.0)
+    assert set(chosen) == {2}
+    chosen, _ = run(policy, 1, int(RATES[2] * 1.05), 20.0, start=30.0)
+    assert set(chosen) == {1}
+
+
+def test_upgrade_only_after_the_estimate_showed_room_for_a_while():
+    policy = LayerPolicy()
+    chosen, _ = run(policy, 0, 3_000_000, 12.0)
+    assert chosen[0] == 0
+    up = next(i for i, layer in enumerate(chosen) if layer > 0)
+    assert up * 0.5 >= UPGRADE_AFTER
+    assert chosen[up] == 2  # straight to the highest layer that fits with headroom
+    chosen, _ = run(LayerPolicy(), 0, 700_000, 12.0)
+    assert set(chosen) == {0, 1}  # room for the middle one only
+
+
+def test_pause_below_the_lowest_layer_and_resume():
+    policy = LayerPolicy()
+    chosen, _ = run(policy, 0, 50_000, 3.0)
+    assert chosen[-1] == -1
+    chosen, _ = run(policy, -1, 400_000, 6.0, start=10.0)
+    assert chosen[0] == -1 and chosen[-1] == 0
+
+
+def test_probe_toward_the_next_layer_then_back_off():
+    policy = LayerPolicy()
+    # layer 1 fits, layer 2 does not: pad toward layer 2 for a while
+    d = policy.decide(1, RATES, 800_000, 0.0, 0.0)
+    assert d.layer == 1 and d.probe_bps >= RATES[2] / HEADROOM - RATES[1] - 1
+    _, d = run(policy, 1, 800_000, 2.0, start=0.5)
+    assert d.probe_bps > 0
+    # the estimate did not grow: a pause
+    _, d = run(policy, 1, 800_000, 5.0, start=4.0)
+    assert d.probe_bps == 0
+    # while a probe makes the estimate grow, probing goes on
+    policy = LayerPolicy()
+    t, budget = 0.0, 800_000
+    while t < 12.0:
+        d = policy.decide(1, RATES, budget, 0.0, t)
+        assert d.layer == 1 and d.probe_bps > 0
+        t += 0.5
+        budget = min(int(budget * 1.03), int(RATES[2] * 1.1))
+    # on the top layer there is nothing to probe for
+    assert policy.decide(2, RATES, 5_000_000, 0.0, 100.0).probe_bps == 0
+
+
+def test_estimate_expires():
+    est = DownlinkEstimate()
+    assert est.current(0.0) is None
+    est.on_remb(700_000, 10.0)
+    assert est.current(11.0) == 700_000
+    assert est.current(20.0) is None
