@@ -37,9 +37,9 @@ from api.ice import request_host
 from api.limits import RETRY_AFTER_SECONDS as QUOTA_RETRY_AFTER
 from api.limits import MediaQuota, SessionLimitExceeded, client_address
 from api.routing import ApiRoutes
-from auth import Identity
+from auth import ROOM_ID_PATTERN, Identity
 from rooms.rooms import RoomError
-from sfu import MediaError, Session, SessionNotFound
+from sfu import MAX_SDP_LENGTH, MediaError, Session, SessionNotFound
 from sfu.sdp import write_ice_fragment
 from signaling import SignalError
 from signaling import media as socket_media
@@ -48,10 +48,8 @@ log = logging.getLogger("airwave.media")
 
 routes = ApiRoutes("media")
 
-MAX_SDP_BYTES = 64 * 1024
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
-ROOM_ID = r"[A-Za-z0-9_.:-]{1,128}"
 SESSION_ID = r"[a-f0-9]{32}"
 RETRY_AFTER_SECONDS = "5"
 CORS_HEADERS = {
@@ -108,11 +106,11 @@ async def _read_sdp(request: web.Request, content_type: str) -> str:
             f"Content-Type must be {content_type}, got {request.content_type or 'none'}",
             headers={"Accept-Post": SDP} if content_type == SDP else {"Accept-Patch": SDPFRAG},
         )
-    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_BYTES} bytes")
-    body = await request.content.read(MAX_SDP_BYTES + 1)
-    if len(body) > MAX_SDP_BYTES:
-        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_BYTES} bytes")
+    if request.content_length is not None and request.content_length > MAX_SDP_LENGTH:
+        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_LENGTH} bytes")
+    body = await request.content.read(MAX_SDP_LENGTH + 1)
+    if len(body) > MAX_SDP_LENGTH:
+        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_LENGTH} bytes")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
@@ -394,13 +392,13 @@ _SDP_BODY = {SDP: {"type": "string"}}
 _FRAG_BODY = {SDPFRAG: {"type": "string"}}
 
 
-@routes.post(f"/whip/{{room:{ROOM_ID}}}", summary="WHIP: publish into a room", request=_SDP_BODY,
+@routes.post(f"/whip/{{room:{ROOM_ID_PATTERN}}}", summary="WHIP: publish into a room", request=_SDP_BODY,
              responses=_CREATE_RESPONSES)
 async def whip_create(request: web.Request) -> web.Response:
     return await _create(request, "whip")
 
 
-@routes.post(f"/whep/{{room:{ROOM_ID}}}", summary="WHEP: watch a room", request=_SDP_BODY,
+@routes.post(f"/whep/{{room:{ROOM_ID_PATTERN}}}", summary="WHEP: watch a room", request=_SDP_BODY,
              responses={**_CREATE_RESPONSES, 404: "the room has no publisher"})
 async def whep_create(request: web.Request) -> web.Response:
     return await _create(request, "whep")
@@ -421,33 +419,33 @@ _PATCH_RESPONSES = {
 }
 
 
-@routes.patch(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE or restart ICE",
+@routes.patch(f"/whip/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whip_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whip")
 
 
-@routes.patch(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE or restart ICE",
+@routes.patch(f"/whep/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whep_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whep")
 
 
-@routes.delete(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: stop publishing",
+@routes.delete(f"/whip/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHIP: stop publishing",
                auth=False, responses={200: "ended", 404: "no such session"})
 async def whip_delete(request: web.Request) -> web.Response:
     return await _delete(request, "whip")
 
 
-@routes.delete(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: stop watching",
+@routes.delete(f"/whep/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHEP: stop watching",
                auth=False, responses={200: "ended", 404: "no such session"})
 async def whep_delete(request: web.Request) -> web.Response:
     return await _delete(request, "whep")
 
 
-for _path in (f"/whip/{{room:{ROOM_ID}}}", f"/whep/{{room:{ROOM_ID}}}",
-              f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}",
-              f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}"):
+for _path in (f"/whip/{{room:{ROOM_ID_PATTERN}}}", f"/whep/{{room:{ROOM_ID_PATTERN}}}",
+              f"/whip/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}",
+              f"/whep/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}"):
     routes.options(_path, summary="CORS preflight; Accept-Post and ICE servers", auth=False,
                    responses={204: "allowed methods and headers"})(_options)
 

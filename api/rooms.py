@@ -22,9 +22,8 @@ from rooms.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
 from rooms.presence import PresenceService
 from rooms.rate_limit import InProcessTokenBucket
 from rooms.redis_state import RedisSocketCounter, RedisTokenBucket, RedisViewerCounter
-from rooms.rooms import InProcessTimers, RoomError, RoomRegistry
-from rooms.timers import InProcessTimers as InProcessDeadlines
-from rooms.timers import RedisTimers, TimerService
+from rooms.rooms import RoomError, RoomRegistry, TaskTimers
+from rooms.timers import InProcessTimers, RedisTimers, TimerService
 from signaling.rooms import RoomSignals, register
 
 routes = ApiRoutes("rooms")
@@ -365,9 +364,9 @@ async def presence(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     settings = airwave.settings
-    timers = InProcessTimers(airwave.spawn)
+    timers = TaskTimers(airwave.spawn)
     redis, prefix = airwave.redis, settings.redis_prefix
-    deadlines: TimerService = RedisTimers(redis, prefix, "rooms") if redis else InProcessDeadlines()
+    deadlines: TimerService = RedisTimers(redis, prefix, "rooms") if redis else InProcessTimers()
     registry = RoomRegistry(
         airwave.db, airwave.bus, settings, timers,
         viewers=RedisViewerCounter(redis, prefix) if redis else None, deadlines=deadlines,

@@ -27,9 +27,8 @@ from api.auth_http import require_identity
 from api.components import AIRWAVE, Airwave
 from api.errors import ApiError
 from api.routing import ApiRoutes
-from auth import Identity, TokenError
+from auth import ROOM_ID, Identity, TokenError
 from ingest import PublishRequest, Refused, RtmpIngest
-from ingest.server import ROOM_ID
 from rooms.rate_limit import InProcessTokenBucket
 
 log = logging.getLogger("airwave.rtmp")

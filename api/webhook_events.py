@@ -24,7 +24,7 @@ from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from auth import Identity
 from rooms.chat import ChatMessage
-from rooms.rooms import Room
+from rooms.rooms import RoomRecord
 from store import Queries
 from webhooks.dispatcher import WebhookDispatcher
 from webhooks.outbox import Outbox, fact_id
@@ -181,7 +181,7 @@ class BusFacts:
             names[kind], f"room:{room_id}", data, event_id=fact_id(names[kind], session_id)
         )
 
-    async def on_chat_stored(self, tx: Queries, message: ChatMessage, room: Room) -> None:
+    async def on_chat_stored(self, tx: Queries, message: ChatMessage, room: RoomRecord) -> None:
         """chat.message for each member of a direct chat with no live socket (for a push)."""
         if room.type != "direct":
             return

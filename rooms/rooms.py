@@ -34,8 +34,7 @@ from auth import Identity
 from config import Settings
 from rooms.bus import Event, EventBus
 from rooms.social import SocialGraph
-from rooms.timers import InProcessTimers as InProcessDeadlines
-from rooms.timers import TimerEvent, TimerService
+from rooms.timers import InProcessTimers, TimerEvent, TimerService
 from store import Database
 from store.database import Row
 
@@ -66,7 +65,7 @@ def room_not_found(room_id: str) -> RoomError:
 
 
 @dataclass(frozen=True)
-class Room:
+class RoomRecord:
     id: str
     type: str
     title: str
@@ -82,7 +81,7 @@ class Room:
     ended_at: float | None
 
     @classmethod
-    def from_row(cls, row: Row) -> Room:
+    def from_row(cls, row: Row) -> RoomRecord:
         return cls(
             id=row["id"],
             type=row["type"],
@@ -132,7 +131,7 @@ class Timers(Protocol):
     def pending(self, key: str) -> bool: ...
 
 
-class InProcessTimers:
+class TaskTimers:
     """Timers as tasks of this process (started with the app's ``spawn``)."""
 
     def __init__(self, spawn: Spawn) -> None:
@@ -276,17 +275,17 @@ class RoomRegistry:
         self.timers = timers
         self.social = SocialGraph(db)
         self.viewers: ViewerCounter = viewers or InProcessViewerCounter()
-        self.deadlines: TimerService = deadlines or InProcessDeadlines()
+        self.deadlines: TimerService = deadlines or InProcessTimers()
         self.deadlines.on_fire(self.deadline_fired)
         self.viewer_counts = ViewerCountAnnouncer(self.viewers, timers, self._announce_viewers)
 
     # -- reading ---------------------------------------------------------------------
 
-    async def get(self, room_id: str) -> Room | None:
+    async def get(self, room_id: str) -> RoomRecord | None:
         row = await self.db.fetchrow("SELECT * FROM rooms WHERE id = $1", room_id)
-        return Room.from_row(row) if row else None
+        return RoomRecord.from_row(row) if row else None
 
-    async def require(self, room_id: str) -> Room:
+    async def require(self, room_id: str) -> RoomRecord:
         room = await self.get(room_id)
         if room is None:
             raise room_not_found(room_id)
@@ -300,7 +299,7 @@ class RoomRegistry:
             is not None
         )
 
-    async def audience_refusal(self, room: Room, identity: Identity | None) -> RoomError | None:
+    async def audience_refusal(self, room: RoomRecord, identity: Identity | None) -> RoomError | None:
         """The one rule for a room's audience, applied at every door (the room itself,
         participants, WHEP, ``sfu:subscribe``, ``stream:join``, chat history, send and
         typing, gifts, leaderboards, and so edge pulls, which serve the viewers the edge
@@ -325,10 +324,10 @@ class RoomRegistry:
             return None
         return RoomError("forbidden", "not_member", "only the room's members may be in it")
 
-    async def may_view(self, room: Room, identity: Identity | None) -> bool:
+    async def may_view(self, room: RoomRecord, identity: Identity | None) -> bool:
         return await self.audience_refusal(room, identity) is None
 
-    async def admit(self, room_id: str, identity: Identity | None) -> Room:
+    async def admit(self, room_id: str, identity: Identity | None) -> RoomRecord:
         """The room, if ``identity`` is in its audience; RoomError (not_found too) otherwise."""
         room = await self.require(room_id)
         refusal = await self.audience_refusal(room, identity)
@@ -336,7 +335,7 @@ class RoomRegistry:
             raise refusal
         return room
 
-    async def to_json(self, room: Room) -> dict[str, Any]:
+    async def to_json(self, room: RoomRecord) -> dict[str, Any]:
         return room.to_json(await self.viewers.count(room.id))
 
     async def list(self, status: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int | None]:
@@ -347,7 +346,7 @@ class RoomRegistry:
             rows = await self.db.fetch(
                 "SELECT * FROM rooms WHERE status = 'live' AND public = 1 AND type IN ('live', 'group')"
             )
-            rooms = [await self.to_json(Room.from_row(r)) for r in rows]
+            rooms = [await self.to_json(RoomRecord.from_row(r)) for r in rows]
             rooms.sort(key=lambda r: (-r["viewerCount"], -(r["liveAt"] or 0.0), r["id"]))
             page = rooms[offset : offset + limit]
             more = offset + limit < len(rooms)
@@ -360,7 +359,7 @@ class RoomRegistry:
                 offset,
             )
             more = len(rows) > limit
-            page = [await self.to_json(Room.from_row(r)) for r in rows[:limit]]
+            page = [await self.to_json(RoomRecord.from_row(r)) for r in rows[:limit]]
         return page, (offset + limit if more else None)
 
     # -- writing ---------------------------------------------------------------------
@@ -374,7 +373,7 @@ class RoomRegistry:
         max_viewers: int | None = None,
         chat_ttl_seconds: float | None = None,
         room_id: str | None = None,
-    ) -> Room:
+    ) -> RoomRecord:
         if room_type not in CREATABLE_TYPES:
             raise RoomError("invalid", "bad_type", "type must be live or group")
         _check_settings(title, max_viewers, chat_ttl_seconds)
@@ -396,7 +395,7 @@ class RoomRegistry:
             )
         return await self.require(room_id)
 
-    async def patch(self, room_id: str, identity: Identity, changes: dict[str, Any]) -> Room:
+    async def patch(self, room_id: str, identity: Identity, changes: dict[str, Any]) -> RoomRecord:
         room = await self.require(room_id)
         if not room.may_moderate(identity):
             raise RoomError("forbidden", "forbidden", "only the room's owner may change it")
@@ -411,7 +410,7 @@ class RoomRegistry:
         )
         return await self.require(room_id)
 
-    async def add_member(self, room_id: str, identity: Identity, user_id: str) -> Room:
+    async def add_member(self, room_id: str, identity: Identity, user_id: str) -> RoomRecord:
         room = await self.require(room_id)
         if room.type != "group":
             raise RoomError("invalid", "not_a_group", "members are added to group rooms only")
@@ -437,7 +436,7 @@ class RoomRegistry:
             "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room_id, user_id
         ) > 0
 
-    async def end(self, room_id: str, identity: Identity | None, reason: str = "ended_by_owner") -> Room:
+    async def end(self, room_id: str, identity: Identity | None, reason: str = "ended_by_owner") -> RoomRecord:
         """End a room (owner or admin; ``identity`` None: the server itself)."""
         room = await self.require(room_id)
         if identity is not None and not room.may_moderate(identity):

@@ -4,7 +4,7 @@ Publishers send into a room, subscribers receive the room's tracks; RTP is
 forwarded as bytes (no decoding, no re-encoding). See docs/media.md.
 """
 
-from .engine import MediaEngine, RoomInfo
+from .engine import SENDING, MediaEngine, RoomInfo
 from .errors import (
     AtCapacity,
     IceRestartRefused,
@@ -17,20 +17,25 @@ from .errors import (
     SessionNotFound,
 )
 from .local import LocalPublisher
+from .sdp import MAX_SDP_LENGTH, Offer, parse_offer
 from .session import Session
 
 __all__ = [
     "AtCapacity",
     "IceRestartRefused",
     "LocalPublisher",
+    "MAX_SDP_LENGTH",
     "MediaEngine",
     "MediaError",
     "NothingAcceptable",
+    "Offer",
     "PublisherExists",
     "RestartTooSoon",
     "RoomInfo",
     "RoomNotLive",
+    "SENDING",
     "SdpError",
+    "parse_offer",
     "Session",
     "SessionNotFound",
 ]

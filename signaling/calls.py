@@ -27,16 +27,23 @@ from auth import Identity
 from rooms.bus import EventBus
 from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallError, CallService
 from rooms.social import SocialGraph
-from sfu import IceRestartRefused, MediaEngine, MediaError, SdpError, Session, SessionNotFound
-from sfu.sdp import Offer, parse_offer
+from sfu import (
+    MAX_SDP_LENGTH,
+    SENDING,
+    IceRestartRefused,
+    MediaEngine,
+    MediaError,
+    Offer,
+    SdpError,
+    Session,
+    SessionNotFound,
+    parse_offer,
+)
 from turn import IceServerProvider
 
 from .server import SignalError, Signaling, call_audience, user_room
 
 log = logging.getLogger("airwave.calls")
-
-MAX_SDP_BYTES = 64 * 1024
-SENDING = ("sendonly", "sendrecv")
 
 
 # ----------------------------------------------------------------------------- media
@@ -319,7 +326,7 @@ class CallSignaling:
     async def sdp_offer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
         call_id = _string(payload, "callId")
-        sdp = _string(payload, "sdp", MAX_SDP_BYTES)
+        sdp = _string(payload, "sdp", MAX_SDP_LENGTH)
         if payload.get("direction") is not None:
             raise SignalError(
                 "unsupported_direction",
@@ -334,7 +341,7 @@ class CallSignaling:
     async def sdp_answer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
         call = await self._active(_string(payload, "callId"), identity.user_id)
-        sdp = _string(payload, "sdp", MAX_SDP_BYTES)
+        sdp = _string(payload, "sdp", MAX_SDP_LENGTH)
         return await self._media_request(call, identity.user_id, {"kind": "answer", "sdp": sdp})
 
     async def ice_candidate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
@@ -367,14 +374,14 @@ class CallSignaling:
     async def _local_media(self, call: Call, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
         kind = request.get("kind")
         if kind == "offer":
-            session = await self.media.join(call, user_id, _string(request, "sdp", MAX_SDP_BYTES))
+            session = await self.media.join(call, user_id, _string(request, "sdp", MAX_SDP_LENGTH))
             latest = await self.calls.get(call.id)
             if latest is None or not latest.live:  # ended while we negotiated
                 await self.media.close_call(call.id)
                 raise SignalError("call_ended", "the call has ended")
             return {"callId": call.id, "sessionId": session.id, "sdp": session.answer_sdp}
         if kind == "answer":
-            await self.media.accept_answer(call, user_id, _string(request, "sdp", MAX_SDP_BYTES))
+            await self.media.accept_answer(call, user_id, _string(request, "sdp", MAX_SDP_LENGTH))
             return {"callId": call.id}
         if kind == "candidate":
             candidate = request.get("candidate")

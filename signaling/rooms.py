@@ -30,7 +30,7 @@ from auth import Identity
 from rooms.bus import Event, EventBus
 from rooms.chat import ChatService, TypingIndicators
 from rooms.presence import PresenceService
-from rooms.rooms import Room, RoomError, RoomRegistry, Timers, user_viewer
+from rooms.rooms import RoomError, RoomRecord, RoomRegistry, Timers, user_viewer
 from rooms.social import SocialGraph
 from signaling.server import SignalError, Signaling, room_audience, user_room
 
@@ -71,7 +71,7 @@ class RoomSignals:
 
     # -- delivery ---------------------------------------------------------------------
 
-    async def deliver(self, room: Room, event: str, payload: dict[str, Any], skip_sid: str | None = None) -> None:
+    async def deliver(self, room: RoomRecord, event: str, payload: dict[str, Any], skip_sid: str | None = None) -> None:
         if room.type == "live":
             await self.sio.emit(event, payload, to=room_audience(room.id), skip_sid=skip_sid)
             return
