@@ -42,6 +42,7 @@ from api.limits import rate_limit_middleware
 from api.metrics import NODE_KEY
 from api.openapi import build_document
 from auth import TokenService
+from cluster import Cluster, node_id_for
 from config import Settings
 from rooms.bus import InProcessBus, RedisBus
 from rooms.rate_limit import InProcessTokenBucket, Limit, RateLimiter, RateLimits
@@ -92,7 +93,8 @@ async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Appl
         redis=redis_client,
         openapi=build_document([f.routes for f in FEATURES], airwave_version()),
     )
-    airwave.node_id = nodes.node_id_for(settings.node_id, settings.port)
+    airwave.node_id = node_id_for(settings.node_id, settings.port)
+    airwave.cluster = Cluster.build(settings, tokens, airwave.media, redis_client, airwave.node_id, airwave.spawn)
     app[AIRWAVE] = airwave
     app[SERVE_STUN] = serve_stun
     app[TOKENS_KEY] = tokens

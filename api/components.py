@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from auth import TokenService
+from cluster import Cluster
 from config import Settings
 from rooms.bus import EventBus
 from rooms.rate_limit import RateLimits
@@ -41,6 +42,7 @@ class Airwave:
     openapi: dict[str, Any] = field(default_factory=dict)
     migrated: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    cluster: Cluster = field(init=False)  # set by the app factory once node_id is known
     # Feature services, set by each feature's install(); see api/app.py FEATURES.
     services: dict[str, Any] = field(default_factory=dict)
 

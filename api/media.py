@@ -38,6 +38,7 @@ from api.limits import RETRY_AFTER_SECONDS as QUOTA_RETRY_AFTER
 from api.limits import MediaQuota, SessionLimitExceeded, client_address
 from api.routing import ApiRoutes
 from auth import ROOM_ID_PATTERN, Identity
+from cluster import ClusterError, is_node_subject
 from rooms.rooms import RoomError
 from sfu import MAX_SDP_LENGTH, MediaError, Session, SessionNotFound
 from sfu.sdp import write_ice_fragment
@@ -191,17 +192,13 @@ async def _authorize(request: web.Request, kind: str, room: str) -> Identity | N
     return identity
 
 
-def _is_node(owner: str) -> bool:
-    """An edge node pulling the room (api/edge.py): not a viewer of its own."""
-    return owner.startswith("node:")
-
-
 async def local_copy(airwave: Airwave, room: str) -> None:
     """Before a viewer subscribes here: when the room's origin is another node,
-    this node pulls it once (api/edge.py, with Redis)."""
-    edge = airwave.services.get("edge")
-    if edge is not None:
-        await edge.ensure_copy(room)
+    this node pulls it once (cluster/edge.py)."""
+    try:
+        await airwave.cluster.edge.ensure_copy(room)
+    except ClusterError as exc:
+        raise ApiError(502, exc.code, exc.message) from None
 
 
 async def announce(airwave: Airwave, event: str, session: Session, **extra: Any) -> None:
@@ -244,7 +241,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         identity.token_id if identity else "", _token_hash(token) if token else "",
     )
     request.app[SESSIONS_KEY][session.id] = record
-    if kind == "whep" and not _is_node(owner):
+    if kind == "whep" and not is_node_subject(owner):
         await announce(airwave, "subscriber_joined", session)
     response = web.Response(
         status=201, body=session.answer_sdp.encode(), headers={"Content-Type": SDP}
@@ -465,8 +462,8 @@ def install(airwave: Airwave, app: web.Application) -> None:
 
     async def prepare_subscribe(room: str) -> None:
         try:
-            await local_copy(airwave, room)
-        except ApiError as exc:  # the origin refused or is unreachable
+            await airwave.cluster.edge.ensure_copy(room)
+        except ClusterError as exc:  # the origin refused or is unreachable
             raise SignalError(exc.code, exc.message) from None
 
     async def admit(identity: Identity, room: str, role: str) -> None:
@@ -491,7 +488,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
         sessions.pop(session.id, None)
         quota.closed(session.id)
         socket_sessions.forget(session.id)
-        if session.role == "subscriber" and not _is_node(session.owner):
+        if session.role == "subscriber" and not is_node_subject(session.owner):
             await announce(airwave, "subscriber_left", session, reason=reason)
 
     engine.on_publisher_started = publisher_started

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from rooms.bus import node_key
+
 DAY = 86400
 
 # KEYS: the room's hash. ARGV: viewer, +1/-1. Returns the number of viewers.
@@ -92,7 +94,7 @@ class RedisSocketCounter:
     def __init__(self, redis: aioredis.Redis, prefix: str, node_id: str, name: str = "sockets") -> None:
         self._redis = redis
         self._prefix = f"{prefix}:{name}:"
-        self._nodes = f"{prefix}:node:"
+        self._nodes = node_key(prefix, "")
         self._node_id = node_id
         self._script = redis.register_script(_SOCKETS)
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from auth import Identity
+from cluster import call_of_room, call_room
 from rooms.bus import EventBus
 from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallError, CallService
 from rooms.social import SocialGraph
@@ -65,23 +66,12 @@ class CallMedia:
     its old one; the other party keeps its session and is offered the new
     tracks.
 
-    The SFU room name contains ``/``, which no WHIP/WHEP URL or ``sfu:*``
-    roomId may hold: only the call's parties reach its media.
+    The SFU room is :func:`cluster.call_room`: only the call's parties reach its media.
     """
 
     def __init__(self, engine: MediaEngine) -> None:
         self.engine = engine
         self._sessions: dict[str, dict[str, str]] = {}  # call id -> user id -> session id
-
-    @staticmethod
-    def room(call_id: str) -> str:
-        return f"call/{call_id}"
-
-    @staticmethod
-    def call_of(room: str) -> str | None:
-        """The call id of a call's SFU room, None for other rooms."""
-        kind, _, call_id = room.partition("/")
-        return call_id if kind == "call" and call_id and "/" not in call_id else None
 
     async def join(self, call: Call, user_id: str, sdp: str) -> Session:
         offer = parse_offer(sdp)  # SdpError before anything changes
@@ -95,7 +85,7 @@ class CallMedia:
             if session is not None and await self._restarted_ice(session, offer):
                 return session
             await self._close(previous, "renegotiated")
-        session = await self.engine.join_call(self.room(call.id), sdp, owner=user_id)
+        session = await self.engine.join_call(call_room(call.id), sdp, owner=user_id)
         self._sessions.setdefault(call.id, {})[user_id] = session.id
         return session
 
@@ -141,7 +131,7 @@ class CallMedia:
     async def close_call(self, call_id: str) -> None:
         """Every media session of the call: its SFU room holds them all."""
         self._sessions.pop(call_id, None)
-        await self.engine.close_room(self.room(call_id), "call_ended")
+        await self.engine.close_room(call_room(call_id), "call_ended")
 
     async def _close(self, session_id: str, reason: str) -> None:
         try:
@@ -195,7 +185,7 @@ Handler = Callable[[str, Identity, Any], Awaitable[Any]]
 
 
 class RemoteCallMedia(Protocol):
-    """Where a call's media lives when several nodes serve (api/edge.py)."""
+    """Where a call's media lives (:class:`cluster.CallMediaRouter`)."""
 
     async def media_node(self, call_id: str) -> str | None:
         """None when this node holds the call's media, else that node's URL."""
@@ -216,6 +206,7 @@ class CallSignaling:
         ice: IceServerProvider,
         social: SocialGraph,
         bus: EventBus,
+        remote_media: RemoteCallMedia,
     ) -> None:
         self.signaling = signaling
         self.sio = signaling.sio
@@ -230,8 +221,8 @@ class CallSignaling:
         self._awaiting_media: dict[str, float] = {}
         # at shutdown this node tells its sockets itself, before they close
         self._shutting_down = False
-        # several nodes: a call's media is on one of them (set by api/edge.py)
-        self.remote_media: RemoteCallMedia | None = None
+        # which node holds a call's media (this one, on one node)
+        self.remote_media = remote_media
 
     # ------------------------------------------------------------------ wiring
     def register(self) -> None:
@@ -352,11 +343,10 @@ class CallSignaling:
 
     async def _media_request(self, call: Call, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Here, or on the call's media node when that is another node."""
-        remote = self.remote_media
-        url = await remote.media_node(call.id) if remote is not None else None
-        if remote is None or url is None:
+        url = await self.remote_media.media_node(call.id)
+        if url is None:
             return await self._local_media(call, user_id, request)
-        ack = await remote.forward(url, call.id, user_id, request)
+        ack = await self.remote_media.forward(url, call.id, user_id, request)
         error = ack.get("error")
         if isinstance(error, dict):
             raise SignalError(str(error.get("code", "media_error")), str(error.get("message", "")))
@@ -521,16 +511,15 @@ class CallSignaling:
         self._members.pop(call_id, None)
         await self.sio.close_room(call_audience(call_id))
         await self.media.close_call(call_id)
-        if self.remote_media is not None:
-            try:
-                await self.remote_media.forget(call_id)
-            except Exception as exc:  # Redis down: the record expires on its own
-                log.warning("call %s: media node record not cleared: %s", call_id, exc)
+        try:
+            await self.remote_media.forget(call_id)
+        except Exception as exc:  # Redis down: the record expires on its own
+            log.warning("call %s: media node record not cleared: %s", call_id, exc)
 
     async def media_event(self, event: dict[str, Any]) -> None:
         """This node's media sessions (local events): forget closed ones, and
         time the setup once both parties' media is connected."""
-        call_id = CallMedia.call_of(str(event.get("roomId", "")))
+        call_id = call_of_room(str(event.get("roomId", "")))
         if call_id is None:
             return
         kind = event.get("type")
@@ -548,7 +537,7 @@ class CallSignaling:
     async def renegotiate(self, session: Session) -> None:
         """The engine has the other party's new tracks for ``session``: offer
         them to its party's sockets in the call (``call:sdp_offer``)."""
-        call_id = CallMedia.call_of(session.room)
+        call_id = call_of_room(session.room)
         if call_id is None or session.closed:
             return
         try:
@@ -570,7 +559,7 @@ class CallSignaling:
         another node within the grace, and their timers live in Redis."""
         call_ids = None
         if not all_calls:
-            call_ids = {c for room in self.media.engine.rooms() if (c := CallMedia.call_of(room))}
+            call_ids = {c for room in self.media.engine.rooms() if (c := call_of_room(room))}
         self._shutting_down = True
         # The bus may deliver call_ended later (Redis) than the sockets close:
         # tell this node's sockets directly (other nodes hear it on the bus).
@@ -587,8 +576,9 @@ def register(
     ice: IceServerProvider,
     social: SocialGraph,
     bus: EventBus,
+    remote_media: RemoteCallMedia,
 ) -> CallSignaling:
-    call_signaling = CallSignaling(signaling, calls, engine, ice, social, bus)
+    call_signaling = CallSignaling(signaling, calls, engine, ice, social, bus, remote_media)
     call_signaling.register()
     return call_signaling
 
