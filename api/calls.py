@@ -42,21 +42,6 @@ USER_ID = r"[^/]{1,128}"
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
-_STATUS: dict[str, int] = {
-    "bad_request": 400,
-    "cannot_call_self": 400,
-    "user_not_found": 404,
-    "call_not_found": 404,
-    "blocked": 403,
-    "not_matched": 403,
-    "forbidden": 403,
-    "not_callee": 403,
-    "caller_busy": 409,
-    "call_ended": 409,
-    "already_answered": 409,
-    "not_active": 409,
-}
-
 CALL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -80,10 +65,6 @@ _JSON = "application/json"
 
 def _calls(request: web.Request) -> CallService:
     return request.app[AIRWAVE].services["calls"]
-
-
-def _refused(exc: CallError) -> ApiError:
-    return ApiError(_STATUS.get(exc.code, 400), exc.code, exc.message)
 
 
 def _user_id(value: Any, name: str) -> str:
@@ -111,11 +92,8 @@ async def create_call(request: web.Request) -> web.Response:
     body = await json_object(request)
     await airwave.social.seen(identity)
     host = request.url.host or None
-    try:
-        call = await _calls(request).initiate(identity.user_id, body.get("to"), body.get("media", "video"),
-                                              stun_host=host)
-    except CallError as exc:
-        raise _refused(exc) from None
+    call = await _calls(request).initiate(identity.user_id, body.get("to"), body.get("media", "video"),
+                                          stun_host=host)
     payload = {
         **call.to_json(),
         "ringsUntil": _calls(request).rings_until(call),
@@ -133,15 +111,12 @@ async def create_call(request: web.Request) -> web.Response:
 async def get_call(request: web.Request) -> web.Response:
     identity = require_identity(request)
     call_id = request.match_info["call_id"]
-    try:
-        if identity.is_admin:
-            call = await _calls(request).get(call_id)
-            if call is None:
-                raise CallError("call_not_found", "no such call")
-        else:
-            call = await _calls(request).require(call_id, identity.user_id)
-    except CallError as exc:
-        raise _refused(exc) from None
+    if identity.is_admin:
+        call = await _calls(request).get(call_id)
+        if call is None:
+            raise CallError("call_not_found", "no such call")
+    else:
+        call = await _calls(request).require(call_id, identity.user_id)
     return json_response(call.to_json())
 
 
@@ -163,10 +138,7 @@ async def list_calls(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, "bad_limit", f"limit must be 1-{MAX_PAGE}")
     before = request.query.get("before") or None
-    try:
-        calls, next_cursor = await _calls(request).history(identity.user_id, limit, before)
-    except CallError as exc:
-        raise _refused(exc) from None
+    calls, next_cursor = await _calls(request).history(identity.user_id, limit, before)
     return json_response({"calls": [c.to_json() for c in calls], "next": next_cursor})
 
 

@@ -15,7 +15,7 @@ from api.components import AIRWAVE, Airwave
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from api.webhook_events import OUTBOX_KEY
-from rooms.gifts import GiftCatalog, GiftRefused, GiftService, SendGift
+from rooms.gifts import GiftCatalog, GiftService, SendGift
 from rooms.wallets import WalletLedger
 from signaling import gifts as gift_events
 
@@ -26,34 +26,6 @@ routes = ApiRoutes("gifts")
 GIFTS_KEY = "gifts"
 WALLETS_KEY = "wallets"
 CATALOG_KEY = "gift_catalog"
-
-# How each refusal code of rooms/gifts.py answers over HTTP.
-REFUSAL_STATUS: dict[str, int] = {
-    "bad_request": 400,
-    "bad_quantity": 422,
-    "bad_target": 422,
-    "bad_gift": 422,
-    "missing_idempotency_key": 422,
-    "cannot_gift_self": 422,
-    "room_not_live": 422,
-    "call_not_active": 422,
-    "gift_not_found": 404,
-    "room_not_found": 404,
-    "call_not_found": 404,
-    "blocked": 403,
-    "banned": 403,
-    "not_member": 403,
-    "not_receiver": 403,
-    "not_call_party": 403,
-    "insufficient_funds": 409,
-    "idempotency_key_reused": 409,
-    "gift_exists": 409,
-}
-
-
-def api_error(exc: GiftRefused) -> ApiError:
-    return ApiError(REFUSAL_STATUS.get(exc.code, 422), exc.code, exc.message)
-
 
 GIFT_SCHEMA = {
     "type": "object",
@@ -189,10 +161,7 @@ async def list_gifts(request: web.Request) -> web.Response:
 async def create_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
-    try:
-        gift = await catalog.create(await json_object(request))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    gift = await catalog.create(await json_object(request))
     return json_response(gift.as_json(), status=201)
 
 
@@ -207,10 +176,7 @@ async def create_gift(request: web.Request) -> web.Response:
 async def update_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
-    try:
-        gift = await catalog.update(request.match_info["gift_id"], await json_object(request))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    gift = await catalog.update(request.match_info["gift_id"], await json_object(request))
     return json_response({**gift.as_json(), "active": gift.active})
 
 
@@ -222,10 +188,7 @@ async def update_gift(request: web.Request) -> web.Response:
 async def delete_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
-    try:
-        await catalog.deactivate(request.match_info["gift_id"])
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    await catalog.deactivate(request.match_info["gift_id"])
     return web.Response(status=204)
 
 
@@ -251,10 +214,7 @@ async def send_gift(request: web.Request) -> web.Response:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
     gifts, _, _ = _services(request)
-    try:
-        sent = await gifts.send(identity, SendGift.parse(await json_object(request)))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    sent = await gifts.send(identity, SendGift.parse(await json_object(request)))
     await gift_events.announce_gift(airwave.signaling, sent)
     headers = {"Idempotent-Replayed": "true"} if sent.replayed else None
     return json_response(sent.as_json(), headers=headers)
@@ -305,11 +265,8 @@ async def list_transactions(request: web.Request) -> web.Response:
 async def room_leaderboard(request: web.Request) -> web.Response:
     identity = require_identity(request)
     gifts, _, _ = _services(request)
-    try:
-        await gifts.check_audience(identity, request.match_info["room_id"])
-        entries = await gifts.room_leaderboard(request.match_info["room_id"], _limit(request, 10))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    await gifts.check_audience(identity, request.match_info["room_id"])
+    entries = await gifts.room_leaderboard(request.match_info["room_id"], _limit(request, 10))
     return json_response({"entries": entries})
 
 

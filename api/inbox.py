@@ -9,7 +9,7 @@ from aiohttp import web
 
 from api.auth_http import require_identity
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, refused
 from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from api.webhook_events import query_cursor, query_limit
@@ -21,8 +21,6 @@ routes = ApiRoutes("rooms")
 
 INBOX_KEY = "inbox"
 LIMITER_KEY = "inbox_limiter"
-_STATUS = {"not_found": 404, "forbidden": 403, "invalid": 422, "conflict": 409}
-
 _MESSAGE_SCHEMA = {
     "type": ["object", "null"],
     "properties": {
@@ -69,7 +67,8 @@ async def _caller(request: web.Request) -> tuple[Airwave, Identity]:
 
 
 def _refused(exc: RoomError) -> ApiError:
-    return ApiError(_STATUS.get(exc.kind, 422), exc.code, exc.message)
+    """The inbox's routes answer bad input as 422."""
+    return refused(exc, invalid_status=422)
 
 
 @routes.get(

@@ -32,13 +32,13 @@ from aiohttp import web
 
 from api.auth_http import bearer_token, require_identity
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, refused
 from api.ice import request_host
 from api.limits import RETRY_AFTER_SECONDS as QUOTA_RETRY_AFTER
 from api.limits import MediaQuota, SessionLimitExceeded, client_address
 from api.routing import ApiRoutes
 from auth import ROOM_ID_PATTERN, Identity
-from cluster import ClusterError, is_node_subject
+from cluster import is_node_subject
 from rooms.rooms import RoomError
 from sfu import MAX_SDP_LENGTH, MediaError, Session, SessionNotFound
 from sfu.sdp import write_ice_fragment
@@ -188,17 +188,14 @@ async def _authorize(request: web.Request, kind: str, room: str) -> Identity | N
     try:
         await room_door(airwave, identity, room, "publish" if kind == "whip" else "subscribe")
     except RoomError as exc:
-        raise ApiError(404 if exc.kind == "not_found" else 403, exc.code, exc.message) from None
+        raise refused(exc) from None
     return identity
 
 
 async def local_copy(airwave: Airwave, room: str) -> None:
     """Before a viewer subscribes here: when the room's origin is another node,
     this node pulls it once (cluster/edge.py)."""
-    try:
-        await airwave.cluster.edge.ensure_copy(room)
-    except ClusterError as exc:
-        raise ApiError(502, exc.code, exc.message) from None
+    await airwave.cluster.edge.ensure_copy(room)
 
 
 async def announce(airwave: Airwave, event: str, session: Session, **extra: Any) -> None:
@@ -461,17 +458,14 @@ def install(airwave: Airwave, app: web.Application) -> None:
         await announce(airwave, event, session)
 
     async def prepare_subscribe(room: str) -> None:
-        try:
-            await airwave.cluster.edge.ensure_copy(room)
-        except ClusterError as exc:  # the origin refused or is unreachable
-            raise SignalError(exc.code, exc.message) from None
+        await airwave.cluster.edge.ensure_copy(room)  # a ClusterError is the socket face's to answer
 
     async def admit(identity: Identity, room: str, role: str) -> None:
         try:
             await room_door(airwave, identity, room, role)
             if not identity.is_admin:
                 quota.check(identity.user_id, "")
-        except (RoomError, SessionLimitExceeded) as exc:
+        except SessionLimitExceeded as exc:
             raise SignalError(exc.code, exc.message) from None
 
     socket_sessions = socket_media.register(

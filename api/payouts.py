@@ -15,24 +15,13 @@ from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from api.webhook_events import OUTBOX_KEY, admin_request, query_cursor, query_limit
 from auth import Identity
-from rooms.payouts import MoneyRefused, Payout, Payouts
+from rooms.payouts import Payout, Payouts
 
 routes = ApiRoutes("payouts")
 
 PAYOUTS_KEY = "payouts"
 LIMITER_KEY = "payout_limiter"
 STATUSES = ("requested", "approved", "rejected", "paid")
-
-REFUSAL_STATUS = {
-    "bad_request": 400,
-    "bad_coins": 422,
-    "missing_idempotency_key": 422,
-    "below_minimum": 422,
-    "insufficient_earnings": 409,
-    "idempotency_key_reused": 409,
-    "payout_state": 409,
-    "payout_not_found": 404,
-}
 
 PAYOUT_SCHEMA = {
     "type": "object",
@@ -86,10 +75,6 @@ async def _limited(request: web.Request) -> Identity:
     return identity
 
 
-def _refused(exc: MoneyRefused) -> ApiError:
-    return ApiError(REFUSAL_STATUS.get(exc.code, 422), exc.code, exc.message)
-
-
 def _answer(payout: Payout, status: int = 200) -> web.Response:
     if payout.replayed:
         return web.json_response(payout.as_json(), headers={"Idempotent-Replayed": "true"})
@@ -129,10 +114,7 @@ async def my_payouts(request: web.Request) -> web.Response:
 )
 async def request_payout(request: web.Request) -> web.Response:
     identity = await _limited(request)
-    try:
-        payout = await _service(request).request(identity.user_id, await json_object(request))
-    except MoneyRefused as exc:
-        raise _refused(exc) from None
+    payout = await _service(request).request(identity.user_id, await json_object(request))
     return _answer(payout, 201)
 
 
@@ -159,13 +141,10 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     body = await json_object(request) if request.can_read_body else {}
     service: Payouts = airwave.services[PAYOUTS_KEY]
     payout_id = request.match_info["payout_id"][:64]
-    try:
-        if approve:
-            payout = await service.approve(payout_id, admin, body.get("note"))
-        else:
-            payout = await service.reject(payout_id, admin, body.get("note"))
-    except MoneyRefused as exc:
-        raise _refused(exc) from None
+    if approve:
+        payout = await service.approve(payout_id, admin, body.get("note"))
+    else:
+        payout = await service.reject(payout_id, admin, body.get("note"))
     return _answer(payout)
 
 
@@ -205,10 +184,7 @@ async def payout_paid(request: web.Request) -> web.Response:
     airwave, _ = await admin_request(request)
     body = await json_object(request) if request.can_read_body else {}
     service: Payouts = airwave.services[PAYOUTS_KEY]
-    try:
-        payout = await service.mark_paid(request.match_info["payout_id"][:64], body.get("reference"))
-    except MoneyRefused as exc:
-        raise _refused(exc) from None
+    payout = await service.mark_paid(request.match_info["payout_id"][:64], body.get("reference"))
     return _answer(payout)
 
 

@@ -29,8 +29,6 @@ from signaling.rooms import RoomSignals, register
 routes = ApiRoutes("rooms")
 
 SWEEP_INTERVAL = 1.0
-_STATUS = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "rate_limited": 429}
-
 _ROOM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -61,10 +59,6 @@ _MESSAGE_SCHEMA: dict[str, Any] = {
     },
 }
 _JSON = "application/json"
-
-
-def _api_error(exc: RoomError) -> ApiError:
-    return ApiError(_STATUS.get(exc.kind, 400), exc.code, exc.message)
 
 
 async def _user_field(request: web.Request) -> str:
@@ -136,17 +130,14 @@ async def create_room(request: web.Request) -> web.Response:
     body = await json_object(request)
     settings = _room_settings(body)
     registry = _registry(request)
-    try:
-        room = await registry.create(
-            identity.user_id,
-            body.get("type", ""),
-            settings.get("title", ""),
-            settings.get("public", True),
-            settings.get("max_viewers"),
-            settings.get("chat_ttl_seconds"),
-        )
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await registry.create(
+        identity.user_id,
+        body.get("type", ""),
+        settings.get("title", ""),
+        settings.get("public", True),
+        settings.get("max_viewers"),
+        settings.get("chat_ttl_seconds"),
+    )
     return json_response(await registry.to_json(room), status=201)
 
 
@@ -161,10 +152,7 @@ async def list_rooms(request: web.Request) -> web.Response:
     if not 1 <= limit <= 100:
         raise ApiError(400, "bad_limit", "limit must be 1-100")
     offset = _int_param(request, "cursor", 0) or 0
-    try:
-        rooms, next_offset = await _registry(request).list(request.query.get("status", "live"), limit, offset)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    rooms, next_offset = await _registry(request).list(request.query.get("status", "live"), limit, offset)
     return json_response({"rooms": rooms, "nextCursor": str(next_offset) if next_offset else None})
 
 
@@ -187,10 +175,7 @@ async def patch_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
     changes = _room_settings(await json_object(request))
     registry = _registry(request)
-    try:
-        room = await registry.patch(request.match_info["id"], identity, changes)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await registry.patch(request.match_info["id"], identity, changes)
     return json_response(await registry.to_json(room))
 
 
@@ -201,10 +186,7 @@ async def patch_room(request: web.Request) -> web.Response:
 async def end_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
     registry = _registry(request)
-    try:
-        room = await registry.end(request.match_info["id"], identity)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await registry.end(request.match_info["id"], identity)
     return json_response(await registry.to_json(room))
 
 
@@ -241,10 +223,7 @@ async def participants(request: web.Request) -> web.Response:
 async def kick(request: web.Request) -> web.Response:
     identity = require_identity(request)
     user_id = await _user_field(request)
-    try:
-        until = await _registry(request).kick(request.match_info["id"], identity, user_id)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    until = await _registry(request).kick(request.match_info["id"], identity, user_id)
     return json_response({"roomId": request.match_info["id"], "userId": user_id, "bannedUntil": until})
 
 
@@ -257,10 +236,7 @@ async def kick(request: web.Request) -> web.Response:
 async def add_member(request: web.Request) -> web.Response:
     identity = require_identity(request)
     user_id = await _user_field(request)
-    try:
-        await _registry(request).add_member(request.match_info["id"], identity, user_id)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    await _registry(request).add_member(request.match_info["id"], identity, user_id)
     return json_response({"roomId": request.match_info["id"], "userId": user_id})
 
 
@@ -270,12 +246,9 @@ async def add_member(request: web.Request) -> web.Response:
 )
 async def remove_member(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    try:
-        removed = await _registry(request).remove_member(
-            request.match_info["id"], identity, request.match_info["userId"]
-        )
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    removed = await _registry(request).remove_member(
+        request.match_info["id"], identity, request.match_info["userId"]
+    )
     return json_response({"removed": removed})
 
 
@@ -293,16 +266,13 @@ async def messages(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", DEFAULT_PAGE) or 0
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, "bad_limit", f"limit must be 1-{MAX_PAGE}")
-    try:
-        page = await _chat(request).history(
-            request.match_info["id"],
-            identity,
-            before=_int_param(request, "before"),
-            after=_int_param(request, "after"),
-            limit=limit,
-        )
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    page = await _chat(request).history(
+        request.match_info["id"],
+        identity,
+        before=_int_param(request, "before"),
+        after=_int_param(request, "after"),
+        limit=limit,
+    )
     return json_response({"messages": [m.to_history() for m in page]})
 
 
@@ -314,10 +284,7 @@ async def messages(request: web.Request) -> web.Response:
 async def delete_message(request: web.Request) -> web.Response:
     identity = require_identity(request)
     message_id = request.match_info["messageId"]
-    try:
-        room = await _chat(request).delete(request.match_info["id"], identity, message_id)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await _chat(request).delete(request.match_info["id"], identity, message_id)
     payload = {"roomId": room.id, "id": message_id}
     await _signals(request).deliver(room, "chat:deleted", payload)
     return json_response(payload)
@@ -333,10 +300,7 @@ async def delete_message(request: web.Request) -> web.Response:
 async def open_chat(request: web.Request) -> web.Response:
     identity = require_identity(request)
     body = await json_object(request)
-    try:
-        room, created = await _chat(request).open_direct(identity, body.get("userId"))
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room, created = await _chat(request).open_direct(identity, body.get("userId"))
     return json_response(await _registry(request).to_json(room), status=201 if created else 200)
 
 

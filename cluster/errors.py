@@ -1,16 +1,19 @@
-"""What goes wrong between nodes. Not HTTP errors: each face says it its way."""
+"""What goes wrong between nodes: domain errors of category ``upstream``, not
+HTTP errors; each face says them its way."""
 
 from __future__ import annotations
 
+from rooms.errors import Category, DomainError
 
-class ClusterError(Exception):
+
+class ClusterError(DomainError):
     """Another node could not be reached or refused; ``code`` is stable for clients."""
 
     code = "cluster_error"
+    category = Category.UPSTREAM
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(self.code, message)
 
 
 class OriginRefused(ClusterError):

@@ -20,6 +20,7 @@ from prometheus_client import Counter
 
 from auth import Identity
 from config import GiftSpec
+from rooms.errors import Category, DomainError
 from rooms.rooms import RoomRegistry
 from rooms.social import SocialGraph
 from rooms.wallets import (
@@ -43,13 +44,28 @@ MAX_GIFT_COINS = 1_000_000
 GIFT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class GiftRefused(Exception):
-    """A gift request that changes nothing. ``code`` says why (the faces map it to a status)."""
+_CATEGORIES: dict[str, Category] = {
+    "bad_request": Category.INVALID,
+    "gift_not_found": Category.NOT_FOUND,
+    "room_not_found": Category.NOT_FOUND,
+    "call_not_found": Category.NOT_FOUND,
+    "blocked": Category.FORBIDDEN,
+    "banned": Category.FORBIDDEN,
+    "not_member": Category.FORBIDDEN,
+    "not_receiver": Category.FORBIDDEN,
+    "not_call_party": Category.FORBIDDEN,
+    "insufficient_funds": Category.CONFLICT,
+    "idempotency_key_reused": Category.CONFLICT,
+    "gift_exists": Category.CONFLICT,
+}
+
+
+class GiftRefused(DomainError):
+    """A gift request that changes nothing; ``code`` says why (bad input the rules
+    cannot take, such as a bad quantity, is unprocessable)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, _CATEGORIES.get(code, Category.UNPROCESSABLE))
 
 
 def refuse(code: str, message: str) -> GiftRefused:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rooms.errors import Category, DomainError
 from rooms.wallets import (
     EXTERNAL_TOPUP,
     DuplicateTransfer,
@@ -48,13 +49,21 @@ RETRIES = 5
 OFFENDERS = 100
 
 
-class MoneyRefused(Exception):
-    """A request that changes nothing; ``code`` says why (the faces map it to a status)."""
+_CATEGORIES: dict[str, Category] = {
+    "bad_request": Category.INVALID,
+    "insufficient_earnings": Category.CONFLICT,
+    "idempotency_key_reused": Category.CONFLICT,
+    "payout_state": Category.CONFLICT,
+    "payout_not_found": Category.NOT_FOUND,
+}
+
+
+class MoneyRefused(DomainError):
+    """A request that changes nothing; ``code`` says why (anything else the rules
+    cannot take is unprocessable)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, _CATEGORIES.get(code, Category.UNPROCESSABLE))
 
 
 # ------------------------------------------------------------------------ refunds

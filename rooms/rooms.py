@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from auth import Identity
 from config import Settings
 from rooms.bus import Event, EventBus
+from rooms.errors import DomainError
 from rooms.social import SocialGraph
 from rooms.timers import InProcessTimers, TimerEvent, TimerService
 from store import Database
@@ -50,14 +51,11 @@ MAX_CHAT_TTL = 10 * 365 * 86400  # ten years, in seconds
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
 
-class RoomError(Exception):
-    """A rule said no. ``kind`` is one of not_found, forbidden, invalid, conflict."""
+class RoomError(DomainError):
+    """A rule said no, of the given :class:`~rooms.errors.Category`."""
 
-    def __init__(self, kind: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.code = code
-        self.message = message
+    def __init__(self, category: str, code: str, message: str) -> None:
+        super().__init__(code, message, category)
 
 
 def room_not_found(room_id: str) -> RoomError:

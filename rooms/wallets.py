@@ -30,6 +30,7 @@ from typing import Any
 
 import asyncpg
 
+from rooms.errors import Category, DomainError
 from store import Database, Queries
 from webhooks.outbox import Outbox
 
@@ -73,8 +74,12 @@ def new_transfer_id() -> str:
     return f"{_last_micros:014x}{secrets.token_hex(6)}"
 
 
-class LedgerError(Exception):
+class LedgerError(DomainError):
     code = "ledger_error"
+    category = Category.CONFLICT
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(self.code, message)
 
 
 class InsufficientFunds(LedgerError):

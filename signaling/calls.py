@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 from auth import Identity
 from cluster import call_of_room, call_room
 from rooms.bus import EventBus
-from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallError, CallService
+from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallService
+from rooms.errors import DomainError
 from rooms.social import SocialGraph
 from sfu import (
     MAX_SDP_LENGTH,
@@ -246,8 +247,6 @@ class CallSignaling:
         async def rules(sid: str, identity: Identity, data: Any) -> Any:
             try:
                 return await handler(sid, identity, data)
-            except CallError as exc:
-                raise SignalError(exc.code, exc.message) from None
             except MediaError as exc:
                 raise SignalError(exc.code, exc.message) from None
 
@@ -358,7 +357,7 @@ class CallSignaling:
         try:
             call = await self._active(call_id, user_id)
             return await self._local_media(call, user_id, request)
-        except (SignalError, CallError, MediaError) as exc:
+        except (SignalError, DomainError, MediaError) as exc:
             return {"error": {"code": exc.code, "message": exc.message}}
 
     async def _local_media(self, call: Call, user_id: str, request: dict[str, Any]) -> dict[str, Any]:

@@ -15,11 +15,8 @@ from typing import Any
 import pytest
 
 from api import app as app_module
-from api import calls as api_calls
-from api import gifts as api_gifts
 from api import inbox as api_inbox
-from api import payouts as api_payouts
-from api import rooms as api_rooms
+from api.errors import refused
 from api.openapi import build_document
 from rooms.calls import CallError
 from rooms.gifts import GiftRefused
@@ -88,13 +85,14 @@ def test_error_codes_in_the_code() -> None:
                                   "domain": domain})
 
 
-# How each HTTP face answers each domain error: code -> status.
+# How each HTTP face answers each domain error: code -> status (api/errors.py's
+# one table by category; the inbox's routes answer bad input as 422).
 HTTP_FACES: dict[str, tuple[str, Callable[[Any], int]]] = {
-    "api.rooms": ("RoomError", lambda e: api_rooms._api_error(e).status),
+    "api.rooms": ("RoomError", lambda e: refused(e).status),
     "api.inbox": ("RoomError", lambda e: api_inbox._refused(e).status),
-    "api.calls": ("CallError", lambda e: api_calls._refused(e).status),
-    "api.gifts": ("GiftRefused", lambda e: api_gifts.api_error(e).status),
-    "api.payouts": ("MoneyRefused", lambda e: api_payouts._refused(e).status),
+    "api.calls": ("CallError", lambda e: refused(e).status),
+    "api.gifts": ("GiftRefused", lambda e: refused(e).status),
+    "api.payouts": ("MoneyRefused", lambda e: refused(e).status),
 }
 
 
@@ -109,5 +107,6 @@ def _domain_errors(kind: str) -> list[Any]:
 @pytest.mark.parametrize("face", sorted(HTTP_FACES))
 def test_domain_errors_over_http(face: str) -> None:
     kind, status_of = HTTP_FACES[face]
-    table = {f"{getattr(e, 'kind', '')}:{e.code}".lstrip(":"): status_of(e) for e in _domain_errors(kind)}
+    prefix: Callable[[Any], str] = (lambda e: f"{e.category}:") if kind == "RoomError" else (lambda e: "")
+    table = {f"{prefix(e)}{e.code}": status_of(e) for e in _domain_errors(kind)}
     _compare(f"http_{face}.json", table)
