@@ -20,12 +20,11 @@ from aiohttp import web
 
 from api.auth_http import require_admin, require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.ice import ice_servers_for
 from api.limits import check_rate
 from api.routing import ApiRoutes
-from api.webhook_events import OUTBOX_KEY
 from rooms.calls import CallError, CallService
 from rooms.redis_state import RedisCallLocks, RedisPartySockets
 from rooms.timers import InProcessTimers, RedisTimers, TimerService
@@ -36,6 +35,10 @@ from signaling.server import user_room
 log = logging.getLogger("airwave.calls")
 
 routes = ApiRoutes("calls")
+
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("calls", "call_timers", "call_signaling")
+NEEDS: tuple[str, ...] = ("presence", "outbox")
 
 CALL_ID = r"[A-Za-z0-9_-]{1,128}"
 USER_ID = r"[^/]{1,128}"
@@ -64,7 +67,7 @@ _JSON = "application/json"
 
 
 def _calls(request: web.Request) -> CallService:
-    return request.app[AIRWAVE].services["calls"]
+    return need(request.app[AIRWAVE].services.calls)
 
 
 def _user_id(value: Any, name: str) -> str:
@@ -220,12 +223,12 @@ async def delete_match(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     prefix = airwave.settings.redis_prefix
-    presence = airwave.services.get("presence")
+    presence = airwave.services.presence
 
     async def callee_online(user_id: str) -> bool:
         return presence is not None and await presence.sockets.count(user_id) > 0
 
-    webhooks: dict[str, Any] = {"outbox": airwave.services.get(OUTBOX_KEY), "is_online": callee_online}
+    webhooks: dict[str, Any] = {"outbox": airwave.services.outbox, "is_online": callee_online}
     if airwave.redis is not None:  # deadlines, busy locks and grace counts shared by every node
         redis_timers = RedisTimers(airwave.redis, prefix, "calls")
         timers: TimerService = redis_timers
@@ -243,9 +246,10 @@ def install(airwave: Airwave, app: web.Application) -> None:
         airwave.signaling, calls, airwave.media, airwave.ice, airwave.social, airwave.bus,
         airwave.cluster.calls,
     )
-    airwave.services["calls"] = calls
-    airwave.services["call_timers"] = timers
-    airwave.services["call_signaling"] = call_signaling
+    airwave.services.calls = calls
+    airwave.services.call_timers = timers
+    airwave.services.call_signaling = call_signaling
+    airwave.engine_events.renegotiation_needed.append(call_signaling.renegotiate)
     single_node = airwave.redis is None
 
     async def end_stale_calls(app: web.Application) -> None:

@@ -7,13 +7,12 @@ only wires it to the engine and the socket face.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import web
 
 from api.auth_http import require_identity
 from api.bodies import parse_json
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Identity
@@ -24,6 +23,10 @@ from sfu import Session
 log = logging.getLogger("airwave.edge")
 
 routes = ApiRoutes("internal")
+
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ()
+NEEDS: tuple[str, ...] = ("call_signaling",)
 
 
 def is_node(identity: Identity | None) -> bool:
@@ -79,17 +82,13 @@ async def call_media(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     cluster = airwave.cluster
-    engine = airwave.media
 
-    closed = engine.on_session_closed
-
-    def session_closed(session: Session, reason: str) -> Any:
+    def session_closed(session: Session, reason: str) -> None:
         cluster.edge.session_closed(session)
-        return closed(session, reason) if closed is not None else None
 
-    engine.on_session_closed = session_closed
-    cluster.track_origins(airwave.bus, engine)
-    cluster.calls.serve_with(airwave.services["call_signaling"])
+    airwave.engine_events.session_closed.append(session_closed)
+    cluster.track_origins(airwave.bus, airwave.media)
+    cluster.calls.serve_with(need(airwave.services.call_signaling))
 
     async def stop(app: web.Application) -> None:
         await cluster.close()

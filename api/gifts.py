@@ -11,10 +11,9 @@ from aiohttp import web
 
 from api.auth_http import require_admin, require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
-from api.webhook_events import OUTBOX_KEY
 from rooms.gifts import GiftCatalog, GiftService, SendGift
 from rooms.wallets import WalletLedger
 from signaling import gifts as gift_events
@@ -23,9 +22,10 @@ log = logging.getLogger("airwave.gifts")
 
 routes = ApiRoutes("gifts")
 
-GIFTS_KEY = "gifts"
-WALLETS_KEY = "wallets"
-CATALOG_KEY = "gift_catalog"
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("wallets", "gift_catalog", "gifts")
+NEEDS: tuple[str, ...] = ("outbox", "rooms")
+
 
 GIFT_SCHEMA = {
     "type": "object",
@@ -120,7 +120,7 @@ LEADERBOARD_SCHEMA = {
 
 def _services(request: web.Request) -> tuple[GiftService, GiftCatalog, WalletLedger]:
     services = request.app[AIRWAVE].services
-    return services[GIFTS_KEY], services[CATALOG_KEY], services[WALLETS_KEY]
+    return need(services.gifts), need(services.gift_catalog), need(services.wallets)
 
 
 def _limit(request: web.Request, default: int, maximum: int = 100) -> int:
@@ -287,16 +287,16 @@ async def creator_leaderboard(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    outbox = airwave.services.get(OUTBOX_KEY)  # api/webhook_events.py, installed before
+    outbox = airwave.services.outbox  # api/webhook_events.py, installed before
     ledger = WalletLedger(airwave.db, outbox)
     catalog = GiftCatalog(airwave.db, airwave.settings.gifts)
     gifts = GiftService(
         airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share,
-        airwave.services["rooms"], outbox,
+        need(airwave.services.rooms), outbox,
     )
-    airwave.services[WALLETS_KEY] = ledger
-    airwave.services[CATALOG_KEY] = catalog
-    airwave.services[GIFTS_KEY] = gifts
+    airwave.services.wallets = ledger
+    airwave.services.gift_catalog = catalog
+    airwave.services.gifts = gifts
     gift_events.register(airwave.signaling, gifts)
 
     async def seed_catalog() -> None:

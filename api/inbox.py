@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.auth_http import require_identity
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, refused
 from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
@@ -19,8 +19,10 @@ from rooms.rooms import RoomError
 
 routes = ApiRoutes("rooms")
 
-INBOX_KEY = "inbox"
-LIMITER_KEY = "inbox_limiter"
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("inbox", "inbox_limiter")
+NEEDS: tuple[str, ...] = ("rooms",)
+
 _MESSAGE_SCHEMA = {
     "type": ["object", "null"],
     "properties": {
@@ -62,7 +64,7 @@ INBOX_SCHEMA = {
 async def _caller(request: web.Request) -> tuple[Airwave, Identity]:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
-    await airwave.services[LIMITER_KEY].check("inbox", identity)
+    await need(airwave.services.inbox_limiter).check("inbox", identity)
     return airwave, identity
 
 
@@ -79,7 +81,7 @@ def _refused(exc: RoomError) -> ApiError:
 )
 async def list_chats(request: web.Request) -> web.Response:
     airwave, identity = await _caller(request)
-    inbox: Inbox = airwave.services[INBOX_KEY]
+    inbox: Inbox = need(airwave.services.inbox)
     try:
         chats, next_before = await inbox.page(
             identity.user_id, before=query_cursor(request), limit=query_limit(request, default=20)
@@ -100,7 +102,7 @@ async def list_chats(request: web.Request) -> web.Response:
 async def remove_chat(request: web.Request) -> web.Response:
     airwave, identity = await _caller(request)
     room_id = request.match_info["room_id"][:128]
-    inbox: Inbox = airwave.services[INBOX_KEY]
+    inbox: Inbox = need(airwave.services.inbox)
     try:
         result = await inbox.remove(identity, room_id)
     except RoomError as exc:
@@ -109,7 +111,7 @@ async def remove_chat(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    airwave.services[INBOX_KEY] = Inbox(airwave.db, airwave.services["rooms"])
-    airwave.services[LIMITER_KEY] = RouteLimiter(
+    airwave.services.inbox = Inbox(airwave.db, need(airwave.services.rooms))
+    airwave.services.inbox_limiter = RouteLimiter(
         airwave.redis, airwave.settings.redis_prefix, rate=10.0, burst=30.0
     )

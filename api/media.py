@@ -152,7 +152,7 @@ async def room_door(airwave: Airwave, identity: Identity | None, room_id: str, r
     token naming this very room; an unknown room id is published into (and so
     created, owned by the publisher) only with such a token: a wildcard publish
     grant cannot take a room id nobody created."""
-    registry = airwave.services.get("rooms")
+    registry = airwave.services.rooms
     if registry is None:
         return
     room = await registry.get(room_id)
@@ -485,9 +485,9 @@ def install(airwave: Airwave, app: web.Application) -> None:
         if session.role == "subscriber" and not is_node_subject(session.owner):
             await announce(airwave, "subscriber_left", session, reason=reason)
 
-    engine.on_publisher_started = publisher_started
-    engine.on_publisher_ended = publisher_ended
-    engine.on_session_closed = session_closed
+    airwave.engine_events.publisher_started.append(publisher_started)
+    airwave.engine_events.publisher_ended.append(publisher_ended)
+    airwave.engine_events.session_closed.append(session_closed)
 
     async def room_rules(event: dict[str, Any]) -> None:
         room = event.get("roomId", "")

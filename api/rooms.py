@@ -13,7 +13,7 @@ from aiohttp import web
 
 from api.auth_http import require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.limits import check_rate
 from api.routing import ApiRoutes
@@ -27,6 +27,10 @@ from rooms.timers import InProcessTimers, RedisTimers, TimerService
 from signaling.rooms import RoomSignals, register
 
 routes = ApiRoutes("rooms")
+
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("rooms", "chat", "presence", "room_signals")
+NEEDS: tuple[str, ...] = ()
 
 SWEEP_INTERVAL = 1.0
 _ROOM_SCHEMA: dict[str, Any] = {
@@ -70,15 +74,15 @@ async def _user_field(request: web.Request) -> str:
 
 
 def _registry(request: web.Request) -> RoomRegistry:
-    return request.app[AIRWAVE].services["rooms"]
+    return need(request.app[AIRWAVE].services.rooms)
 
 
 def _chat(request: web.Request) -> ChatService:
-    return request.app[AIRWAVE].services["chat"]
+    return need(request.app[AIRWAVE].services.chat)
 
 
 def _signals(request: web.Request) -> RoomSignals:
-    return request.app[AIRWAVE].services["room_signals"]
+    return need(request.app[AIRWAVE].services.room_signals)
 
 
 MAX_INT_PARAM = 2**31 - 1
@@ -315,7 +319,7 @@ async def open_chat(request: web.Request) -> web.Response:
 )
 async def presence(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    presence_service = request.app[AIRWAVE].services["presence"]
+    presence_service = need(request.app[AIRWAVE].services.presence)
     user_id = request.match_info["id"]
     status = await presence_service.status(user_id)
     if status is None or not await presence_service.may_see(identity, user_id):  # strangers: 404
@@ -353,7 +357,10 @@ def install(airwave: Airwave, app: web.Application) -> None:
     signals = register(
         airwave.signaling, registry, chat, presence_service, airwave.social, airwave.bus, timers
     )
-    airwave.services.update(rooms=registry, chat=chat, presence=presence_service, room_signals=signals)
+    airwave.services.rooms = registry
+    airwave.services.chat = chat
+    airwave.services.presence = presence_service
+    airwave.services.room_signals = signals
     airwave.bus.subscribe("media", registry.on_media_event)
     airwave.bus.subscribe("rooms", registry.on_room_event)
 

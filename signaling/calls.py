@@ -241,7 +241,6 @@ class CallSignaling:
         self.signaling.on_disconnect(self.disconnected)
         self.bus.subscribe(CALLS_CHANNEL, self.call_event)
         self.bus.subscribe("media", self.media_event)
-        self.media.engine.on_renegotiation_needed = self.renegotiate
 
     def _on(self, event: str, handler: Handler) -> None:
         async def rules(sid: str, identity: Identity, data: Any) -> Any:
