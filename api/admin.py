@@ -15,7 +15,7 @@ from api.components import Airwave, need
 from api.nodes import STARTED_KEY, describe, live_nodes
 from api.routing import ApiRoutes
 from api.webhook_events import admin_request
-from rooms.payouts import reconcile
+from gifts.payouts import reconcile
 
 log = logging.getLogger("airwave.admin")
 

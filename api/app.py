@@ -45,7 +45,7 @@ from api.openapi import build_document
 from auth import TokenService
 from cluster import Cluster, node_id_for
 from config import Settings
-from rooms.bus import InProcessBus, RedisBus
+from events.bus import InProcessBus, RedisBus
 from rooms.rate_limit import InProcessTokenBucket, Limit, RateLimiter, RateLimits
 from rooms.redis_state import RedisTokenBucket
 from rooms.social import SocialGraph

@@ -25,9 +25,9 @@ from api.errors import ApiError, json_response
 from api.ice import ice_servers_for
 from api.limits import check_rate
 from api.routing import ApiRoutes
-from rooms.calls import CallError, CallService
-from rooms.redis_state import RedisCallLocks, RedisPartySockets
-from rooms.timers import InProcessTimers, RedisTimers, TimerService
+from calls.calls import CallError, CallService
+from calls.redis_state import RedisCallLocks, RedisPartySockets
+from events.timers import InProcessTimers, RedisTimers, TimerService
 from signaling.calls import CallSignaling
 from signaling.calls import register as register_call_events
 from signaling.server import user_room

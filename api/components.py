@@ -14,7 +14,7 @@ from api.engine_events import EngineObservers
 from auth import TokenService
 from cluster import Cluster
 from config import Settings
-from rooms.bus import EventBus
+from events.bus import EventBus
 from rooms.rate_limit import RateLimits
 from rooms.social import SocialGraph
 from sfu import MediaEngine
@@ -24,16 +24,16 @@ from turn import IceServerProvider, StunServer
 
 if TYPE_CHECKING:
     from api.route_limits import RouteLimiter
-    from rooms.calls import CallService
-    from rooms.chat import ChatService
-    from rooms.gifts import GiftCatalog, GiftService
-    from rooms.inbox import Inbox
-    from rooms.payouts import Payouts, Refunds
-    from rooms.presence import PresenceService
+    from calls.calls import CallService
+    from chat.chat import ChatService
+    from chat.inbox import Inbox
+    from events.timers import TimerService
+    from gifts.gifts import GiftCatalog, GiftService
+    from gifts.payouts import Payouts, Refunds
+    from gifts.wallets import WalletLedger
+    from presence.presence import PresenceService
     from rooms.rate_limit import InProcessTokenBucket
     from rooms.rooms import RoomRegistry
-    from rooms.timers import TimerService
-    from rooms.wallets import WalletLedger
     from signaling.calls import CallSignaling
     from signaling.rooms import RoomSignals
     from webhooks.dispatcher import WebhookDispatcher

@@ -27,7 +27,7 @@ from api.components import AIRWAVE, Airwave
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Grants
-from rooms.wallets import WalletLedger
+from gifts.wallets import WalletLedger
 
 log = logging.getLogger("airwave.dev")
 

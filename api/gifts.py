@@ -14,8 +14,8 @@ from api.bodies import json_object
 from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
-from rooms.gifts import GiftCatalog, GiftService, SendGift
-from rooms.wallets import WalletLedger
+from gifts.gifts import GiftCatalog, GiftService, SendGift
+from gifts.wallets import WalletLedger
 from signaling import gifts as gift_events
 
 log = logging.getLogger("airwave.gifts")

@@ -14,7 +14,7 @@ from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from api.webhook_events import query_cursor, query_limit
 from auth import Identity
-from rooms.inbox import Inbox
+from chat.inbox import Inbox
 from rooms.rooms import RoomError
 
 routes = ApiRoutes("rooms")

@@ -14,7 +14,7 @@ from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from api.webhook_events import admin_request, query_cursor, query_limit
 from auth import Identity
-from rooms.payouts import Payout, Payouts
+from gifts.payouts import Payout, Payouts
 
 routes = ApiRoutes("payouts")
 

@@ -18,12 +18,13 @@ from api.errors import ApiError, json_response
 from api.limits import check_rate
 from api.routing import ApiRoutes
 from auth import Identity
-from rooms.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
-from rooms.presence import PresenceService
+from chat.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
+from events.timers import InProcessTimers, RedisTimers, TimerService
+from presence.presence import PresenceService
+from presence.redis_sockets import RedisSocketCounter
 from rooms.rate_limit import InProcessTokenBucket
-from rooms.redis_state import RedisSocketCounter, RedisTokenBucket, RedisViewerCounter
+from rooms.redis_state import RedisTokenBucket, RedisViewerCounter
 from rooms.rooms import RoomError, RoomRegistry, TaskTimers
-from rooms.timers import InProcessTimers, RedisTimers, TimerService
 from signaling.rooms import RoomSignals, register
 
 routes = ApiRoutes("rooms")

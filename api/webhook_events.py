@@ -3,7 +3,7 @@ no database change of ours (from the bus), and the dead-letter view for admins.
 
 Events written in the transaction of their change are wired where the change
 is made: gifts and wallets (api/gifts.py), calls (api/calls.py), chat (the
-``on_stored`` hook of rooms/chat.py, set here). From the bus: ``room.started``
+``on_stored`` hook of chat/chat.py, set here). From the bus: ``room.started``
 and ``room.ended`` (channel ``rooms``, seen by every node: written under one
 id per fact, so the outbox keeps one), ``publisher.joined``/``publisher.left``
 (channel ``media``, this node's own sessions). See docs/webhooks.md.
@@ -23,7 +23,7 @@ from api.errors import ApiError
 from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from auth import Identity
-from rooms.chat import ChatMessage
+from chat.chat import ChatMessage
 from rooms.rooms import RoomRecord
 from store import Queries
 from webhooks.dispatcher import WebhookDispatcher

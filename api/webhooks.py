@@ -23,8 +23,8 @@ from api.bodies import parse_json
 from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
-from rooms.payouts import REFUND_KINDS, MoneyRefused, Refunds
-from rooms.wallets import TopupConflict, WalletLedger
+from gifts.payouts import REFUND_KINDS, MoneyRefused, Refunds
+from gifts.wallets import TopupConflict, WalletLedger
 from webhooks.signing import signature_matches
 
 routes = ApiRoutes("webhooks")

@@ -16,7 +16,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from cluster.nodes import NodeAddress
-from rooms.bus import node_key
+from events.bus import node_key
 
 CALL_MEDIA_TTL = 24 * 3600
 # Delete KEYS[1] only while it still holds ARGV[1]: our own claim, not a newer one.

@@ -22,7 +22,7 @@ from cluster.nodes import (
     internal_url,
 )
 from config import Settings
-from rooms.bus import EventBus
+from events.bus import EventBus
 from sfu import MediaEngine
 
 log = logging.getLogger("airwave.cluster")

@@ -1,7 +1,7 @@
 """Node identity, heartbeats and HTTP between nodes.
 
 Each node writes a heartbeat every few seconds: with Redis, a key
-``{prefix}:node:<id>`` (:func:`rooms.bus.node_key`) holding the node's
+``{prefix}:node:<id>`` (:func:`events.bus.node_key`) holding the node's
 description that expires when the node stops beating (so a node killed with
 SIGKILL disappears on its own); without Redis, only this node exists.
 """
@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from auth import Grants, TokenService
 from config import Settings
-from rooms.bus import node_key
+from events.bus import node_key
 
 log = logging.getLogger("airwave.nodes")
 

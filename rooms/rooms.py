@@ -15,7 +15,7 @@ react (api/media.py closes media, signaling/rooms.py tells the sockets):
 
 Per-process state sits behind small interfaces so Redis versions replace it
 across nodes: viewer counts (:class:`ViewerCounter`; rooms/redis_state.py) and
-the publisher grace, a deadline on :class:`rooms.timers.TimerService` (in
+the publisher grace, a deadline on :class:`events.timers.TimerService` (in
 Redis it outlives the node that set it). :class:`Timers` (closures on this
 process's loop) only debounces this node's own announcements.
 """
@@ -32,10 +32,10 @@ from typing import Any, Protocol
 
 from auth import Identity
 from config import Settings
-from rooms.bus import Event, EventBus
+from events.bus import Event, EventBus
+from events.timers import InProcessTimers, TimerEvent, TimerService
 from rooms.errors import DomainError
 from rooms.social import SocialGraph
-from rooms.timers import InProcessTimers, TimerEvent, TimerService
 from store import Database
 from store.database import Row
 

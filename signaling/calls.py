@@ -10,7 +10,7 @@ Server to client: ``call:incoming``, ``call:answered``, ``call:rejected``,
 ``call:extended``, ``call:upgrade_requested``, ``call:upgraded``,
 ``call:sdp_offer`` (renegotiation), ``call:resumed``. Payloads are in docs/calls.md.
 
-The rules are :class:`rooms.calls.CallService`'s; this module turns its bus
+The rules are :class:`calls.calls.CallService`'s; this module turns its bus
 events (channel ``calls``) into socket events and owns the call's media
 sessions (:class:`CallMedia`), which it closes when the call ends.
 """
@@ -24,9 +24,9 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from auth import Identity
+from calls.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallService
 from cluster import call_of_room, call_room
-from rooms.bus import EventBus
-from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallService
+from events.bus import EventBus
 from rooms.errors import DomainError
 from rooms.social import SocialGraph
 from sfu import (

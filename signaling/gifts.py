@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from auth import Identity
-from rooms.gifts import GiftSent, GiftService, SendGift
+from gifts.gifts import GiftSent, GiftService, SendGift
 from signaling.server import Signaling, call_audience, room_audience
 
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from auth import ROOM_ID, Identity
-from rooms.bus import EventBus
+from events.bus import EventBus
 from sfu import MAX_SDP_LENGTH, MediaEngine, MediaError, Session, SessionNotFound
 from signaling.server import SignalError, Signaling
 

@@ -27,9 +27,9 @@ import logging
 from typing import Any
 
 from auth import Identity
-from rooms.bus import Event, EventBus
-from rooms.chat import ChatService, TypingIndicators
-from rooms.presence import PresenceService
+from chat.chat import ChatService, TypingIndicators
+from events.bus import Event, EventBus
+from presence.presence import PresenceService
 from rooms.rooms import RoomRecord, RoomRegistry, Timers, user_viewer
 from rooms.social import SocialGraph
 from signaling.server import SignalError, Signaling, room_audience, user_room

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from auth import Identity
+from calls.calls import CALLS_CHANNEL, Call, CallError, CallService
 from config import Settings
-from rooms.bus import InProcessBus
-from rooms.calls import CALLS_CHANNEL, Call, CallError, CallService
+from events.bus import InProcessBus
+from events.timers import TimerEvent, TimerHandler
 from rooms.social import SocialGraph
-from rooms.timers import TimerEvent, TimerHandler
 from store import Database, migrate
 
 START = 1_000_000.0

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from cluster import LocalMediaDirectory, NodeAddress, RedisMediaDirectory
-from rooms.bus import node_key
+from events.bus import node_key
 from tests.conftest import REDIS_URL, _require_services
 
 A = NodeAddress("node-a", "http://127.0.0.1:1")

@@ -1,6 +1,6 @@
 """Money out: refunds and chargebacks, creator payouts, and the ledger's reconciliation.
 
-Every movement is a transfer of rooms/wallets.py (double-entry, idempotent).
+Every movement is a transfer of gifts/wallets.py (double-entry, idempotent).
 
 Refunds and chargebacks (from the payment backend's signed webhook) take back
 coins a user bought: the user's coins are debited as far as they go, to zero
@@ -23,8 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rooms.errors import Category, DomainError
-from rooms.wallets import (
+from gifts.wallets import (
     EXTERNAL_TOPUP,
     DuplicateTransfer,
     InsufficientFunds,
@@ -33,6 +32,7 @@ from rooms.wallets import (
     coins_account,
     earnings_account,
 )
+from rooms.errors import Category, DomainError
 from store import Database, Queries, Row
 from webhooks.outbox import Outbox, sortable_id
 

@@ -27,10 +27,10 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge, Histogram
 
 from config import Settings
-from rooms.bus import EventBus
+from events.bus import EventBus
+from events.timers import TimerEvent, TimerService
 from rooms.errors import Category, DomainError
 from rooms.social import SocialGraph
-from rooms.timers import TimerEvent, TimerService
 from store import Database
 from webhooks.outbox import Outbox
 

@@ -5,7 +5,7 @@ A gift goes to the broadcaster (``owner_id``) of a live room, or to the other
 party of an active call; never to yourself. The sender pays ``coins x quantity``;
 the receiver earns ``floor(total x gift_creator_share)`` computed in exact
 integer arithmetic; the platform earns the rest. All of it is one ledger
-transfer (rooms/wallets.py) keyed by ``(sender, idempotencyKey)``.
+transfer (gifts/wallets.py) keyed by ``(sender, idempotencyKey)``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,7 @@ from prometheus_client import Counter
 
 from auth import Identity
 from config import GiftSpec
-from rooms.errors import Category, DomainError
-from rooms.rooms import RoomRegistry
-from rooms.social import SocialGraph
-from rooms.wallets import (
+from gifts.wallets import (
     PLATFORM_EARNINGS,
     DuplicateTransfer,
     InsufficientFunds,
@@ -31,6 +28,9 @@ from rooms.wallets import (
     WalletLedger,
     coins_account,
 )
+from rooms.errors import Category, DomainError
+from rooms.rooms import RoomRegistry
+from rooms.social import SocialGraph
 from store import Database, Queries
 from webhooks.outbox import Outbox
 
