@@ -39,15 +39,15 @@ from aiohttp import web
 
 from api.auth_http import require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
-from api.edge import internal_url
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError
 from api.routing import ApiRoutes
 from auth import Identity
+from cluster.nodes import internal_url
 from recording import LocalDirectoryStorage, Recorder, RecordingResult
 from recording.container import container_format
 from rooms.rate_limit import InProcessTokenBucket
-from rooms.rooms import Room, RoomRegistry
+from rooms.rooms import RoomRecord, RoomRegistry
 from sfu import LocalSubscriber, MediaError
 from signaling import SignalError
 from signaling import recordings as socket_recordings
@@ -56,6 +56,8 @@ from store.database import Row
 log = logging.getLogger("airwave.recordings")
 
 routes = ApiRoutes("recordings")
+PROVIDES: tuple[str, ...] = ("recordings", "recording_changes", "recording_reads")
+NEEDS: tuple[str, ...] = ("rooms",)
 
 ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 RECORDING_ID = re.compile(r"rec_[a-f0-9]{16}")
@@ -164,22 +166,22 @@ class RecordingService:
         self.storage = LocalDirectoryStorage(
             settings.effective_recordings_dir, settings.recordings_quota_bytes
         )
-        self.node_url = internal_url(airwave)
+        self.node_url = internal_url(airwave.settings)
         self.active: dict[str, ActiveRecording] = {}  # room id ->
 
     @property
     def rooms(self) -> RoomRegistry:
-        return self.airwave.services["rooms"]
+        return need(self.airwave.services.rooms)
 
     # -- rules ----------------------------------------------------------------------------
 
-    async def viewable_room(self, identity: Identity, room_id: str) -> Room:
+    async def viewable_room(self, identity: Identity, room_id: str) -> RoomRecord:
         room = await self.rooms.get(room_id) if ROOM_ID.fullmatch(room_id) else None
         if room is None or not await self.rooms.may_view(room, identity):
             raise Refused(404, "room_not_found", f"no room {room_id[:140]!r}")
         return room
 
-    async def moderated_room(self, identity: Identity, room_id: str) -> Room:
+    async def moderated_room(self, identity: Identity, room_id: str) -> RoomRecord:
         room = await self.viewable_room(identity, room_id)
         if not room.may_moderate(identity):
             raise Refused(
@@ -189,7 +191,7 @@ class RecordingService:
             raise Refused(400, "not_live_room", f"a {room.type} room is not recorded")
         return room
 
-    async def viewable_recording(self, identity: Identity, recording_id: str) -> tuple[Row, Room]:
+    async def viewable_recording(self, identity: Identity, recording_id: str) -> tuple[Row, RoomRecord]:
         row = None
         if RECORDING_ID.fullmatch(recording_id):
             row = await self.db.fetchrow("SELECT * FROM recordings WHERE id = $1", recording_id)
@@ -274,9 +276,7 @@ class RecordingService:
         return info is not None and info.publishers > 0 and not self.engine_is_edge(room_id)
 
     def engine_is_edge(self, room_id: str) -> bool:
-        edge = self.airwave.services.get("edge")
-        pulls = getattr(edge, "pulls", None)  # rooms this node copies from their origin
-        return bool(pulls) and room_id in pulls
+        return room_id in self.airwave.cluster.edge.pulls  # rooms this node copies from their origin
 
     async def start(self, room_id: str, started_by: str | None) -> Row:
         """Record the room's publisher on this node (its origin)."""
@@ -525,12 +525,13 @@ class RecordingService:
 
 
 def _service(request: web.Request) -> RecordingService:
-    return request.app[AIRWAVE].services["recordings"]
+    return need(request.app[AIRWAVE].services.recordings)
 
 
 async def _limited(request: web.Request, kind: str) -> Identity:
     identity = require_identity(request)
-    limiter: InProcessTokenBucket = request.app[AIRWAVE].services[f"recording_{kind}"]
+    services = request.app[AIRWAVE].services
+    limiter = need(services.recording_changes if kind == "changes" else services.recording_reads)
     if not await limiter.allow(identity.user_id):
         raise ApiError(
             429, "rate_limited", "too many requests; wait a moment", headers={"Retry-After": "1"}
@@ -785,11 +786,9 @@ async def delete_recording(request: web.Request) -> web.Response:
 def install(airwave: Airwave, app: web.Application) -> None:
     service = RecordingService(airwave)
     changes = InProcessTokenBucket(CHANGES_PER_SECOND, CHANGES_BURST)
-    airwave.services.update(
-        recordings=service,
-        recording_changes=changes,
-        recording_reads=InProcessTokenBucket(READS_PER_SECOND, READS_BURST),
-    )
+    airwave.services.recordings = service
+    airwave.services.recording_changes = changes
+    airwave.services.recording_reads = InProcessTokenBucket(READS_PER_SECOND, READS_BURST)
 
     def socket_action(action: Any) -> socket_recordings.RecordingAction:
         async def act(identity: Identity, room_id: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from auth import Identity, TokenError, TokenService
 from config import Settings
+from rooms.errors import DomainError
 from rooms.rate_limit import RateLimits
 
 log = logging.getLogger("airwave.signaling")
@@ -145,7 +146,7 @@ class Signaling:
                     return {"error": {"code": "bad_request", "message": "strings may not contain NUL"}}
                 try:
                     result = await handler(sid, identity, data)
-                except SignalError as exc:
+                except (SignalError, DomainError) as exc:
                     return {"error": {"code": exc.code, "message": exc.message}}
                 except Exception:
                     log.exception("event handler failed", extra={"event": event, "sid": sid})

@@ -197,7 +197,7 @@ async def test_full_disk_stops_the_recording_not_the_broadcast(make_settings) ->
 async def test_a_killed_recorder_is_marked_interrupted_at_the_next_start(running: RunningApp) -> None:
     """As after a SIGKILL: the recorder stops without finishing its file; the
     node's next start marks the recording interrupted, and the file plays."""
-    service = running.app[AIRWAVE].services["recordings"]
+    service = running.app[AIRWAVE].services.recordings
     room_id = await _live_room(running, public=True)
     publisher = await _publish(running, room_id)
     try:
@@ -254,7 +254,7 @@ async def test_a_publisher_back_within_the_grace_continues_the_same_file(make_se
         assert status == 200 and done["status"] == "complete", done
         listing = (await rest(running, "GET", f"/api/v1/rooms/{room_id}/recordings", "alice"))[1]
         assert [r["id"] for r in listing["recordings"]] == [body["id"]]
-        path = running.app[AIRWAVE].services["recordings"].storage.local_path(f"{body['id']}.webm")
+        path = running.app[AIRWAVE].services.recordings.storage.local_path(f"{body['id']}.webm")
         recorded = read_recording(path)
         # the gap stays a gap in time, the timestamps only go forward
         assert abs(recorded.duration - wall) < 1.0, (recorded.duration, wall)
@@ -284,7 +284,7 @@ async def test_node_shutdown_finishes_the_file_as_interrupted(make_settings) -> 
             assert time.monotonic() < deadline, body
             await asyncio.sleep(0.1)
         await asyncio.sleep(2.5)
-        storage = running.app[AIRWAVE].services["recordings"].storage
+        storage = running.app[AIRWAVE].services.recordings.storage
         await running.server.close()  # the node's shutdown: its hooks run
         closed = True
         await publisher.close()
@@ -304,7 +304,7 @@ async def test_node_shutdown_finishes_the_file_as_interrupted(make_settings) -> 
 async def test_retention_deletes_finished_recordings_and_their_files(make_settings) -> None:
     running = await start_app(make_settings(recordings_retention_days=1))
     try:
-        service = running.app[AIRWAVE].services["recordings"]
+        service = running.app[AIRWAVE].services.recordings
         room_id = await _live_room(running, public=True)
         now = time.time()
         for recording_id, status, ended in (("rec_" + "a" * 16, "complete", now - 2 * 86400),

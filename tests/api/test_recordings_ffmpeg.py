@@ -77,7 +77,7 @@ async def test_ffmpeg_h264_and_opus_recorded_to_mp4(make_settings, tmp_path: Pat
         broadcast = ended - started
         assert broadcast > PUBLISH_SECONDS - 5
 
-        path = running.app[AIRWAVE].services["recordings"].storage.local_path(f"{recording['id']}.mp4")
+        path = running.app[AIRWAVE].services.recordings.storage.local_path(f"{recording['id']}.mp4")
         recorded = read_recording(path)
         assert recorded.codecs == {"video": "h264", "audio": "opus"}
         assert abs(recorded.duration - broadcast) < 1.0, (recorded.duration, broadcast)

@@ -47,7 +47,7 @@ async def test_an_rtmp_broadcast_is_recorded_to_mp4(make_settings, tmp_path: Pat
             await asyncio.sleep(0.1)
         assert done["status"] == "complete" and done["endReason"] == "publisher_left", done
 
-        path = app.app[AIRWAVE].services["recordings"].storage.local_path(f"{body['id']}.mp4")
+        path = app.app[AIRWAVE].services.recordings.storage.local_path(f"{body['id']}.mp4")
         recorded = read_recording(path)
         assert recorded.codecs == {"video": "h264", "audio": "opus"}
         assert abs(recorded.duration - (ended - started)) < 1.0, (recorded.duration, ended - started)

@@ -9,7 +9,7 @@ seconds, so a timer set by one process can be fired by another.
 A timer may fire late, and a distributed implementation may (rarely) fire a
 timer whose cancel raced with it, or fire it again after the node that
 claimed it died while handling it: the receiver makes firing act once by
-checking the state the event refers to (``rooms/calls.py`` does a conditional
+checking the state the event refers to (``calls/calls.py`` does a conditional
 UPDATE on the call row).
 
 :class:`InProcessTimers` uses ``loop.call_at`` handles: no task exists while a
