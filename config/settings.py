@@ -132,6 +132,10 @@ class Settings:
     # --- chat -----------------------------------------------------------------
     chat_max_length: int = 2000
     chat_rate: float = 5.0  # messages per second per user per room
+
+    # --- Socket.IO delivery ------------------------------------------------------
+    socketio_send_queue: int = 256  # packets queued per socket before it is cut off as slow
+    socketio_ws_compression: bool = False  # permessage-deflate on Socket.IO WebSockets
     kick_ban_seconds: float = 600.0
 
     # --- gifts ----------------------------------------------------------------
@@ -337,6 +341,7 @@ _POSITIVE = (
     "reconnect_grace",
     "turn_ttl",
     "chat_rate",
+    "socketio_send_queue",
     "database_pool_size",
     "max_subscribers_per_room",
     "max_sessions",

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge
 from auth import Identity, TokenError, TokenService
 from config import Settings
 from rooms.rate_limit import RateLimits
+from signaling.fanout import FanoutManager, FanoutRedisManager, websocket_driver
 
 log = logging.getLogger("airwave.signaling")
 
@@ -94,11 +95,14 @@ class Signaling:
         self.settings = settings
         self.tokens = tokens
         self.limits = limits
-        manager = None
+        manager: FanoutManager
         if settings.redis_url:
-            manager = socketio.AsyncRedisManager(
+            manager = FanoutRedisManager(
                 settings.redis_url, channel=f"{settings.redis_prefix}:socketio"
             )
+        else:
+            manager = FanoutManager()
+        manager.send_queue_limit = settings.socketio_send_queue
         cors: Any = list(settings.cors_origins)
         if cors == ["*"]:
             cors = "*"
@@ -112,6 +116,9 @@ class Signaling:
             logger=False,
             engineio_logger=False,
         )
+        # a copy: engineio's driver table is one dict per module, shared by every server
+        self.sio.eio._async = {**self.sio.eio._async,
+                               "websocket": websocket_driver(settings.socketio_ws_compression)}
         self.identities: dict[str, Identity] = {}
         self._expiries: dict[str, asyncio.TimerHandle] = {}
         self._ending: set[asyncio.Task[None]] = set()

@@ -1,0 +1,234 @@
+"""How an event reaches many sockets: once encoded, straight into each socket's bounded queue.
+
+python-socketio's ``AsyncManager.emit`` encodes a broadcast once but then starts one
+asyncio task per recipient (``_send_eio_packet``) and waits for them all; a room of
+thousands pays that task per message per socket. ``FanoutManager.emit`` (for emits
+without a callback, i.e. every broadcast) puts the one encoded Engine.IO packet into each
+recipient's outgoing queue with ``put_nowait``: no task, no await per recipient.
+
+Every queue is bounded (``socketio_send_queue``): a socket whose queue is full has fallen
+behind (it stopped reading; its TCP window is shut and the writer waits on the drain), so it
+is disconnected with the reason ``slow_consumer`` (logged and counted): what it missed costs
+nobody else, and its memory stops at the bound.
+
+Engine.IO's aiohttp driver opens its ``WebSocketResponse`` with permessage-deflate on,
+which deflates every frame once per socket with its own compressor: the dearest part of a
+broadcast. ``websocket_driver`` returns the driver class with compression as configured
+(``socketio_ws_compression``, off by default: chat frames are small). It also gives the
+socket's writer a cheaper ``poll``: Engine.IO's wraps every wait for the next packet in
+``asyncio.wait_for``, which starts a task per wake-up (a quarter of a broadcast's CPU in a
+profile); this one awaits the queue under ``asyncio.timeout`` and only when it is empty.
+
+The python-socketio and python-engineio internals this relies on (``AsyncManager`` and
+``AsyncPubSubManager.emit``/``get_participants``, ``eio.sockets``, ``AsyncSocket.queue``,
+``AsyncSocket._websocket_handler`` bound to the socket, the ``_async['websocket']``
+driver slot) are pinned by tests/signaling/test_fanout.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import socketio
+from engineio import packet as eio_packet
+from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
+from engineio.exceptions import QueueEmpty
+from prometheus_client import Counter
+from socketio import packet as sio_packet
+
+log = logging.getLogger("airwave.signaling.fanout")
+
+BROADCAST_DELIVERIES = Counter(
+    "airwave_socketio_broadcast_deliveries_total",
+    "Engine.IO packets queued to sockets by broadcasts (one per recipient)",
+)
+SLOW_CONSUMERS = Counter(
+    "airwave_socketio_slow_consumers_total",
+    "Sockets disconnected because their outgoing queue was full (slow_consumer)",
+)
+
+SLOW_CONSUMER = "slow_consumer"
+
+
+def _socket_transport(eio_socket: Any) -> asyncio.BaseTransport | None:
+    return getattr(eio_socket, "airwave_transport", None)
+
+
+def websocket_text_frame(packets: list[eio_packet.Packet]) -> bytes | None:
+    """One unmasked, uncompressed, final WebSocket text frame (RFC 6455 5.2) of a single
+    text packet: the bytes every recipient of a broadcast gets. None for anything else."""
+    if len(packets) != 1 or packets[0].binary:
+        return None
+    payload = packets[0].encode().encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 65536:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+def queue_poller(eio_socket: Any) -> Callable[[], Awaitable[list[eio_packet.Packet]]]:
+    """``AsyncSocket.poll`` without a task per wait: the packets waiting, at least one;
+    ``[]`` once the socket's queue carries its closing ``None``."""
+    queue: asyncio.Queue[eio_packet.Packet | None] = eio_socket.queue
+    server = eio_socket.server
+
+    async def poll() -> list[eio_packet.Packet]:
+        if queue.empty():
+            eio_socket.airwave_writer_idle = True  # everything before was written
+            try:
+                async with asyncio.timeout(server.ping_interval + server.ping_timeout):
+                    first = await queue.get()
+            except TimeoutError:
+                raise QueueEmpty() from None
+            finally:
+                eio_socket.airwave_writer_idle = False
+        else:
+            first = queue.get_nowait()
+        queue.task_done()
+        if first is None:
+            return []
+        packets = [first]
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                queue.put_nowait(None)
+                break
+            packets.append(pkt)
+        return packets
+
+    return poll
+
+
+def websocket_driver(compression: bool) -> type[EngineIOWebSocket]:
+    """Engine.IO's aiohttp WebSocket wrapper with permessage-deflate as asked, which also
+    remembers the TCP transport on the Engine.IO socket (to cut off a slow consumer) and
+    gives the socket's writer :func:`queue_poller`."""
+
+    class WebSocket(EngineIOWebSocket):
+        async def __call__(self, environ: dict[str, Any]) -> Any:
+            from aiohttp.web import WebSocketResponse
+
+            request = environ["aiohttp.request"]
+            self._sock = WebSocketResponse(
+                max_msg_size=self.server.max_http_buffer_size, compress=compression
+            )
+            await self._sock.prepare(request)
+            self.environ = environ
+            owner = getattr(self.handler, "__self__", None)  # the engineio AsyncSocket
+            if owner is not None:
+                owner.airwave_transport = request.transport
+                owner.airwave_raw_frames = not compression
+                owner.airwave_writer_idle = False
+                owner.poll = queue_poller(owner)
+            await self.handler(self)
+            return self._sock
+
+        async def send(self, message: str | bytes) -> None:
+            if isinstance(message, bytes):
+                await self._sock.send_bytes(message)
+            else:
+                await self._sock.send_str(message)
+
+    return WebSocket
+
+
+class FanoutManager(socketio.AsyncManager):
+    """``AsyncManager`` whose callback-less emits queue one shared packet per recipient."""
+
+    send_queue_limit = 256
+
+    async def emit(self, event: str, data: Any, namespace: str, room: Any = None,
+                   skip_sid: Any = None, callback: Any = None, to: Any = None,
+                   **kwargs: Any) -> None:
+        if callback is not None:
+            await super().emit(event, data, namespace, room=room, skip_sid=skip_sid,
+                               callback=callback, to=to, **kwargs)
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        if isinstance(data, tuple):
+            args = list(data)
+        elif data is not None:
+            args = [data]
+        else:
+            args = []
+        encoded = self.server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[event, *args]).encode()
+        if not isinstance(encoded, list):
+            encoded = [encoded]
+        packets = [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
+        for p in packets:
+            p.encode()  # fills encode_cache: every recipient's writer reuses the string
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        self.queue_packets(packets, (eio_sid for sid, eio_sid in
+                                     self.get_participants(namespace, room) if sid not in skip))
+
+    def queue_packets(self, packets: list[eio_packet.Packet], eio_sids: Any) -> int:
+        """Send ``packets`` to each Engine.IO socket: written at once as one shared WebSocket
+        frame to a socket whose writer is idle and whose transport has nothing buffered, else
+        queued behind what it has; sockets whose queue is full are cut off. How many sockets
+        got them."""
+        sockets = self.server.eio.sockets
+        limit = self.send_queue_limit
+        frame = websocket_text_frame(packets)
+        queued = 0
+        for eio_sid in eio_sids:
+            socket = sockets.get(eio_sid)
+            if socket is None or socket.closed or socket.closing:
+                continue
+            queue = socket.queue
+            if frame is not None and queue.empty() and socket.__dict__.get("airwave_writer_idle"):
+                transport = socket.airwave_transport
+                if (socket.airwave_raw_frames and not transport.is_closing()
+                        and not transport.get_write_buffer_size()):
+                    transport.write(frame)
+                    queued += 1
+                    continue
+            if limit and queue.qsize() + len(packets) > limit:
+                self.cut_off(socket)
+                continue
+            for p in packets:
+                queue.put_nowait(p)
+            queued += 1
+        BROADCAST_DELIVERIES.inc(queued)
+        return queued
+
+    def cut_off(self, eio_socket: Any) -> None:
+        """A slow consumer: drop its connection now (abort: its unsent frames are freed);
+        Engine.IO then closes the socket and the disconnect hooks run."""
+        if getattr(eio_socket, "airwave_cut_off", False):
+            return
+        eio_socket.airwave_cut_off = True
+        SLOW_CONSUMERS.inc()
+        log.warning("socket disconnected: %s", SLOW_CONSUMER,
+                    extra={"eio_sid": eio_socket.sid, "reason": SLOW_CONSUMER,
+                           "queued": eio_socket.queue.qsize()})
+        transport = _socket_transport(eio_socket)
+        if transport is not None:
+            transport.abort()
+        else:  # long-polling: no transport of its own; close the Engine.IO socket
+            task = asyncio.get_running_loop().create_task(
+                eio_socket.close(wait=False, abort=True))
+            self._cutting.add(task)
+            task.add_done_callback(self._cutting.discard)
+
+    @property
+    def _cutting(self) -> set[asyncio.Task[Any]]:
+        tasks: set[asyncio.Task[Any]] | None = getattr(self, "_cut_tasks", None)
+        if tasks is None:
+            tasks = self._cut_tasks = set()
+        return tasks
+
+
+class FanoutRedisManager(socketio.AsyncRedisManager, FanoutManager):
+    """The Redis manager with the same local delivery (``AsyncPubSubManager`` hands every
+    emit it hears to ``FanoutManager.emit`` through ``super()``)."""
