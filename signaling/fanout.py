@@ -73,9 +73,14 @@ def websocket_text_frame(packets: list[eio_packet.Packet]) -> bytes | None:
     return header + payload
 
 
-def queue_poller(eio_socket: Any) -> Callable[[], Awaitable[list[eio_packet.Packet]]]:
-    """``AsyncSocket.poll`` without a task per wait: the packets waiting, at least one;
-    ``[]`` once the socket's queue carries its closing ``None``."""
+POLLING_BATCH = 16  # python-engineio's clients refuse a payload of more packets
+
+
+def queue_poller(eio_socket: Any, most: int = 0) -> Callable[[], Awaitable[list[eio_packet.Packet]]]:
+    """``AsyncSocket.poll`` without a task per wait: the packets waiting, at least one and
+    at most ``most`` (0: all); ``[]`` once the socket's queue carries its closing ``None``.
+    Long-polling sockets get ``most=POLLING_BATCH``: a broadcast burst no longer yields
+    between recipients, and python-engineio's client drops a payload of more than 16."""
     queue: asyncio.Queue[eio_packet.Packet | None] = eio_socket.queue
     server = eio_socket.server
 
@@ -95,7 +100,7 @@ def queue_poller(eio_socket: Any) -> Callable[[], Awaitable[list[eio_packet.Pack
         if first is None:
             return []
         packets = [first]
-        while not queue.empty():
+        while not queue.empty() and len(packets) != most:
             pkt = queue.get_nowait()
             queue.task_done()
             if pkt is None:
@@ -145,6 +150,12 @@ class FanoutManager(socketio.AsyncManager):
 
     send_queue_limit = 256
 
+    def socket_opened(self, eio_sid: str) -> None:
+        """A new socket: while it long-polls, its polls hand out at most POLLING_BATCH packets."""
+        eio_socket = self.server.eio.sockets.get(eio_sid)
+        if eio_socket is not None and not eio_socket.upgraded:
+            eio_socket.poll = queue_poller(eio_socket, POLLING_BATCH)
+
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None,
                    skip_sid: Any = None, callback: Any = None, to: Any = None,
                    **kwargs: Any) -> None:
@@ -186,8 +197,8 @@ class FanoutManager(socketio.AsyncManager):
             if socket is None or socket.closed or socket.closing:
                 continue
             queue = socket.queue
-            if frame is not None and queue.empty() and socket.__dict__.get("airwave_writer_idle"):
-                transport = socket.airwave_transport
+            transport = socket.__dict__.get("airwave_transport") if frame is not None else None
+            if transport is not None and queue.empty() and socket.airwave_writer_idle:
                 if (socket.airwave_raw_frames and not transport.is_closing()
                         and not transport.get_write_buffer_size()):
                     transport.write(frame)

@@ -180,6 +180,9 @@ class Signaling:
                 "too many connections: slow down", {"code": "rate_limited"}
             )
         self.identities[sid] = identity
+        manager = self.sio.manager
+        if isinstance(manager, FanoutManager):
+            manager.socket_opened(manager.eio_sid_from_sid(sid, "/"))
         self._expire_at(sid, identity)
         await self.sio.enter_room(sid, user_room(identity.user_id))
         SOCKET_CONNECTS.labels("accepted").inc()
