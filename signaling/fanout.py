@@ -146,9 +146,41 @@ def websocket_driver(compression: bool) -> type[EngineIOWebSocket]:
 
 
 class FanoutManager(socketio.AsyncManager):
-    """``AsyncManager`` whose callback-less emits queue one shared packet per recipient."""
+    """``AsyncManager`` whose callback-less emits queue one shared packet per recipient,
+    and which knows each socket's rooms: python-socketio finds them on disconnect by testing
+    every room of the namespace (each socket has its own, so N sockets leaving cost N x N)."""
 
     send_queue_limit = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rooms_of: dict[tuple[str, str], set[str | None]] = {}  # (namespace, sid) -> rooms
+
+    def basic_enter_room(self, sid: str, namespace: str, room: str | None,
+                         eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self.rooms_of.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: str | None) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        rooms = self.rooms_of.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        """Leave the socket's own rooms only (the rest as python-socketio does)."""
+        for room in self.rooms_of.pop((namespace, sid), set()):
+            super().basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            waiting = pending.get(namespace)
+            if waiting is not None and sid in waiting:
+                waiting.remove(sid)
+                if not waiting:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[str]:
+        return [r for r in self.rooms_of.get((namespace, sid), ()) if r is not None]
 
     def socket_opened(self, eio_sid: str) -> None:
         """A new socket: while it long-polls, its polls hand out at most POLLING_BATCH packets."""

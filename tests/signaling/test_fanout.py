@@ -211,3 +211,25 @@ def test_the_socketio_internals_fanout_relies_on() -> None:
     driver = websocket_driver(compression=False)
     assert issubclass(driver, engineio.async_drivers.aiohttp.WebSocket)
 
+
+
+async def test_a_socket_leaves_exactly_its_rooms_on_disconnect(running: RunningApp) -> None:
+    room_id = await _live_room(running)
+    sio = running.app[AIRWAVE].signaling.sio
+    staying = await _viewer(running, "stays", room_id, "websocket")
+    leaving = await _viewer(running, "leaves", room_id, "websocket")
+    leaving_sid = leaving.client.get_sid("/")
+    assert set(sio.manager.get_rooms(leaving_sid, "/")) == {
+        leaving_sid, "user:leaves", room_audience(room_id)}
+    await leaving.close()
+    async with asyncio.timeout(5):
+        while ("/", leaving_sid) in sio.manager.rooms_of:  # noqa: ASYNC110 - polled state
+            await asyncio.sleep(0.02)
+    namespace_rooms = sio.manager.rooms["/"]
+    assert all(leaving_sid not in members for members in namespace_rooms.values())
+    assert "user:leaves" not in namespace_rooms and leaving_sid not in namespace_rooms
+    staying_sid = staying.client.get_sid("/")
+    assert list(namespace_rooms[room_audience(room_id)]) == [staying_sid]
+    await sio.emit("chat:message", {"roomId": room_id, "seq": 1}, to=room_audience(room_id))
+    await staying.wait("chat:message", lambda m: m["seq"] == 1)
+    await staying.close()
