@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,7 +51,20 @@ SLOW_CONSUMERS = Counter(
     "Sockets disconnected because their outgoing queue was full (slow_consumer)",
 )
 
+COALESCED = Counter(
+    "airwave_socketio_coalesced_total",
+    "Events of large rooms that reached batch-capable sockets inside a `batch` event",
+    ["event"],
+)
+SAMPLED_OUT = Counter(
+    "airwave_socketio_sampled_out_total",
+    "Chat messages of large rooms not delivered (beyond chat_delivery_rate; still stored)",
+)
+
 SLOW_CONSUMER = "slow_consumer"
+BATCH_CAPABILITY = "batch"
+COALESCED_EVENTS = ("chat:message", "stream:viewers")  # the only events a large room batches
+LAST_ONLY_EVENTS = ("stream:viewers",)  # a count: only the last of a tick matters
 
 
 def _socket_transport(eio_socket: Any) -> asyncio.BaseTransport | None:
@@ -58,11 +72,15 @@ def _socket_transport(eio_socket: Any) -> asyncio.BaseTransport | None:
 
 
 def websocket_text_frame(packets: list[eio_packet.Packet]) -> bytes | None:
-    """One unmasked, uncompressed, final WebSocket text frame (RFC 6455 5.2) of a single
-    text packet: the bytes every recipient of a broadcast gets. None for anything else."""
-    if len(packets) != 1 or packets[0].binary:
+    """Unmasked, uncompressed, final WebSocket text frames (RFC 6455 5.2), one per text
+    packet, back to back: the bytes every recipient of a broadcast gets. None if any packet
+    is binary."""
+    if not packets or any(p.binary for p in packets):
         return None
-    payload = packets[0].encode().encode("utf-8")
+    return b"".join(_text_frame(p.encode().encode("utf-8")) for p in packets)
+
+
+def _text_frame(payload: bytes) -> bytes:
     size = len(payload)
     if size < 126:
         header = bytes((0x81, size))
@@ -152,9 +170,16 @@ class FanoutManager(socketio.AsyncManager):
 
     send_queue_limit = 256
 
+    large_room = 0  # sockets of a room on this node from which its chat is coalesced; 0: never
+    batch_interval = 0.1  # seconds between a large room's batches
+    chat_delivery_rate = 0.0  # chat messages a second a large room delivers; 0: all
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.rooms_of: dict[tuple[str, str], set[str | None]] = {}  # (namespace, sid) -> rooms
+        self.batch_capable: set[str] = set()  # sids whose connect said caps: ["batch"]
+        self.pending: dict[tuple[str, str], list[tuple[str, Any]]] = {}  # (ns, room) -> events
+        self.chat_window: dict[tuple[str, str], tuple[int, int]] = {}  # -> (second, delivered)
 
     def basic_enter_room(self, sid: str, namespace: str, room: str | None,
                          eio_sid: str | None = None) -> None:
@@ -169,6 +194,7 @@ class FanoutManager(socketio.AsyncManager):
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         """Leave the socket's own rooms only (the rest as python-socketio does)."""
+        self.batch_capable.discard(sid)
         for room in self.rooms_of.pop((namespace, sid), set()):
             super().basic_leave_room(sid, namespace, room)
         self.callbacks.pop(sid, None)
@@ -198,6 +224,14 @@ class FanoutManager(socketio.AsyncManager):
         room = to or room
         if namespace not in self.rooms:
             return
+        if self.large_room and isinstance(room, str) and room in self.rooms[namespace]:
+            key = (namespace, room)
+            if event in COALESCED_EVENTS and skip_sid is None and not isinstance(data, tuple):
+                if len(self.rooms[namespace][room]) >= self.large_room:
+                    self._hold(key, event, data)
+                    return
+            if key in self.pending:  # anything else to the room keeps its place after them
+                self.flush(key)
         if isinstance(data, tuple):
             args = list(data)
         elif data is not None:
@@ -214,6 +248,56 @@ class FanoutManager(socketio.AsyncManager):
         skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
         self.queue_packets(packets, (eio_sid for sid, eio_sid in
                                      self.get_participants(namespace, room) if sid not in skip))
+
+    # -- large rooms ------------------------------------------------------------------
+
+    def _hold(self, key: tuple[str, str], event: str, data: Any) -> None:
+        """Keep an event of a large room for the room's next batch (sampling chat)."""
+        if event == "chat:message" and self.chat_delivery_rate:
+            second = int(time.monotonic())
+            window, delivered = self.chat_window.get(key, (second, 0))
+            if window != second:
+                window, delivered = second, 0
+            if delivered >= self.chat_delivery_rate:
+                SAMPLED_OUT.inc()
+                return
+            self.chat_window[key] = (window, delivered + 1)
+        events = self.pending.get(key)
+        if events is None:
+            events = self.pending[key] = []
+            asyncio.get_running_loop().call_later(self.batch_interval, self.flush, key)
+        if event in LAST_ONLY_EVENTS:
+            events[:] = [e for e in events if e[0] != event]
+        events.append((event, data))
+
+    def _event_packets(self, namespace: str, event: str, data: Any) -> list[eio_packet.Packet]:
+        encoded = self.server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[event, data]).encode()
+        if not isinstance(encoded, list):
+            encoded = [encoded]
+        return [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
+
+    def flush(self, key: tuple[str, str]) -> None:
+        """Deliver a large room's held events: one ``batch`` event [{event, data}, ...] to
+        the sockets that asked for it, each event in turn to the others."""
+        events = self.pending.pop(key, None)
+        if not events:
+            return
+        namespace, room = key
+        if len(self.chat_window) > 10_000:
+            self.chat_window.clear()
+        batch = self._event_packets(
+            namespace, "batch", [{"event": e, "data": d} for e, d in events])
+        each = [p for e, d in events for p in self._event_packets(namespace, e, d)]
+        capable, others = [], []
+        for sid, eio_sid in self.get_participants(namespace, room):
+            (capable if sid in self.batch_capable else others).append(eio_sid)
+        if capable:
+            self.queue_packets(batch, capable)
+            for event, _ in events:
+                COALESCED.labels(event).inc(len(capable))
+        if others:
+            self.queue_packets(each, others)
 
     def queue_packets(self, packets: list[eio_packet.Packet], eio_sids: Any) -> int:
         """Send ``packets`` to each Engine.IO socket: written at once as one shared WebSocket

@@ -4,6 +4,10 @@ Feature modules register their events with ``Signaling.on(event)``; every
 request-style event is acknowledged, failures as
 ``{"error": {"code": ..., "message": ...}}``.
 
+The connect payload is ``{token, caps?}``: ``caps: ["batch"]`` lets the server coalesce a
+large room's chat messages and viewer counts into one ``batch`` event ``[{event, data}, ...]``
+per short tick (signaling/fanout.py); other sockets keep one event per message.
+
 A socket lives as long as its token: at ``exp`` the server sends
 ``auth:expired {code: "token_expired"}`` and disconnects it, and every event
 checks expiry and revocation first. ``auth:refresh {token}`` hands the server a
@@ -26,7 +30,12 @@ from prometheus_client import Counter, Gauge
 from auth import Identity, TokenError, TokenService
 from config import Settings
 from rooms.rate_limit import RateLimits
-from signaling.fanout import FanoutManager, FanoutRedisManager, websocket_driver
+from signaling.fanout import (
+    BATCH_CAPABILITY,
+    FanoutManager,
+    FanoutRedisManager,
+    websocket_driver,
+)
 
 log = logging.getLogger("airwave.signaling")
 
@@ -103,6 +112,9 @@ class Signaling:
         else:
             manager = FanoutManager()
         manager.send_queue_limit = settings.socketio_send_queue
+        manager.large_room = settings.socketio_large_room
+        manager.batch_interval = settings.socketio_batch_interval
+        manager.chat_delivery_rate = settings.chat_delivery_rate
         cors: Any = list(settings.cors_origins)
         if cors == ["*"]:
             cors = "*"
@@ -183,6 +195,9 @@ class Signaling:
         manager = self.sio.manager
         if isinstance(manager, FanoutManager):
             manager.socket_opened(manager.eio_sid_from_sid(sid, "/"))
+            caps = auth.get("caps") if isinstance(auth, dict) else None
+            if isinstance(caps, list) and BATCH_CAPABILITY in caps[:16]:
+                manager.batch_capable.add(sid)
         self._expire_at(sid, identity)
         await self.sio.enter_room(sid, user_room(identity.user_id))
         SOCKET_CONNECTS.labels("accepted").inc()

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from typing import Any
 
 import engineio
 import engineio.async_drivers.aiohttp
@@ -20,6 +21,8 @@ from socketio.async_pubsub_manager import AsyncPubSubManager
 
 from api.components import AIRWAVE
 from signaling.fanout import (
+    COALESCED,
+    SAMPLED_OUT,
     SLOW_CONSUMERS,
     FanoutManager,
     FanoutRedisManager,
@@ -233,3 +236,97 @@ async def test_a_socket_leaves_exactly_its_rooms_on_disconnect(running: RunningA
     await sio.emit("chat:message", {"roomId": room_id, "seq": 1}, to=room_audience(room_id))
     await staying.wait("chat:message", lambda m: m["seq"] == 1)
     await staying.close()
+
+
+async def _listener(app: RunningApp, user: str, room_id: str, caps: list[str] | None) -> Listener:
+    client = socketio.AsyncClient(reconnection=False)
+    listener = Listener(client)
+    batches: list[Any] = []
+    listener.events["batch"] = batches
+
+    @client.on("batch")
+    async def on_batch(items: Any) -> None:
+        batches.append(items)
+
+    auth: dict[str, Any] = {"token": app.token(user)}
+    if caps is not None:
+        auth["caps"] = caps
+    await client.connect(app.url, auth=auth, transports=["websocket"], wait_timeout=5)
+    ack = await listener.call("stream:join", {"roomId": room_id})
+    assert ack["roomId"] == room_id, ack
+    return listener
+
+
+async def test_a_large_room_batches_for_sockets_that_ask_and_keeps_order(make_settings) -> None:
+    app = await start_app(make_settings(socketio_large_room="3", socketio_batch_interval="0.05",
+                                        chat_delivery_rate="0"))
+    listeners: list[Listener] = []
+    try:
+        room_id = await _live_room(app)
+        sio = app.app[AIRWAVE].signaling.sio
+        batcher = await _listener(app, "batcher", room_id, ["batch"])
+        plain = await _listener(app, "plain", room_id, None)
+        odd = await _listener(app, "odd", room_id, "batch")  # type: ignore[arg-type] - not a list
+        listeners = [batcher, plain, odd]
+        coalesced_before = COALESCED.labels("chat:message")._value.get()
+        for n in range(3):  # real chat: stored, then delivered through the batch
+            ack = await batcher.call("chat:send", {"roomId": room_id, "text": f"m{n}",
+                                                   "clientId": f"c{n}"})
+            assert "seq" in ack, ack
+        for n in range(3, 6):
+            await sio.emit("chat:message", {"roomId": room_id, "clientId": f"c{n}"},
+                           to=room_audience(room_id))
+        await sio.emit("stream:viewers", {"roomId": room_id, "count": 7}, to=room_audience(room_id))
+        await sio.emit("stream:viewers", {"roomId": room_id, "count": 8}, to=room_audience(room_id))
+        # not batched: it goes out after what the room holds, never before
+        await sio.emit("stream:started", {"roomId": room_id, "streamId": "s"},
+                       to=room_audience(room_id))
+        wanted = [f"c{n}" for n in range(6)]
+        for listener in (plain, odd):
+            await listener.wait("stream:started")
+            assert [m["clientId"] for m in listener.events["chat:message"]] == wanted
+            assert [v["count"] for v in listener.events["stream:viewers"]] == [8]  # the last
+            assert listener.arrivals["chat:message"][-1] <= listener.arrivals["stream:started"][0]
+            assert listener.events["batch"] == []
+        await batcher.wait("stream:started")
+        items = [item for batch in batcher.events["batch"] for item in batch]
+        assert [i["data"]["clientId"] for i in items if i["event"] == "chat:message"] == wanted
+        assert [i["data"]["count"] for i in items if i["event"] == "stream:viewers"] == [8]
+        assert batcher.events["chat:message"] == []  # all of it came inside batches
+        assert COALESCED.labels("chat:message")._value.get() == coalesced_before + 6
+    finally:
+        for listener in listeners:
+            await listener.close()
+        await app.server.close()
+
+
+async def test_a_large_room_samples_chat_beyond_its_rate_but_stores_it(make_settings) -> None:
+    app = await start_app(make_settings(socketio_large_room="2", socketio_batch_interval="0.05",
+                                        chat_delivery_rate="2"))
+    listeners: list[Listener] = []
+    try:
+        room_id = await _live_room(app)
+        first = await _listener(app, "first", room_id, None)
+        second = await _listener(app, "second", room_id, ["batch"])
+        listeners = [first, second]
+        sampled_before = SAMPLED_OUT._value.get()
+        await asyncio.sleep(1.01 - time.monotonic() % 1)  # the start of a one-second window
+        started = int(time.monotonic())
+        for n in range(5):
+            ack = await first.call("chat:send", {"roomId": room_id, "text": f"m{n}",
+                                                 "clientId": f"c{n}"})
+            assert "seq" in ack, ack
+        windows = int(time.monotonic()) - started + 1
+        await asyncio.sleep(0.3)
+        delivered = [m["clientId"] for m in first.events["chat:message"]]
+        sampled = SAMPLED_OUT._value.get() - sampled_before
+        assert len(delivered) + sampled == 5 and delivered == sorted(delivered)
+        assert len(delivered) <= 2 * windows
+        if windows == 1:
+            assert delivered == ["c0", "c1"] and sampled == 3
+        status, page = await rest(app, "GET", f"/api/v1/rooms/{room_id}/messages?limit=10", "host")
+        assert status == 200 and [m["text"] for m in page["messages"]] == [f"m{n}" for n in range(5)]
+    finally:
+        for listener in listeners:
+            await listener.close()
+        await app.server.close()
