@@ -159,7 +159,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                   prefix=f"bench-sig-{uuid.uuid4().hex[:4]}-")
         room = args.room or await create_room(http, url, args.token or users[0].token)
         config = {"url": url, "room": room, "sources": sources,
-                  "lifetime": args.lifetime}
+                  "lifetime": args.lifetime, "caps": [c for c in args.caps.split(",") if c]}
         baseline = await probe.sample()
         async with socket_workers(args.workers, config) as workers:
             connected = 0
@@ -276,6 +276,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                           file=sys.stderr, flush=True)
                     break
     return {"script": "bench.signaling", "url": url, "room": room, "workers": args.workers,
+            "caps": args.caps,
             "sources": sources, "load_cores": load_cores, "loadavg": os.getloadavg(),
             "steps": results}
 
@@ -309,6 +310,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="socket worker processes (default 4)")
     p.add_argument("--sources", default="127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4",
                    help="loopback source addresses the sockets spread over")
+    p.add_argument("--caps", default="",
+                   help="capabilities the sockets announce on connect, e.g. batch (a large room "
+                        "then coalesces chat into batch events, counted message by message)")
     p.add_argument("--connect-concurrency", type=int, default=25, help="per worker")
     p.add_argument("--server-pid", type=int, help="server pid for CPU from /proc (else /metrics)")
     p.add_argument("--load-cores", type=int, help="cores of the generator (default: its affinity)")

@@ -9,7 +9,8 @@ message received; this one keeps the load generator off its own figures.
 
 Started by the controller as ``python -m bench.signaling_worker``; JSON lines.
 The first line is its configuration ``{"url", "room", "sources", "lifetime",
-"worker"}``, then commands, each answered by one line:
+"worker", "caps"}`` (``caps: ["batch"]``: announce it on connect and count the chat
+messages inside ``batch`` events), then commands, each answered by one line:
 
 * ``{"op": "connect", "tokens": [...], "concurrency": C}`` ->
   ``{"op": "connected", "ok", "failed", "errors", "connect_ms"}``
@@ -43,6 +44,7 @@ class CheapSocket:
 
     def __init__(self, pool: SocketPool, token: str) -> None:
         self.pool = pool
+        self.caps = pool.caps
         self.token = token
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.acks: dict[int, asyncio.Future[Any]] = {}
@@ -56,7 +58,10 @@ class CheapSocket:
         opened = await self.ws.receive_str(timeout=10)
         if not opened.startswith("0"):
             raise RuntimeError(f"engine.io open expected, got {opened[:40]!r}")
-        await self.ws.send_str("40" + json.dumps({"token": self.token}))
+        auth: dict[str, Any] = {"token": self.token}
+        if self.caps:
+            auth["caps"] = self.caps
+        await self.ws.send_str("40" + json.dumps(auth))
         while True:
             reply = await self.ws.receive_str(timeout=10)
             if reply == "2":
@@ -118,12 +123,14 @@ class CheapSocket:
 
 
 class SocketPool:
-    def __init__(self, url: str, room: str, sources: list[str], worker: int) -> None:
+    def __init__(self, url: str, room: str, sources: list[str], worker: int,
+                 caps: list[str]) -> None:
         parts = urlsplit(url)
         scheme = "wss" if parts.scheme == "https" else "ws"
         self.ws_url = f"{scheme}://{parts.netloc}/socket.io/?EIO=4&transport=websocket"
         self.room = room
         self.worker = worker
+        self.caps = caps
         self.sessions = [
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, local_addr=(s, 0)))
             for s in sources
@@ -137,18 +144,19 @@ class SocketPool:
         self.lags: list[float] = []
 
     def delivered(self, text: str) -> None:
+        """A ``chat:message``, or a ``batch`` of events holding several: each clientId of
+        this step is one delivery."""
         at = text.find(MARK)
-        if at < 0:
-            return
-        start = at + len(MARK)
-        end = text.find('"', start)
-        client_id = text[start:end]  # "s<step>-<worker>-<n>-<monotonic ns>"
-        if not client_id.startswith(self.step_prefix):
-            return
-        sent_ns = int(client_id.rsplit("-", 1)[1])
-        ms = (time.monotonic_ns() - sent_ns) // 1_000_000
-        self.received += 1
-        self.histogram[ms] = self.histogram.get(ms, 0) + 1
+        now_ns = time.monotonic_ns()
+        while at >= 0:
+            start = at + len(MARK)
+            end = text.find('"', start)
+            client_id = text[start:end]  # "s<step>-<worker>-<n>-<monotonic ns>"
+            if client_id.startswith(self.step_prefix):
+                ms = (now_ns - int(client_id.rsplit("-", 1)[1])) // 1_000_000
+                self.received += 1
+                self.histogram[ms] = self.histogram.get(ms, 0) + 1
+            at = text.find(MARK, end)
 
     async def connect(self, tokens: list[str], concurrency: int) -> dict[str, Any]:
         gate = asyncio.Semaphore(max(1, concurrency))
@@ -268,7 +276,7 @@ async def serve() -> None:
     reader = await _stdin_lines()
     config = json.loads(await reader.readline())
     pool = SocketPool(config["url"], config["room"], config.get("sources") or ["127.0.0.1"],
-                      int(config.get("worker", 0)))
+                      int(config.get("worker", 0)), list(config.get("caps") or []))
     lag_task = asyncio.get_running_loop().create_task(pool.watch_lag())
     sending: asyncio.Task[dict[str, Any]] | None = None
     try:
