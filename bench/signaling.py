@@ -43,7 +43,7 @@ from typing import Any
 import aiohttp
 
 from .report import finite, format_table, percentile, run_script
-from .server_probe import ServerProbe, proc_cpu_seconds
+from .server_probe import ServerProbe, proc_cpu_seconds, proc_wait_seconds, tree_wait_seconds
 from .user_tokens import user_tokens
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +110,15 @@ def load_cpu_seconds(workers: list[SocketWorker]) -> float:
     for w in workers:
         with contextlib.suppress(OSError):
             total += proc_cpu_seconds(w.process.pid)
+    return total
+
+
+def load_wait_seconds(workers: list[SocketWorker]) -> float:
+    """Seconds the generator's processes waited for a CPU another process held."""
+    total = 0.0
+    for pid in [os.getpid(), *(w.process.pid for w in workers)]:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += proc_wait_seconds(pid)
     return total
 
 
@@ -206,6 +215,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                   for i in range(len(workers))]
                     start_at = time.monotonic() + 0.5
                     cpu0, load0 = await probe.sample(), load_cpu_seconds(workers)
+                    waits0 = (tree_wait_seconds(args.server_pid) if args.server_pid else None,
+                              load_wait_seconds(workers))
                     await asyncio.gather(*(
                         w.request({"op": "send", "step": index, "senders": n,
                                    "rate": rate * n / senders, "start_at": start_at,
@@ -231,6 +242,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         await asyncio.sleep(0.25)
                     cpu1, load1 = await probe.sample(), load_cpu_seconds(workers)
                     elapsed = cpu1.at - cpu0.at
+                    server_wait = (None if waits0[0] is None else
+                                   (tree_wait_seconds(args.server_pid) - waits0[0]) / elapsed * 100)
+                    load_wait = (load_wait_seconds(workers) - waits0[1]) / elapsed * 100
                     histogram: dict[int, int] = {}
                     for s in snaps:
                         for ms, n in s["histogram"].items():
@@ -259,7 +273,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "load_lag_p99_ms": lag_p99,
                         "load_lag_max_ms": max(s["lag_max_ms"] for s in snaps),
                         "disconnected": sum(s["disconnected"] for s in snaps),
+                        # waiting for a CPU that another process held (/proc/<pid>/schedstat):
+                        # on a shared machine, time the server or the bench lost to others
+                        "server_cpu_wait_pct": finite(server_wait, 1),
+                        "load_cpu_wait_pct": round(load_wait, 1),
                     })
+                    if server_wait is not None and server_wait > args.max_server_wait:
+                        step["contended"] = (f"the server waited {server_wait:.0f}% of the time "
+                                             "for a CPU other processes held: its latencies "
+                                             "include that wait")
                     reasons = []
                     if load_pct / load_cores > args.max_load_cpu:
                         reasons.append(f"generator CPU {load_pct / load_cores:.0f}% of its "
@@ -289,7 +311,8 @@ COLUMNS = [
     ("delivery_p50_ms", "p50"), ("delivery_p95_ms", "p95"), ("delivery_p99_ms", "p99"),
     ("deliveries_missing", "missing"), ("server_cpu_pct", "srv cpu%"),
     ("server_us_per_delivery", "srv us/deliv"), ("load_cpu_pct_of_cores", "load cpu%"),
-    ("load_lag_p99_ms", "load lag p99"), ("valid", "valid"),
+    ("load_lag_p99_ms", "load lag p99"), ("server_cpu_wait_pct", "srv wait%"),
+    ("load_cpu_wait_pct", "load wait%"), ("valid", "valid"),
 ]
 
 
@@ -320,6 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="generator CPU percent of its cores above which a step is not valid")
     p.add_argument("--max-lag-ms", type=float, default=50.0,
                    help="generator event-loop lag p99 above which a step is not valid")
+    p.add_argument("--max-server-wait", type=float, default=20.0,
+                   help="server CPU-wait percent above which a step is flagged contended")
     p.add_argument("--lifetime", type=float, default=900, help="workers exit after this (s)")
     p.add_argument("--out", default="signaling.json")
     p.add_argument("--chart", help="unused; kept for the common bench options")
@@ -342,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step['step']} refused: {step['messages_refused']}")
         if not step["valid"]:
             print(f"step {step['step']} NOT VALID: {step['not_valid']}")
+        if step.get("contended"):
+            print(f"step {step['step']} contended: {step['contended']}")
     print(f"JSON: {args.out}")
     return 0
 

@@ -137,7 +137,7 @@ class Settings:
     socketio_send_queue: int = 256  # packets queued per socket before it is cut off as slow
     socketio_ws_compression: bool = False  # permessage-deflate on Socket.IO WebSockets
     socketio_large_room: int = 1000  # sockets of a room on a node from which chat is batched; 0 off
-    socketio_batch_interval: float = 0.1  # seconds between a large room's batches
+    socketio_batch_interval: float = 0.05  # seconds between a large room's batches
     chat_delivery_rate: float = 50.0  # chat messages a second a large room delivers; 0 = all
     kick_ban_seconds: float = 600.0
 

@@ -171,7 +171,7 @@ class FanoutManager(socketio.AsyncManager):
     send_queue_limit = 256
 
     large_room = 0  # sockets of a room on this node from which its chat is coalesced; 0: never
-    batch_interval = 0.1  # seconds between a large room's batches
+    batch_interval = 0.05  # seconds between a large room's batches
     chat_delivery_rate = 0.0  # chat messages a second a large room delivers; 0: all
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
