@@ -35,6 +35,7 @@ from typing import Any
 
 import socketio
 from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as engineio_aiohttp
 from engineio.async_drivers.aiohttp import WebSocket as EngineIOWebSocket
 from engineio.exceptions import QueueEmpty
 from prometheus_client import Counter
@@ -137,10 +138,9 @@ def websocket_driver(compression: bool) -> type[EngineIOWebSocket]:
 
     class WebSocket(EngineIOWebSocket):
         async def __call__(self, environ: dict[str, Any]) -> Any:
-            from aiohttp.web import WebSocketResponse
-
             request = environ["aiohttp.request"]
-            self._sock = WebSocketResponse(
+            # aiohttp's class as Engine.IO's driver imports it (signaling does not import aiohttp)
+            self._sock = engineio_aiohttp.WebSocketResponse(
                 max_msg_size=self.server.max_http_buffer_size, compress=compression
             )
             await self._sock.prepare(request)

@@ -211,6 +211,7 @@ def test_the_socketio_internals_fanout_relies_on() -> None:
     # names of ours that python-socketio's managers do not already use for something else
     for ours in ("socket_opened", "queue_packets", "cut_off", "send_queue_limit"):
         assert not hasattr(socketio.AsyncRedisManager, ours), ours
+    assert engineio.async_drivers.aiohttp.WebSocketResponse.__name__ == "WebSocketResponse"
     driver = websocket_driver(compression=False)
     assert issubclass(driver, engineio.async_drivers.aiohttp.WebSocket)
 
