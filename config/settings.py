@@ -137,6 +137,13 @@ class Settings:
     # --- chat -----------------------------------------------------------------
     chat_max_length: int = 2000
     chat_rate: float = 5.0  # messages per second per user per room
+
+    # --- Socket.IO delivery ------------------------------------------------------
+    socketio_send_queue: int = 256  # packets queued per socket before it is cut off as slow
+    socketio_ws_compression: bool = False  # permessage-deflate on Socket.IO WebSockets
+    socketio_large_room: int = 1000  # sockets of a room on a node from which chat is batched; 0 off
+    socketio_batch_interval: float = 0.05  # seconds between a large room's batches
+    chat_delivery_rate: float = 50.0  # chat messages a second a large room delivers; 0 = all
     kick_ban_seconds: float = 600.0
 
     # --- gifts ----------------------------------------------------------------
@@ -346,6 +353,8 @@ _POSITIVE = (
     "reconnect_grace",
     "turn_ttl",
     "chat_rate",
+    "socketio_send_queue",
+    "socketio_batch_interval",
     "database_pool_size",
     "max_subscribers_per_room",
     "max_sessions",
@@ -404,7 +413,7 @@ def _validate(s: Settings) -> Settings:
     for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace",
                  "rate_limit_http", "rate_limit_http_ip", "rate_limit_events", "rate_limit_actions",
                  "max_sessions_per_user", "max_sessions_per_ip", "max_connecting_per_user",
-                 "max_connecting_per_ip"):
+                 "max_connecting_per_ip", "socketio_large_room", "chat_delivery_rate"):
         if getattr(s, name) < 0:
             fail(name, f"must not be negative, got {getattr(s, name)}")
     if not (0.0 <= s.gift_creator_share <= 1.0):
