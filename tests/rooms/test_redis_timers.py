@@ -10,7 +10,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from rooms.timers import RedisTimers
+from events.timers import RedisTimers
 from tests.conftest import _require_services, redis_url
 
 
