@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -34,9 +35,10 @@ def _describe(settings: Settings) -> list[str]:
     return [f"database: {db}", f"event bus and timers: {bus}", f"ICE: {stun}, {turn}"]
 
 
-async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
+async def _serve(settings: Settings, worker_fd: int | None = None, internal_fd: int | None = None) -> None:
     """One node: its own listening socket, or (as a worker) connections handed
-    over by the supervisor through ``worker_fd``."""
+    over by the supervisor through ``worker_fd`` plus its own listener for other
+    nodes, ``internal_fd``."""
     from aiohttp import web
 
     from api.app import airwave_version, create_app
@@ -76,6 +78,8 @@ async def _serve(settings: Settings, worker_fd: int | None = None) -> None:
         assert runner.server is not None
         adopting = loop.create_task(adopt_connections(worker_fd, runner.server))
         adopting.add_done_callback(lambda task: _supervisor_gone(task, stop))
+        if internal_fd is not None:
+            await web.SockSite(runner, socket.socket(fileno=internal_fd)).start()
         log.info("worker %s serving http://%s:%s/", settings.node_id, shown_host, settings.port)
 
     await stop.wait()
@@ -121,7 +125,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from api.workers import Supervisor
 
         return uvloop.run(Supervisor(settings, workers, args.config).run())
-    uvloop.run(_serve(settings, args.worker_fd))
+    uvloop.run(_serve(settings, args.worker_fd, args.internal_fd))
     return 0
 
 
@@ -177,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="development mode: demo sign-in for the web app (AIRWAVE_DEV); never on a public node",
     )
     serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--internal-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     token = sub.add_parser("token", help="print an access token")

@@ -11,7 +11,17 @@ Each worker is a whole airwave node (``airwave serve --worker-fd FD``) with
 its own node id, its own slice of ``AIRWAVE_UDP_PORTS`` and the shared Redis
 and PostgreSQL. The supervisor also runs the embedded STUN server, once for
 the machine. Worker 0 alone runs the RTMP ingest (``AIRWAVE_RTMP_PORT``:
-RTMP connections are few and long, one process takes them). It restarts a
+RTMP connections are few and long, one process takes them).
+
+Nodes reach each other over HTTP (edge pulls, call media, recordings) at their
+``AIRWAVE_INTERNAL_URL``. The shared port cannot serve as one: the supervisor
+would hand a request meant for worker 0 to whichever worker the caller's
+address maps to. So each worker also serves its own internal listener, a TCP
+socket the supervisor binds on a free port of the internal host (the host of
+``AIRWAVE_INTERNAL_URL`` when set, else ``AIRWAVE_HOST``, loopback for a
+wildcard) and passes to the worker, which advertises ``http://host:port`` as
+its internal URL. The supervisor keeps the socket, so a restarted worker
+keeps its URL. It restarts a
 worker that dies, and on SIGTERM/SIGINT passes the
 signal on, waits for every worker to drain and exit, and exits 0.
 """
@@ -27,6 +37,7 @@ import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from config import Settings
 from turn import StunServer
@@ -48,6 +59,12 @@ def udp_slices(ports: tuple[int, int] | None, workers: int) -> list[tuple[int, i
     return [(lo + i * size, lo + (i + 1) * size - 1) for i in range(workers)]
 
 
+def internal_host(settings: Settings) -> str:
+    """Where the workers' internal listeners bind: the host other nodes reach this machine on."""
+    host = urlsplit(settings.internal_url).hostname if settings.internal_url else settings.host
+    return host if host not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+
+
 def pick_worker(address: str, workers: int) -> int:
     return int.from_bytes(hashlib.blake2s(address.encode(), digest_size=4).digest(), "big") % workers
 
@@ -56,6 +73,7 @@ def pick_worker(address: str, workers: int) -> int:
 class Worker:
     index: int
     channel: socket.socket | None = None
+    internal: socket.socket | None = None  # this worker's own listener for other nodes
     process: subprocess.Popen[bytes] | None = None
     restarts: int = field(default=0)
 
@@ -66,13 +84,35 @@ class Supervisor:
         self.config_file = config_file
         self.workers = [Worker(i) for i in range(workers)]
         self.slices = udp_slices(settings.udp_ports, workers)
+        self.internal_host = internal_host(settings)
         self.stopping = False
 
+    def open_internal_listeners(self) -> None:
+        """One listening socket per worker on a free port of the internal host."""
+        family = socket.AF_INET6 if ":" in self.internal_host else socket.AF_INET
+        for worker in self.workers:
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listener.bind((self.internal_host, 0))
+                listener.listen(1024)
+            except OSError:
+                listener.close()
+                raise
+            worker.internal = listener
+
+    def internal_url(self, worker: Worker) -> str:
+        assert worker.internal is not None
+        host = f"[{self.internal_host}]" if ":" in self.internal_host else self.internal_host
+        return f"http://{host}:{worker.internal.getsockname()[1]}"
+
     def environment(self, worker: Worker) -> dict[str, str]:
-        """A worker's environment: its node id, its UDP slice; the RTMP port for worker 0 only."""
+        """A worker's environment: its node id, its internal URL, its UDP slice; the RTMP
+        port for worker 0 only."""
         env = dict(os.environ)
         base = self.settings.node_id or f"{socket.gethostname()}:{self.settings.port}"
         env["AIRWAVE_NODE_ID"] = f"{base}/{worker.index}"
+        if worker.internal is not None:
+            env["AIRWAVE_INTERNAL_URL"] = self.internal_url(worker)
         udp = self.slices[worker.index]
         if udp is not None:
             env["AIRWAVE_UDP_PORTS"] = f"{udp[0]}-{udp[1]}"
@@ -85,9 +125,13 @@ class Supervisor:
         env = self.environment(worker)
         command = [sys.executable, "-m", "api.cli", "serve", "--worker-fd", str(child.fileno()),
                    "--host", self.settings.host, "--port", str(self.settings.port)]
+        fds = [child.fileno()]
+        if worker.internal is not None:
+            command += ["--internal-fd", str(worker.internal.fileno())]
+            fds.append(worker.internal.fileno())
         if self.config_file:
             command += ["--config", self.config_file]
-        worker.process = subprocess.Popen(command, env=env, pass_fds=(child.fileno(),))
+        worker.process = subprocess.Popen(command, env=env, pass_fds=fds)
         child.close()
         parent.setblocking(False)
         worker.channel = parent
@@ -139,6 +183,13 @@ class Supervisor:
         listener.bind((self.settings.host, self.settings.port))
         listener.listen(1024)
         listener.setblocking(False)
+        try:
+            self.open_internal_listeners()
+        except OSError as exc:
+            listener.close()
+            log.error("cannot listen for other nodes on %s (AIRWAVE_INTERNAL_URL's host, else "
+                      "AIRWAVE_HOST): %s", self.internal_host, exc)
+            return 1
         stun = await StunServer.start_embedded(self.settings)
         for worker in self.workers:
             self._spawn(worker)
@@ -185,6 +236,9 @@ class Supervisor:
                 codes.append(worker.process.wait())
             if worker.channel is not None:
                 worker.channel.close()
+        for worker in self.workers:
+            if worker.internal is not None:
+                worker.internal.close()
         return codes
 
 

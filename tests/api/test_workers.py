@@ -166,6 +166,25 @@ def test_only_worker_0_runs_the_rtmp_ingest() -> None:
     assert envs[2]["AIRWAVE_UDP_PORTS"] == "40666-40998"
 
 
+def test_every_worker_gets_its_own_internal_url() -> None:
+    """Other nodes must reach one worker, not the shared port the supervisor hands out by address."""
+    from api.workers import Supervisor
+
+    for settings, host in ((Settings(host="0.0.0.0", port=8080), "127.0.0.1"),
+                           (Settings(host="127.0.0.1", internal_url="http://127.0.0.1:9000"), "127.0.0.1"),
+                           (Settings(host="::1"), "[::1]")):
+        supervisor = Supervisor(settings, 2, None)
+        supervisor.open_internal_listeners()
+        try:
+            urls = [supervisor.environment(w)["AIRWAVE_INTERNAL_URL"] for w in supervisor.workers]
+            ports = [w.internal.getsockname()[1] for w in supervisor.workers]  # type: ignore[union-attr]
+            assert urls == [f"http://{host}:{p}" for p in ports]
+            assert len(set(ports)) == 2 and not {8080, 9000} & set(ports)
+        finally:
+            for worker in supervisor.workers:
+                worker.internal.close()  # type: ignore[union-attr]
+
+
 async def test_a_taken_stun_port_is_one_line_and_the_node_runs_on(tmp_path: Path) -> None:
     """Issue 15.15: two nodes on one host; the single-process and the supervisor
     paths behave the same: one line naming the setting, then serve."""
@@ -203,4 +222,104 @@ async def test_a_taken_stun_port_is_one_line_and_the_node_runs_on(tmp_path: Path
             assert "AIRWAVE_STUN_PORT" in line and str(stun_port) in line
     finally:
         blocker.close()
+        await drop_schema(schema)
+
+
+def _addresses_by_worker(workers: int, count: int) -> list[list[str]]:
+    """127.0.0.x source addresses that the supervisor hands to each worker, ``count`` per worker."""
+    from api.workers import pick_worker
+
+    chosen: list[list[str]] = [[] for _ in range(workers)]
+    for last in range(2, 255):
+        address = f"127.0.0.{last}"
+        picked = chosen[pick_worker(address, workers)]
+        if len(picked) < count:
+            picked.append(address)
+    return chosen
+
+
+def _decoded_vp8(frames: list[bytes]) -> int:
+    """How many of ``frames`` a VP8 decoder turns into pictures."""
+    import av
+
+    decoder = av.CodecContext.create("vp8", "r")
+    return sum(len(decoder.decode(av.Packet(frame))) for frame in frames)
+
+
+@pytest.mark.serial
+async def test_viewers_on_every_worker_watch_a_room_published_on_one(tmp_path: Path) -> None:
+    """A viewer handed to a worker other than the room's origin is served through
+    an edge pull to the origin worker's own internal port (not the shared port,
+    where the supervisor would hand the pull to whichever worker the address maps to)."""
+    import aiohttp
+
+    from tests.sfu.sfu_media import encoded_vp8
+    from tests.sfu.sfu_peers import PacketTrack, Publisher, Viewer, vp8_keyframe, wait_for
+
+    await _require_services()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRWAVE_")}
+    env.update(
+        AIRWAVE_DATABASE_URL=PG_URL, AIRWAVE_DATABASE_SCHEMA=schema, AIRWAVE_REDIS_URL=REDIS_URL,
+        AIRWAVE_JWT_SECRET=SECRET, AIRWAVE_STUN_PORT="0", AIRWAVE_ICE_ADDRESSES="127.0.0.1",
+        AIRWAVE_LOG_LEVEL="warning", AIRWAVE_UDP_PORTS="42000-42199",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--workers", "2", "--host", "0.0.0.0", "--port", str(port)],
+        cwd=tmp_path, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    tokens = TokenService(load_settings({"AIRWAVE_JWT_SECRET": SECRET}))
+    admin = tokens.mint("ops", grants=Grants(admin=True))
+    on_worker = _addresses_by_worker(2, 3)
+    video = PacketTrack("video", encoded_vp8(60))
+    publisher = Publisher([video])
+    viewers: list[Viewer] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    def from_address(address: str) -> aiohttp.ClientSession:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+        sessions.append(session)
+        return session
+
+    try:
+        await _until(lambda: len(_nodes(url, admin)) == 2, 40)
+        sdp = {"Content-Type": "application/sdp"}
+        publish = {"Authorization": f"Bearer {tokens.mint('ann', grants=Grants(room='show', publish=True))}", **sdp}
+        async with from_address(on_worker[0][0]).post(f"{url}/whip/show", data=await publisher.offer(),
+                                                      headers=publish) as r:
+            assert r.status == 201, await r.text()
+            await publisher.accept(await r.text())
+
+        watch = {"Authorization": f"Bearer {tokens.mint('viewer', grants=Grants(room='show', subscribe=True))}",
+                 **sdp}
+        for address in on_worker[0][1:] + on_worker[1]:
+            viewer = Viewer(("video",))
+            viewers.append(viewer)
+            async with from_address(address).post(f"{url}/whep/show", data=await viewer.offer(),
+                                                  headers=watch) as r:
+                assert r.status == 201, (address, r.status, await r.text())
+                await viewer.accept(await r.text())
+
+        await wait_for(lambda: all(len(v.frames["video"]) >= 20 for v in viewers), 20)
+        for viewer in viewers:
+            got = [frame for _, frame in viewer.frames["video"]]
+            assert vp8_keyframe(got[0])
+            assert _decoded_vp8(got) >= 20
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+        await publisher.close()
+        for session in sessions:
+            await session.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                for child in _children(proc.pid):
+                    os.kill(child, signal.SIGKILL)
+                proc.kill()
+                proc.wait()
         await drop_schema(schema)
