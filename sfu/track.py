@@ -64,6 +64,7 @@ GOP_MAX_PACKETS = 768  # more since the keyframe: no cache until the next one
 GOP_MAX_BYTES = 1_500_000
 GOP_REPLAY_RATE = 8_000_000  # bits/s a replay sends at most (the viewer's estimate is unknown yet)
 GOP_REPLAY_BURST = 16_000  # bytes a replay may send in one go
+GOP_FIRST_BURST = 64_000  # bytes its first step may send: the keyframe at once, as live would
 GOP_REPLAY_TICK = 0.005  # seconds between two replay steps
 GOP_CATCH_UP = 1.0  # seconds a replay may take to reach live; a longer one is not started
 
@@ -780,7 +781,7 @@ class _Replay:
         self.anchor = anchor
         self.span = span
         self.factor = factor
-        self.credit = float(GOP_REPLAY_BURST)
+        self.credit = float(GOP_FIRST_BURST)
         self.at = now
 
     def timestamp(self, ts: int) -> int:
