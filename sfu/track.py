@@ -1009,18 +1009,20 @@ class DownTrack:
         if replay is not None:
             seq = (replay.next - 1) & 0xFFFF
             packet = layer.history(seq)
-            ts = layer.gop_ts if packet is None else int.from_bytes(packet[4:8], "big")
+            if packet is None:
+                return _Sent(seq, replay.timestamp(layer.gop_ts), -1, -1, time.monotonic())
             pid = tl0 = -1
-            vp8 = vp8_picture_ids(packet, 12) if packet is not None else None
+            vp8 = vp8_picture_ids(packet, 12)
             if vp8 is not None:
                 pos, bits, tl0_pos = vp8
                 if bits == 15:
-                    pid = ((packet[12 + pos] & 0x7F) << 8) | packet[13 + pos]  # type: ignore[index]
+                    pid = ((packet[12 + pos] & 0x7F) << 8) | packet[13 + pos]
                 elif bits == 7:
-                    pid = packet[12 + pos] & 0x7F  # type: ignore[index]
+                    pid = packet[12 + pos] & 0x7F
                 if tl0_pos:
-                    tl0 = packet[12 + tl0_pos]  # type: ignore[index]
-            return _Sent(seq, replay.timestamp(ts), pid, tl0, time.monotonic())
+                    tl0 = packet[12 + tl0_pos]
+            ts = replay.timestamp(int.from_bytes(packet[4:8], "big"))
+            return _Sent(seq, ts, pid, tl0, time.monotonic())
         seq = ((layer.max_seq or 0) + self._seq_off) & 0xFFFF
         ts = (layer.last_ts + self._ts_off) & 0xFFFFFFFF
         pid = tl0 = -1

@@ -10,7 +10,7 @@ from dataclasses import replace
 from sfu import MediaEngine
 
 from .sfu_peers import PacketTrack, Publisher, Viewer, vp8_keyframe, wait_for
-from .test_feedback import _live, _viewer
+from .test_feedback import _drop_on_the_wire, _live, _viewer
 
 
 def _run_of(sent: list[bytes], got: list[bytes]) -> int:
@@ -94,5 +94,31 @@ async def test_audio_starts_live_next_to_a_replayed_video(engine, vp8_frames, op
     # no audio older than the join (the video's replay reaches live within GOP_CATCH_UP)
     first_audio = viewer.payloads["audio"][0]
     assert first_audio in audio.sent[audio_at_join - 2 :]
+    await viewer.close()
+    await pub.close()
+
+
+async def test_a_packet_lost_from_the_replay_is_resent_as_it_was_replayed(engine, vp8_frames):
+    """The resent copy carries the squeezed timestamp the replay gave it (else
+    the viewer could not put the frame together), in the viewer's RTX stream."""
+    pub, track, session = await _live(engine, "gop-nack", vp8_frames)
+    up = session.uptracks[0]
+    await wait_for(lambda: up.layers[0].gop_seq is not None and len(track.sent) > 20, 5)
+    cached_from = up.layers[0].gop_seq
+    viewer = Viewer()
+    vs = await engine.subscribe("gop-nack", await viewer.offer())
+    await viewer.accept(vs.answer_sdp)
+    down = vs.downtracks[0]
+    receiver = viewer.transceivers[0].receiver
+    # lose three packets of the replayed stretch (its first ones are the keyframe)
+    replayed = {(cached_from + i) & 0xFFFF for i in (1, 4, 9)}
+    dropped, _ = _drop_on_the_wire(
+        receiver.transport.transport, down.ssrc, lambda seq: seq in replayed, 3
+    )
+    await wait_for(lambda: len(viewer.frames["video"]) > 30, 8)
+    assert dropped == replayed and down.replayed > 9
+    assert down.rtx_payload_type is not None and down.retransmitted >= 3
+    frames = [f for _, f in viewer.frames["video"]]
+    assert _run_of(track.sent, frames) == 0  # every frame whole, the keyframe first
     await viewer.close()
     await pub.close()
