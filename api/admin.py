@@ -11,11 +11,11 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Gauge
 
-from api.components import Airwave
+from api.components import Airwave, need
 from api.nodes import STARTED_KEY, describe, live_nodes
 from api.routing import ApiRoutes
-from api.webhook_events import OUTBOX_KEY, admin_request
-from rooms.payouts import reconcile
+from api.webhook_events import admin_request
+from gifts.payouts import reconcile
 
 log = logging.getLogger("airwave.admin")
 
@@ -81,7 +81,7 @@ async def collect_stats(airwave: Airwave, started_at: float) -> dict[str, Any]:
     db = airwave.db
     now = time.time()
     live = await db.fetch("SELECT id FROM rooms WHERE type = 'live' AND status = 'live'")
-    registry = airwave.services.get("rooms")
+    registry = airwave.services.rooms
     viewers = 0
     if registry is not None:
         for room in live:
@@ -106,7 +106,7 @@ async def collect_stats(airwave: Airwave, started_at: float) -> dict[str, Any]:
         "sockets": sum(int(n.get("sockets", 0)) for n in nodes),
         "nodes": len(nodes),
         "gifts": gifts,
-        "webhooks": await airwave.services[OUTBOX_KEY].backlog(),
+        "webhooks": await need(airwave.services.outbox).backlog(),
         "at": now,
     }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 
@@ -28,6 +29,7 @@ from api import (
     media,
     nodes,
     payouts,
+    recordings,
     revocation,
     rooms,
     rtmp,
@@ -36,14 +38,15 @@ from api import (
     webhooks,
 )
 from api.auth_http import TOKENS_KEY
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, Services
 from api.errors import error_middleware
 from api.limits import rate_limit_middleware
 from api.metrics import NODE_KEY
 from api.openapi import build_document
 from auth import TokenService
+from cluster import Cluster, node_id_for
 from config import Settings
-from rooms.bus import InProcessBus, RedisBus
+from events.bus import InProcessBus, RedisBus
 from rooms.rate_limit import InProcessTokenBucket, Limit, RateLimiter, RateLimits
 from rooms.redis_state import RedisTokenBucket
 from rooms.social import SocialGraph
@@ -58,8 +61,32 @@ SERVE_STUN: web.AppKey[bool] = web.AppKey("serve_stun", bool)
 
 FEATURES: list[ModuleType] = [
     health, ice, media, nodes, webhook_events, rooms, inbox, gifts, webhooks, payouts, dev,
-    webapp, calls, edge, admin, revocation, rtmp,
+    webapp, calls, edge, admin, revocation, rtmp, recordings,
 ]
+
+
+def check_features(features: list[ModuleType]) -> None:
+    """The order contract of FEATURES: a feature's ``NEEDS`` are ``PROVIDES`` of
+    features before it, and every name is one slot of :class:`Services`,
+    provided once."""
+    slots = {f.name for f in fields(Services)}
+    provided: set[str] = set()
+    for feature in features:
+        name = feature.__name__
+        for need in getattr(feature, "NEEDS", ()):
+            if need not in provided:
+                raise ValueError(f"{name} needs {need!r}, which no feature before it provides")
+        for slot in getattr(feature, "PROVIDES", ()):
+            if slot not in slots:
+                raise ValueError(f"{name} provides {slot!r}, which is not a field of api.components.Services")
+            if slot in provided:
+                raise ValueError(f"{name} provides {slot!r} a second time")
+            provided.add(slot)
+    if provided != slots:
+        raise ValueError(f"no feature provides {sorted(slots - provided)}")
+
+
+check_features(FEATURES)
 
 
 def airwave_version() -> str:
@@ -92,7 +119,8 @@ async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Appl
         redis=redis_client,
         openapi=build_document([f.routes for f in FEATURES], airwave_version()),
     )
-    airwave.node_id = nodes.node_id_for(settings.node_id, settings.port)
+    airwave.node_id = node_id_for(settings.node_id, settings.port)
+    airwave.cluster = Cluster.build(settings, tokens, airwave.media, redis_client, airwave.node_id, airwave.spawn)
     app[AIRWAVE] = airwave
     app[SERVE_STUN] = serve_stun
     app[TOKENS_KEY] = tokens

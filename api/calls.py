@@ -20,15 +20,14 @@ from aiohttp import web
 
 from api.auth_http import require_admin, require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.ice import ice_servers_for
 from api.limits import check_rate
 from api.routing import ApiRoutes
-from api.webhook_events import OUTBOX_KEY
-from rooms.calls import CallError, CallService
-from rooms.redis_state import RedisCallLocks, RedisPartySockets
-from rooms.timers import InProcessTimers, RedisTimers, TimerService
+from calls.calls import CallError, CallService
+from calls.redis_state import RedisCallLocks, RedisPartySockets
+from events.timers import InProcessTimers, RedisTimers, TimerService
 from signaling.calls import CallSignaling
 from signaling.calls import register as register_call_events
 from signaling.server import user_room
@@ -37,25 +36,14 @@ log = logging.getLogger("airwave.calls")
 
 routes = ApiRoutes("calls")
 
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("calls", "call_timers", "call_signaling")
+NEEDS: tuple[str, ...] = ("presence", "outbox")
+
 CALL_ID = r"[A-Za-z0-9_-]{1,128}"
 USER_ID = r"[^/]{1,128}"
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
-
-_STATUS: dict[str, int] = {
-    "bad_request": 400,
-    "cannot_call_self": 400,
-    "user_not_found": 404,
-    "call_not_found": 404,
-    "blocked": 403,
-    "not_matched": 403,
-    "forbidden": 403,
-    "not_callee": 403,
-    "caller_busy": 409,
-    "call_ended": 409,
-    "already_answered": 409,
-    "not_active": 409,
-}
 
 CALL_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -79,11 +67,7 @@ _JSON = "application/json"
 
 
 def _calls(request: web.Request) -> CallService:
-    return request.app[AIRWAVE].services["calls"]
-
-
-def _refused(exc: CallError) -> ApiError:
-    return ApiError(_STATUS.get(exc.code, 400), exc.code, exc.message)
+    return need(request.app[AIRWAVE].services.calls)
 
 
 def _user_id(value: Any, name: str) -> str:
@@ -111,11 +95,8 @@ async def create_call(request: web.Request) -> web.Response:
     body = await json_object(request)
     await airwave.social.seen(identity)
     host = request.url.host or None
-    try:
-        call = await _calls(request).initiate(identity.user_id, body.get("to"), body.get("media", "video"),
-                                              stun_host=host)
-    except CallError as exc:
-        raise _refused(exc) from None
+    call = await _calls(request).initiate(identity.user_id, body.get("to"), body.get("media", "video"),
+                                          stun_host=host)
     payload = {
         **call.to_json(),
         "ringsUntil": _calls(request).rings_until(call),
@@ -133,15 +114,12 @@ async def create_call(request: web.Request) -> web.Response:
 async def get_call(request: web.Request) -> web.Response:
     identity = require_identity(request)
     call_id = request.match_info["call_id"]
-    try:
-        if identity.is_admin:
-            call = await _calls(request).get(call_id)
-            if call is None:
-                raise CallError("call_not_found", "no such call")
-        else:
-            call = await _calls(request).require(call_id, identity.user_id)
-    except CallError as exc:
-        raise _refused(exc) from None
+    if identity.is_admin:
+        call = await _calls(request).get(call_id)
+        if call is None:
+            raise CallError("call_not_found", "no such call")
+    else:
+        call = await _calls(request).require(call_id, identity.user_id)
     return json_response(call.to_json())
 
 
@@ -163,10 +141,7 @@ async def list_calls(request: web.Request) -> web.Response:
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, "bad_limit", f"limit must be 1-{MAX_PAGE}")
     before = request.query.get("before") or None
-    try:
-        calls, next_cursor = await _calls(request).history(identity.user_id, limit, before)
-    except CallError as exc:
-        raise _refused(exc) from None
+    calls, next_cursor = await _calls(request).history(identity.user_id, limit, before)
     return json_response({"calls": [c.to_json() for c in calls], "next": next_cursor})
 
 
@@ -248,12 +223,12 @@ async def delete_match(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     prefix = airwave.settings.redis_prefix
-    presence = airwave.services.get("presence")
+    presence = airwave.services.presence
 
     async def callee_online(user_id: str) -> bool:
         return presence is not None and await presence.sockets.count(user_id) > 0
 
-    webhooks: dict[str, Any] = {"outbox": airwave.services.get(OUTBOX_KEY), "is_online": callee_online}
+    webhooks: dict[str, Any] = {"outbox": airwave.services.outbox, "is_online": callee_online}
     if airwave.redis is not None:  # deadlines, busy locks and grace counts shared by every node
         redis_timers = RedisTimers(airwave.redis, prefix, "calls")
         timers: TimerService = redis_timers
@@ -268,11 +243,13 @@ def install(airwave: Airwave, app: web.Application) -> None:
         timers = InProcessTimers()
         calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers, **webhooks)
     call_signaling = register_call_events(
-        airwave.signaling, calls, airwave.media, airwave.ice, airwave.social, airwave.bus
+        airwave.signaling, calls, airwave.media, airwave.ice, airwave.social, airwave.bus,
+        airwave.cluster.calls,
     )
-    airwave.services["calls"] = calls
-    airwave.services["call_timers"] = timers
-    airwave.services["call_signaling"] = call_signaling
+    airwave.services.calls = calls
+    airwave.services.call_timers = timers
+    airwave.services.call_signaling = call_signaling
+    airwave.engine_events.renegotiation_needed.append(call_signaling.renegotiate)
     single_node = airwave.redis is None
 
     async def end_stale_calls(app: web.Application) -> None:

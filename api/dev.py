@@ -27,6 +27,7 @@ from api.components import AIRWAVE, Airwave
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Grants
+from gifts.wallets import WalletLedger
 
 log = logging.getLogger("airwave.dev")
 
@@ -34,7 +35,6 @@ DEMO_TOKEN_TTL = 12 * 3600
 DEMO_GRANTS = Grants(room="*", publish=True, subscribe=True, admin=False)
 MAX_NAME = 40
 WELCOME_COINS = 100
-WALLET_SERVICE = "wallets"  # api/gifts.py WALLETS_KEY
 
 
 class DevelopmentRoutes(ApiRoutes):
@@ -87,10 +87,9 @@ def demo_user_id(name: str) -> str:
     return f"demo-{slug}-{secrets.token_hex(3)}"
 
 
-def wallet_ledger(airwave: Airwave) -> Any | None:
-    """The gifts feature's WalletLedger (api/gifts.py keeps it as ``services["wallets"]``), if installed."""
-    ledger = airwave.services.get(WALLET_SERVICE)
-    return ledger if ledger is not None and hasattr(ledger, "topup") else None
+def wallet_ledger(airwave: Airwave) -> WalletLedger | None:
+    """The gifts feature's WalletLedger, if installed."""
+    return airwave.services.wallets
 
 
 async def welcome_coins(airwave: Airwave, user_id: str) -> int:

@@ -2,6 +2,9 @@
 
 ``{"status": 404, "code": "room_not_found", "message": "...", "requestId": "..."}``
 
+A domain refusal (:class:`rooms.errors.DomainError`) that a handler lets
+through is answered here by its category (:data:`HTTP_STATUS`).
+
 Every request gets an id (from a sane ``X-Request-Id`` header, or a new one),
 echoed in the ``X-Request-Id`` response header and in the log line.
 Unexpected exceptions are logged with the id and answered 500 without internals.
@@ -19,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from api.metrics import HTTP_REQUEST_SECONDS, HTTP_REQUESTS
+from rooms.errors import Category, DomainError
 
 log = logging.getLogger("airwave.http")
 
@@ -37,6 +41,25 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers or {}
+
+
+# A domain refusal's category as an HTTP status: the one table of the HTTP face.
+HTTP_STATUS: dict[Category, int] = {
+    Category.INVALID: 400,
+    Category.FORBIDDEN: 403,
+    Category.NOT_FOUND: 404,
+    Category.CONFLICT: 409,
+    Category.UNPROCESSABLE: 422,
+    Category.RATE_LIMITED: 429,
+    Category.UPSTREAM: 502,
+    Category.UNAVAILABLE: 503,
+}
+
+
+def refused(exc: DomainError, *, invalid_status: int = 400) -> ApiError:
+    """The HTTP answer to a domain refusal (a route whose bad input is 422 says so)."""
+    status = invalid_status if exc.category is Category.INVALID else HTTP_STATUS[exc.category]
+    return ApiError(status, exc.code, exc.message)
 
 
 def strict_dumps(value: object) -> str:
@@ -104,6 +127,8 @@ async def error_middleware(
         response = await handler(request)
     except ApiError as exc:
         response = error_response(request, exc.status, exc.code, exc.message, exc.headers)
+    except DomainError as exc:
+        response = error_response(request, HTTP_STATUS[exc.category], exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

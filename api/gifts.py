@@ -11,48 +11,20 @@ from aiohttp import web
 
 from api.auth_http import require_admin, require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
-from api.webhook_events import OUTBOX_KEY
-from rooms.gifts import GiftCatalog, GiftRefused, GiftService, SendGift
-from rooms.wallets import WalletLedger
+from gifts.gifts import GiftCatalog, GiftService, SendGift
+from gifts.wallets import WalletLedger
 from signaling import gifts as gift_events
 
 log = logging.getLogger("airwave.gifts")
 
 routes = ApiRoutes("gifts")
 
-GIFTS_KEY = "gifts"
-WALLETS_KEY = "wallets"
-CATALOG_KEY = "gift_catalog"
-
-# How each refusal code of rooms/gifts.py answers over HTTP.
-REFUSAL_STATUS: dict[str, int] = {
-    "bad_request": 400,
-    "bad_quantity": 422,
-    "bad_target": 422,
-    "bad_gift": 422,
-    "missing_idempotency_key": 422,
-    "cannot_gift_self": 422,
-    "room_not_live": 422,
-    "call_not_active": 422,
-    "gift_not_found": 404,
-    "room_not_found": 404,
-    "call_not_found": 404,
-    "blocked": 403,
-    "banned": 403,
-    "not_member": 403,
-    "not_receiver": 403,
-    "not_call_party": 403,
-    "insufficient_funds": 409,
-    "idempotency_key_reused": 409,
-    "gift_exists": 409,
-}
-
-
-def api_error(exc: GiftRefused) -> ApiError:
-    return ApiError(REFUSAL_STATUS.get(exc.code, 422), exc.code, exc.message)
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("wallets", "gift_catalog", "gifts")
+NEEDS: tuple[str, ...] = ("outbox", "rooms")
 
 
 GIFT_SCHEMA = {
@@ -148,7 +120,7 @@ LEADERBOARD_SCHEMA = {
 
 def _services(request: web.Request) -> tuple[GiftService, GiftCatalog, WalletLedger]:
     services = request.app[AIRWAVE].services
-    return services[GIFTS_KEY], services[CATALOG_KEY], services[WALLETS_KEY]
+    return need(services.gifts), need(services.gift_catalog), need(services.wallets)
 
 
 def _limit(request: web.Request, default: int, maximum: int = 100) -> int:
@@ -189,10 +161,7 @@ async def list_gifts(request: web.Request) -> web.Response:
 async def create_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
-    try:
-        gift = await catalog.create(await json_object(request))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    gift = await catalog.create(await json_object(request))
     return json_response(gift.as_json(), status=201)
 
 
@@ -207,10 +176,7 @@ async def create_gift(request: web.Request) -> web.Response:
 async def update_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
-    try:
-        gift = await catalog.update(request.match_info["gift_id"], await json_object(request))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    gift = await catalog.update(request.match_info["gift_id"], await json_object(request))
     return json_response({**gift.as_json(), "active": gift.active})
 
 
@@ -222,10 +188,7 @@ async def update_gift(request: web.Request) -> web.Response:
 async def delete_gift(request: web.Request) -> web.Response:
     require_admin(request)
     _, catalog, _ = _services(request)
-    try:
-        await catalog.deactivate(request.match_info["gift_id"])
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    await catalog.deactivate(request.match_info["gift_id"])
     return web.Response(status=204)
 
 
@@ -251,10 +214,7 @@ async def send_gift(request: web.Request) -> web.Response:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
     gifts, _, _ = _services(request)
-    try:
-        sent = await gifts.send(identity, SendGift.parse(await json_object(request)))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    sent = await gifts.send(identity, SendGift.parse(await json_object(request)))
     await gift_events.announce_gift(airwave.signaling, sent)
     headers = {"Idempotent-Replayed": "true"} if sent.replayed else None
     return json_response(sent.as_json(), headers=headers)
@@ -305,11 +265,8 @@ async def list_transactions(request: web.Request) -> web.Response:
 async def room_leaderboard(request: web.Request) -> web.Response:
     identity = require_identity(request)
     gifts, _, _ = _services(request)
-    try:
-        await gifts.check_audience(identity, request.match_info["room_id"])
-        entries = await gifts.room_leaderboard(request.match_info["room_id"], _limit(request, 10))
-    except GiftRefused as exc:
-        raise api_error(exc) from None
+    await gifts.check_audience(identity, request.match_info["room_id"])
+    entries = await gifts.room_leaderboard(request.match_info["room_id"], _limit(request, 10))
     return json_response({"entries": entries})
 
 
@@ -330,16 +287,16 @@ async def creator_leaderboard(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    outbox = airwave.services.get(OUTBOX_KEY)  # api/webhook_events.py, installed before
+    outbox = airwave.services.outbox  # api/webhook_events.py, installed before
     ledger = WalletLedger(airwave.db, outbox)
     catalog = GiftCatalog(airwave.db, airwave.settings.gifts)
     gifts = GiftService(
         airwave.db, ledger, catalog, airwave.social, airwave.settings.gift_creator_share,
-        airwave.services["rooms"], outbox,
+        need(airwave.services.rooms), outbox,
     )
-    airwave.services[WALLETS_KEY] = ledger
-    airwave.services[CATALOG_KEY] = catalog
-    airwave.services[GIFTS_KEY] = gifts
+    airwave.services.wallets = ledger
+    airwave.services.gift_catalog = catalog
+    airwave.services.gifts = gifts
     gift_events.register(airwave.signaling, gifts)
 
     async def seed_catalog() -> None:

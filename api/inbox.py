@@ -8,20 +8,20 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.auth_http import require_identity
-from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.components import AIRWAVE, Airwave, need
+from api.errors import ApiError, refused
 from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from api.webhook_events import query_cursor, query_limit
 from auth import Identity
-from rooms.inbox import Inbox
+from chat.inbox import Inbox
 from rooms.rooms import RoomError
 
 routes = ApiRoutes("rooms")
 
-INBOX_KEY = "inbox"
-LIMITER_KEY = "inbox_limiter"
-_STATUS = {"not_found": 404, "forbidden": 403, "invalid": 422, "conflict": 409}
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("inbox", "inbox_limiter")
+NEEDS: tuple[str, ...] = ("rooms",)
 
 _MESSAGE_SCHEMA = {
     "type": ["object", "null"],
@@ -64,12 +64,13 @@ INBOX_SCHEMA = {
 async def _caller(request: web.Request) -> tuple[Airwave, Identity]:
     identity = require_identity(request)
     airwave = request.app[AIRWAVE]
-    await airwave.services[LIMITER_KEY].check("inbox", identity)
+    await need(airwave.services.inbox_limiter).check("inbox", identity)
     return airwave, identity
 
 
 def _refused(exc: RoomError) -> ApiError:
-    return ApiError(_STATUS.get(exc.kind, 422), exc.code, exc.message)
+    """The inbox's routes answer bad input as 422."""
+    return refused(exc, invalid_status=422)
 
 
 @routes.get(
@@ -80,7 +81,7 @@ def _refused(exc: RoomError) -> ApiError:
 )
 async def list_chats(request: web.Request) -> web.Response:
     airwave, identity = await _caller(request)
-    inbox: Inbox = airwave.services[INBOX_KEY]
+    inbox: Inbox = need(airwave.services.inbox)
     try:
         chats, next_before = await inbox.page(
             identity.user_id, before=query_cursor(request), limit=query_limit(request, default=20)
@@ -101,7 +102,7 @@ async def list_chats(request: web.Request) -> web.Response:
 async def remove_chat(request: web.Request) -> web.Response:
     airwave, identity = await _caller(request)
     room_id = request.match_info["room_id"][:128]
-    inbox: Inbox = airwave.services[INBOX_KEY]
+    inbox: Inbox = need(airwave.services.inbox)
     try:
         result = await inbox.remove(identity, room_id)
     except RoomError as exc:
@@ -110,7 +111,7 @@ async def remove_chat(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    airwave.services[INBOX_KEY] = Inbox(airwave.db, airwave.services["rooms"])
-    airwave.services[LIMITER_KEY] = RouteLimiter(
+    airwave.services.inbox = Inbox(airwave.db, need(airwave.services.rooms))
+    airwave.services.inbox_limiter = RouteLimiter(
         airwave.redis, airwave.settings.redis_prefix, rate=10.0, burst=30.0
     )

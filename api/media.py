@@ -32,14 +32,15 @@ from aiohttp import web
 
 from api.auth_http import bearer_token, require_identity
 from api.components import AIRWAVE, Airwave
-from api.errors import ApiError
+from api.errors import ApiError, refused
 from api.ice import request_host
 from api.limits import RETRY_AFTER_SECONDS as QUOTA_RETRY_AFTER
 from api.limits import MediaQuota, SessionLimitExceeded, client_address
 from api.routing import ApiRoutes
-from auth import Identity
+from auth import ROOM_ID_PATTERN, Identity
+from cluster import is_node_subject
 from rooms.rooms import RoomError
-from sfu import MediaError, Session, SessionNotFound, max_layer_value
+from sfu import MAX_SDP_LENGTH, MediaError, Session, SessionNotFound, max_layer_value
 from sfu.sdp import write_ice_fragment
 from signaling import SignalError
 from signaling import media as socket_media
@@ -48,10 +49,8 @@ log = logging.getLogger("airwave.media")
 
 routes = ApiRoutes("media")
 
-MAX_SDP_BYTES = 64 * 1024
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
-ROOM_ID = r"[A-Za-z0-9_.:-]{1,128}"
 SESSION_ID = r"[a-f0-9]{32}"
 RETRY_AFTER_SECONDS = "5"
 CORS_HEADERS = {
@@ -108,11 +107,11 @@ async def _read_sdp(request: web.Request, content_type: str) -> str:
             f"Content-Type must be {content_type}, got {request.content_type or 'none'}",
             headers={"Accept-Post": SDP} if content_type == SDP else {"Accept-Patch": SDPFRAG},
         )
-    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_BYTES} bytes")
-    body = await request.content.read(MAX_SDP_BYTES + 1)
-    if len(body) > MAX_SDP_BYTES:
-        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_BYTES} bytes")
+    if request.content_length is not None and request.content_length > MAX_SDP_LENGTH:
+        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_LENGTH} bytes")
+    body = await request.content.read(MAX_SDP_LENGTH + 1)
+    if len(body) > MAX_SDP_LENGTH:
+        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_LENGTH} bytes")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:
@@ -153,7 +152,7 @@ async def room_door(airwave: Airwave, identity: Identity | None, room_id: str, r
     token naming this very room; an unknown room id is published into (and so
     created, owned by the publisher) only with such a token: a wildcard publish
     grant cannot take a room id nobody created."""
-    registry = airwave.services.get("rooms")
+    registry = airwave.services.rooms
     if registry is None:
         return
     room = await registry.get(room_id)
@@ -189,21 +188,14 @@ async def _authorize(request: web.Request, kind: str, room: str) -> Identity | N
     try:
         await room_door(airwave, identity, room, "publish" if kind == "whip" else "subscribe")
     except RoomError as exc:
-        raise ApiError(404 if exc.kind == "not_found" else 403, exc.code, exc.message) from None
+        raise refused(exc) from None
     return identity
-
-
-def _is_node(owner: str) -> bool:
-    """An edge node pulling the room (api/edge.py): not a viewer of its own."""
-    return owner.startswith("node:")
 
 
 async def local_copy(airwave: Airwave, room: str) -> None:
     """Before a viewer subscribes here: when the room's origin is another node,
-    this node pulls it once (api/edge.py, with Redis)."""
-    edge = airwave.services.get("edge")
-    if edge is not None:
-        await edge.ensure_copy(room)
+    this node pulls it once (cluster/edge.py)."""
+    await airwave.cluster.edge.ensure_copy(room)
 
 
 async def announce(airwave: Airwave, event: str, session: Session, **extra: Any) -> None:
@@ -254,7 +246,7 @@ async def _create(request: web.Request, kind: str) -> web.Response:
         identity.token_id if identity else "", _token_hash(token) if token else "",
     )
     request.app[SESSIONS_KEY][session.id] = record
-    if kind == "whep" and not _is_node(owner):
+    if kind == "whep" and not is_node_subject(owner):
         await announce(airwave, "subscriber_joined", session)
     response = web.Response(
         status=201, body=session.answer_sdp.encode(), headers={"Content-Type": SDP}
@@ -402,13 +394,13 @@ _SDP_BODY = {SDP: {"type": "string"}}
 _FRAG_BODY = {SDPFRAG: {"type": "string"}}
 
 
-@routes.post(f"/whip/{{room:{ROOM_ID}}}", summary="WHIP: publish into a room", request=_SDP_BODY,
+@routes.post(f"/whip/{{room:{ROOM_ID_PATTERN}}}", summary="WHIP: publish into a room", request=_SDP_BODY,
              responses=_CREATE_RESPONSES)
 async def whip_create(request: web.Request) -> web.Response:
     return await _create(request, "whip")
 
 
-@routes.post(f"/whep/{{room:{ROOM_ID}}}", summary="WHEP: watch a room", request=_SDP_BODY,
+@routes.post(f"/whep/{{room:{ROOM_ID_PATTERN}}}", summary="WHEP: watch a room", request=_SDP_BODY,
              responses={**_CREATE_RESPONSES, 404: "the room has no publisher"})
 async def whep_create(request: web.Request) -> web.Response:
     return await _create(request, "whep")
@@ -429,33 +421,33 @@ _PATCH_RESPONSES = {
 }
 
 
-@routes.patch(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE or restart ICE",
+@routes.patch(f"/whip/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHIP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whip_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whip")
 
 
-@routes.patch(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE or restart ICE",
+@routes.patch(f"/whep/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHEP: trickle ICE or restart ICE",
               auth=False, request=_FRAG_BODY, responses=_PATCH_RESPONSES)
 async def whep_patch(request: web.Request) -> web.Response:
     return await _patch(request, "whep")
 
 
-@routes.delete(f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHIP: stop publishing",
+@routes.delete(f"/whip/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHIP: stop publishing",
                auth=False, responses={200: "ended", 404: "no such session"})
 async def whip_delete(request: web.Request) -> web.Response:
     return await _delete(request, "whip")
 
 
-@routes.delete(f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}", summary="WHEP: stop watching",
+@routes.delete(f"/whep/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}", summary="WHEP: stop watching",
                auth=False, responses={200: "ended", 404: "no such session"})
 async def whep_delete(request: web.Request) -> web.Response:
     return await _delete(request, "whep")
 
 
-for _path in (f"/whip/{{room:{ROOM_ID}}}", f"/whep/{{room:{ROOM_ID}}}",
-              f"/whip/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}",
-              f"/whep/{{room:{ROOM_ID}}}/{{session:{SESSION_ID}}}"):
+for _path in (f"/whip/{{room:{ROOM_ID_PATTERN}}}", f"/whep/{{room:{ROOM_ID_PATTERN}}}",
+              f"/whip/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}",
+              f"/whep/{{room:{ROOM_ID_PATTERN}}}/{{session:{SESSION_ID}}}"):
     routes.options(_path, summary="CORS preflight; Accept-Post and ICE servers", auth=False,
                    responses={204: "allowed methods and headers"})(_options)
 
@@ -474,17 +466,14 @@ def install(airwave: Airwave, app: web.Application) -> None:
         await announce(airwave, event, session)
 
     async def prepare_subscribe(room: str) -> None:
-        try:
-            await local_copy(airwave, room)
-        except ApiError as exc:  # the origin refused or is unreachable
-            raise SignalError(exc.code, exc.message) from None
+        await airwave.cluster.edge.ensure_copy(room)  # a ClusterError is the socket face's to answer
 
     async def admit(identity: Identity, room: str, role: str) -> None:
         try:
             await room_door(airwave, identity, room, role)
             if not identity.is_admin:
                 quota.check(identity.user_id, "")
-        except (RoomError, SessionLimitExceeded) as exc:
+        except SessionLimitExceeded as exc:
             raise SignalError(exc.code, exc.message) from None
 
     socket_sessions = socket_media.register(
@@ -501,12 +490,12 @@ def install(airwave: Airwave, app: web.Application) -> None:
         sessions.pop(session.id, None)
         quota.closed(session.id)
         socket_sessions.forget(session.id)
-        if session.role == "subscriber" and not _is_node(session.owner):
+        if session.role == "subscriber" and not is_node_subject(session.owner):
             await announce(airwave, "subscriber_left", session, reason=reason)
 
-    engine.on_publisher_started = publisher_started
-    engine.on_publisher_ended = publisher_ended
-    engine.on_session_closed = session_closed
+    airwave.engine_events.publisher_started.append(publisher_started)
+    airwave.engine_events.publisher_ended.append(publisher_ended)
+    airwave.engine_events.session_closed.append(session_closed)
 
     async def room_rules(event: dict[str, Any]) -> None:
         room = event.get("roomId", "")

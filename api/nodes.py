@@ -1,18 +1,11 @@
-"""The node registry: which airwave processes are alive, and their load.
-
-Each node writes a heartbeat every few seconds: with Redis, a hash
-``airwave:node:<id>`` that expires when the node stops beating (so a node
-killed with SIGKILL disappears on its own); without Redis, only this node
-exists. ``GET /api/v1/nodes`` (admin) lists them.
+"""The live nodes and their load, ``GET /api/v1/nodes`` (admin). The
+heartbeats themselves are cluster/'s (:class:`cluster.NodeRegistry`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
-import socket
 import time
 from typing import Any
 
@@ -26,9 +19,6 @@ from api.routing import ApiRoutes
 log = logging.getLogger("airwave.nodes")
 
 routes = ApiRoutes("nodes")
-
-HEARTBEAT_SECONDS = 2.0
-NODE_TTL_SECONDS = 6
 
 NODE_SCHEMA = {
     "type": "object",
@@ -54,14 +44,6 @@ NODE_SCHEMA = {
 }
 
 
-def node_key(airwave: Airwave) -> str:
-    return f"{airwave.settings.redis_prefix}:node:{airwave.node_id}"
-
-
-def node_id_for(settings_node_id: str, port: int) -> str:
-    return settings_node_id or f"{socket.gethostname()}:{port}:{os.getpid()}"
-
-
 def describe(airwave: Airwave, started_at: float, draining: bool) -> dict[str, Any]:
     rooms = airwave.media.rooms()
     return {
@@ -77,28 +59,8 @@ def describe(airwave: Airwave, started_at: float, draining: bool) -> dict[str, A
     }
 
 
-async def _heartbeat(airwave: Airwave, started_at: float) -> None:
-    assert airwave.redis is not None
-    key = node_key(airwave)
-    while True:
-        try:
-            await airwave.redis.set(
-                key, json.dumps(describe(airwave, started_at, airwave.draining)), ex=NODE_TTL_SECONDS
-            )
-        except Exception as exc:  # Redis down: keep beating, readiness reports it
-            log.warning("node heartbeat failed: %s", exc)
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-
-
 async def live_nodes(airwave: Airwave, started_at: float) -> list[dict[str, Any]]:
-    if airwave.redis is None:
-        return [describe(airwave, started_at, airwave.draining)]
-    nodes = []
-    async for key in airwave.redis.scan_iter(match=f"{airwave.settings.redis_prefix}:node:*", count=100):
-        raw = await airwave.redis.get(key)
-        if raw:
-            nodes.append(json.loads(raw))
-    return sorted(nodes, key=lambda n: n["id"])
+    return await airwave.cluster.nodes.live(lambda: describe(airwave, started_at, airwave.draining))
 
 
 STARTED_KEY: web.AppKey[float] = web.AppKey("node_started_at", float)
@@ -114,17 +76,14 @@ async def list_nodes(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     app[STARTED_KEY] = time.time()
+    nodes = airwave.cluster.nodes
 
     async def start(app: web.Application) -> None:
-        if airwave.redis is not None:
-            airwave.spawn(_heartbeat(airwave, app[STARTED_KEY]), "node-heartbeat")
+        started_at = app[STARTED_KEY]
+        airwave.spawn(nodes.run(lambda: describe(airwave, started_at, airwave.draining)), "node-heartbeat")
 
     async def stop(app: web.Application) -> None:
-        if airwave.redis is not None:
-            try:
-                await airwave.redis.delete(node_key(airwave))
-            except Exception:  # Redis may be gone at shutdown
-                pass
+        await nodes.leave()
 
     app.on_startup.append(start)
     app.on_shutdown.append(stop)

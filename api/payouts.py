@@ -8,31 +8,21 @@ from aiohttp import web
 
 from api.auth_http import require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError
-from api.gifts import WALLETS_KEY
 from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
-from api.webhook_events import OUTBOX_KEY, admin_request, query_cursor, query_limit
+from api.webhook_events import admin_request, query_cursor, query_limit
 from auth import Identity
-from rooms.payouts import MoneyRefused, Payout, Payouts
+from gifts.payouts import Payout, Payouts
 
 routes = ApiRoutes("payouts")
 
-PAYOUTS_KEY = "payouts"
-LIMITER_KEY = "payout_limiter"
-STATUSES = ("requested", "approved", "rejected", "paid")
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("payouts", "payout_limiter")
+NEEDS: tuple[str, ...] = ("wallets", "outbox")
 
-REFUSAL_STATUS = {
-    "bad_request": 400,
-    "bad_coins": 422,
-    "missing_idempotency_key": 422,
-    "below_minimum": 422,
-    "insufficient_earnings": 409,
-    "idempotency_key_reused": 409,
-    "payout_state": 409,
-    "payout_not_found": 404,
-}
+STATUSES = ("requested", "approved", "rejected", "paid")
 
 PAYOUT_SCHEMA = {
     "type": "object",
@@ -76,18 +66,14 @@ PAID_SCHEMA = {
 
 
 def _service(request: web.Request) -> Payouts:
-    payouts: Payouts = request.app[AIRWAVE].services[PAYOUTS_KEY]
+    payouts: Payouts = need(request.app[AIRWAVE].services.payouts)
     return payouts
 
 
 async def _limited(request: web.Request) -> Identity:
     identity = require_identity(request)
-    await request.app[AIRWAVE].services[LIMITER_KEY].check("payouts", identity)
+    await need(request.app[AIRWAVE].services.payout_limiter).check("payouts", identity)
     return identity
-
-
-def _refused(exc: MoneyRefused) -> ApiError:
-    return ApiError(REFUSAL_STATUS.get(exc.code, 422), exc.code, exc.message)
 
 
 def _answer(payout: Payout, status: int = 200) -> web.Response:
@@ -129,10 +115,7 @@ async def my_payouts(request: web.Request) -> web.Response:
 )
 async def request_payout(request: web.Request) -> web.Response:
     identity = await _limited(request)
-    try:
-        payout = await _service(request).request(identity.user_id, await json_object(request))
-    except MoneyRefused as exc:
-        raise _refused(exc) from None
+    payout = await _service(request).request(identity.user_id, await json_object(request))
     return _answer(payout, 201)
 
 
@@ -157,15 +140,12 @@ async def _decide(request: web.Request, approve: bool) -> web.Response:
     airwave, admin_identity = await admin_request(request)
     admin = admin_identity.user_id
     body = await json_object(request) if request.can_read_body else {}
-    service: Payouts = airwave.services[PAYOUTS_KEY]
+    service: Payouts = need(airwave.services.payouts)
     payout_id = request.match_info["payout_id"][:64]
-    try:
-        if approve:
-            payout = await service.approve(payout_id, admin, body.get("note"))
-        else:
-            payout = await service.reject(payout_id, admin, body.get("note"))
-    except MoneyRefused as exc:
-        raise _refused(exc) from None
+    if approve:
+        payout = await service.approve(payout_id, admin, body.get("note"))
+    else:
+        payout = await service.reject(payout_id, admin, body.get("note"))
     return _answer(payout)
 
 
@@ -204,18 +184,15 @@ async def reject_payout(request: web.Request) -> web.Response:
 async def payout_paid(request: web.Request) -> web.Response:
     airwave, _ = await admin_request(request)
     body = await json_object(request) if request.can_read_body else {}
-    service: Payouts = airwave.services[PAYOUTS_KEY]
-    try:
-        payout = await service.mark_paid(request.match_info["payout_id"][:64], body.get("reference"))
-    except MoneyRefused as exc:
-        raise _refused(exc) from None
+    service: Payouts = need(airwave.services.payouts)
+    payout = await service.mark_paid(request.match_info["payout_id"][:64], body.get("reference"))
     return _answer(payout)
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
     settings = airwave.settings
-    airwave.services[PAYOUTS_KEY] = Payouts(
-        airwave.db, airwave.services[WALLETS_KEY], airwave.services.get(OUTBOX_KEY),
+    airwave.services.payouts = Payouts(
+        airwave.db, need(airwave.services.wallets), airwave.services.outbox,
         minimum=settings.payout_minimum, hold_seconds=settings.payout_hold_seconds,
     )
-    airwave.services[LIMITER_KEY] = RouteLimiter(airwave.redis, settings.redis_prefix, rate=20.0, burst=60.0)
+    airwave.services.payout_limiter = RouteLimiter(airwave.redis, settings.redis_prefix, rate=20.0, burst=60.0)

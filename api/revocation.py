@@ -25,7 +25,6 @@ from api.components import AIRWAVE, Airwave
 from api.errors import ApiError, json_response
 from api.media import SESSIONS_KEY
 from api.routing import ApiRoutes
-from api.webhook_events import OUTBOX_KEY
 from auth import Identity
 from sfu import SessionNotFound
 
@@ -57,7 +56,7 @@ async def suspend_user(request: web.Request) -> web.Response:
     if not isinstance(reason, str) or len(reason) > MAX_REASON:
         raise ApiError(400, "bad_reason", f"reason is a string of at most {MAX_REASON} characters")
     airwave = request.app[AIRWAVE]
-    outbox = airwave.services.get(OUTBOX_KEY)
+    outbox = airwave.services.outbox
     async with airwave.db.transaction() as tx:
         await tx.execute(
             "INSERT INTO suspended_users (user_id, reason, suspended_by, created_at) VALUES ($1, $2, $3, $4) "
@@ -67,7 +66,7 @@ async def suspend_user(request: web.Request) -> web.Response:
         if outbox is not None:  # user.suspended for the app's backend, with the suspension
             await outbox.user_suspended(tx, user_id, reason=reason, until=None, by=admin.user_id)
     await _publish(request, {"type": "user_suspended", "userId": user_id})
-    calls = airwave.services.get("calls")
+    calls = airwave.services.calls
     if calls is not None:  # calls are shared state: ended once, here, for every node
         for call in await calls.live_calls_of(user_id):
             await calls.end(call.id, "suspended")

@@ -13,25 +13,27 @@ from aiohttp import web
 
 from api.auth_http import require_identity
 from api.bodies import json_object
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.limits import check_rate
 from api.routing import ApiRoutes
 from auth import Identity
-from rooms.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
-from rooms.presence import PresenceService
+from chat.chat import DEFAULT_PAGE, MAX_PAGE, ChatService
+from events.timers import InProcessTimers, RedisTimers, TimerService
+from presence.presence import PresenceService
+from presence.redis_sockets import RedisSocketCounter
 from rooms.rate_limit import InProcessTokenBucket
-from rooms.redis_state import RedisSocketCounter, RedisTokenBucket, RedisViewerCounter
-from rooms.rooms import InProcessTimers, RoomError, RoomRegistry
-from rooms.timers import InProcessTimers as InProcessDeadlines
-from rooms.timers import RedisTimers, TimerService
+from rooms.redis_state import RedisTokenBucket, RedisViewerCounter
+from rooms.rooms import RoomError, RoomRegistry, TaskTimers
 from signaling.rooms import RoomSignals, register
 
 routes = ApiRoutes("rooms")
 
-SWEEP_INTERVAL = 1.0
-_STATUS = {"not_found": 404, "forbidden": 403, "invalid": 400, "conflict": 409, "rate_limited": 429}
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("rooms", "chat", "presence", "room_signals")
+NEEDS: tuple[str, ...] = ()
 
+SWEEP_INTERVAL = 1.0
 _ROOM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -48,6 +50,9 @@ _ROOM_SCHEMA: dict[str, Any] = {
         "streamId": {"type": ["string", "null"]},
         "liveAt": {"type": ["number", "null"]},
         "endedAt": {"type": ["number", "null"]},
+        "recording": {"type": "boolean"},
+        "recordingId": {"type": ["string", "null"]},
+        "record": {"type": "boolean"},
     },
 }
 _MESSAGE_SCHEMA: dict[str, Any] = {
@@ -64,10 +69,6 @@ _MESSAGE_SCHEMA: dict[str, Any] = {
 _JSON = "application/json"
 
 
-def _api_error(exc: RoomError) -> ApiError:
-    return ApiError(_STATUS.get(exc.kind, 400), exc.code, exc.message)
-
-
 async def _user_field(request: web.Request) -> str:
     """``userId`` from a JSON body, or 400 ``bad_user``."""
     user_id = (await json_object(request)).get("userId")
@@ -77,15 +78,15 @@ async def _user_field(request: web.Request) -> str:
 
 
 def _registry(request: web.Request) -> RoomRegistry:
-    return request.app[AIRWAVE].services["rooms"]
+    return need(request.app[AIRWAVE].services.rooms)
 
 
 def _chat(request: web.Request) -> ChatService:
-    return request.app[AIRWAVE].services["chat"]
+    return need(request.app[AIRWAVE].services.chat)
 
 
 def _signals(request: web.Request) -> RoomSignals:
-    return request.app[AIRWAVE].services["room_signals"]
+    return need(request.app[AIRWAVE].services.room_signals)
 
 
 MAX_INT_PARAM = 2**31 - 1
@@ -137,17 +138,14 @@ async def create_room(request: web.Request) -> web.Response:
     body = await json_object(request)
     settings = _room_settings(body)
     registry = _registry(request)
-    try:
-        room = await registry.create(
-            identity.user_id,
-            body.get("type", ""),
-            settings.get("title", ""),
-            settings.get("public", True),
-            settings.get("max_viewers"),
-            settings.get("chat_ttl_seconds"),
-        )
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await registry.create(
+        identity.user_id,
+        body.get("type", ""),
+        settings.get("title", ""),
+        settings.get("public", True),
+        settings.get("max_viewers"),
+        settings.get("chat_ttl_seconds"),
+    )
     return json_response(await registry.to_json(room), status=201)
 
 
@@ -162,10 +160,7 @@ async def list_rooms(request: web.Request) -> web.Response:
     if not 1 <= limit <= 100:
         raise ApiError(400, "bad_limit", "limit must be 1-100")
     offset = _int_param(request, "cursor", 0) or 0
-    try:
-        rooms, next_offset = await _registry(request).list(request.query.get("status", "live"), limit, offset)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    rooms, next_offset = await _registry(request).list(request.query.get("status", "live"), limit, offset)
     return json_response({"rooms": rooms, "nextCursor": str(next_offset) if next_offset else None})
 
 
@@ -175,7 +170,11 @@ async def list_rooms(request: web.Request) -> web.Response:
 )
 async def get_room(request: web.Request) -> web.Response:
     room = await _viewable_room(request, require_identity(request))
-    return json_response(await _registry(request).to_json(room))
+    body = await _registry(request).to_json(room)
+    recordings = request.app[AIRWAVE].services.recordings  # api/recordings.py
+    if recordings is not None:
+        body.update(await recordings.room_fields(room.id))
+    return json_response(body)
 
 
 @routes.patch(
@@ -188,10 +187,7 @@ async def patch_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
     changes = _room_settings(await json_object(request))
     registry = _registry(request)
-    try:
-        room = await registry.patch(request.match_info["id"], identity, changes)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await registry.patch(request.match_info["id"], identity, changes)
     return json_response(await registry.to_json(room))
 
 
@@ -202,10 +198,7 @@ async def patch_room(request: web.Request) -> web.Response:
 async def end_room(request: web.Request) -> web.Response:
     identity = require_identity(request)
     registry = _registry(request)
-    try:
-        room = await registry.end(request.match_info["id"], identity)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await registry.end(request.match_info["id"], identity)
     return json_response(await registry.to_json(room))
 
 
@@ -242,10 +235,7 @@ async def participants(request: web.Request) -> web.Response:
 async def kick(request: web.Request) -> web.Response:
     identity = require_identity(request)
     user_id = await _user_field(request)
-    try:
-        until = await _registry(request).kick(request.match_info["id"], identity, user_id)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    until = await _registry(request).kick(request.match_info["id"], identity, user_id)
     return json_response({"roomId": request.match_info["id"], "userId": user_id, "bannedUntil": until})
 
 
@@ -258,10 +248,7 @@ async def kick(request: web.Request) -> web.Response:
 async def add_member(request: web.Request) -> web.Response:
     identity = require_identity(request)
     user_id = await _user_field(request)
-    try:
-        await _registry(request).add_member(request.match_info["id"], identity, user_id)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    await _registry(request).add_member(request.match_info["id"], identity, user_id)
     return json_response({"roomId": request.match_info["id"], "userId": user_id})
 
 
@@ -271,12 +258,9 @@ async def add_member(request: web.Request) -> web.Response:
 )
 async def remove_member(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    try:
-        removed = await _registry(request).remove_member(
-            request.match_info["id"], identity, request.match_info["userId"]
-        )
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    removed = await _registry(request).remove_member(
+        request.match_info["id"], identity, request.match_info["userId"]
+    )
     return json_response({"removed": removed})
 
 
@@ -294,16 +278,13 @@ async def messages(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", DEFAULT_PAGE) or 0
     if not 1 <= limit <= MAX_PAGE:
         raise ApiError(400, "bad_limit", f"limit must be 1-{MAX_PAGE}")
-    try:
-        page = await _chat(request).history(
-            request.match_info["id"],
-            identity,
-            before=_int_param(request, "before"),
-            after=_int_param(request, "after"),
-            limit=limit,
-        )
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    page = await _chat(request).history(
+        request.match_info["id"],
+        identity,
+        before=_int_param(request, "before"),
+        after=_int_param(request, "after"),
+        limit=limit,
+    )
     return json_response({"messages": [m.to_history() for m in page]})
 
 
@@ -315,10 +296,7 @@ async def messages(request: web.Request) -> web.Response:
 async def delete_message(request: web.Request) -> web.Response:
     identity = require_identity(request)
     message_id = request.match_info["messageId"]
-    try:
-        room = await _chat(request).delete(request.match_info["id"], identity, message_id)
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room = await _chat(request).delete(request.match_info["id"], identity, message_id)
     payload = {"roomId": room.id, "id": message_id}
     await _signals(request).deliver(room, "chat:deleted", payload)
     return json_response(payload)
@@ -334,10 +312,7 @@ async def delete_message(request: web.Request) -> web.Response:
 async def open_chat(request: web.Request) -> web.Response:
     identity = require_identity(request)
     body = await json_object(request)
-    try:
-        room, created = await _chat(request).open_direct(identity, body.get("userId"))
-    except RoomError as exc:
-        raise _api_error(exc) from None
+    room, created = await _chat(request).open_direct(identity, body.get("userId"))
     return json_response(await _registry(request).to_json(room), status=201 if created else 200)
 
 
@@ -352,7 +327,7 @@ async def open_chat(request: web.Request) -> web.Response:
 )
 async def presence(request: web.Request) -> web.Response:
     identity = require_identity(request)
-    presence_service = request.app[AIRWAVE].services["presence"]
+    presence_service = need(request.app[AIRWAVE].services.presence)
     user_id = request.match_info["id"]
     status = await presence_service.status(user_id)
     if status is None or not await presence_service.may_see(identity, user_id):  # strangers: 404
@@ -365,9 +340,9 @@ async def presence(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     settings = airwave.settings
-    timers = InProcessTimers(airwave.spawn)
+    timers = TaskTimers(airwave.spawn)
     redis, prefix = airwave.redis, settings.redis_prefix
-    deadlines: TimerService = RedisTimers(redis, prefix, "rooms") if redis else InProcessDeadlines()
+    deadlines: TimerService = RedisTimers(redis, prefix, "rooms") if redis else InProcessTimers()
     registry = RoomRegistry(
         airwave.db, airwave.bus, settings, timers,
         viewers=RedisViewerCounter(redis, prefix) if redis else None, deadlines=deadlines,
@@ -390,7 +365,10 @@ def install(airwave: Airwave, app: web.Application) -> None:
     signals = register(
         airwave.signaling, registry, chat, presence_service, airwave.social, airwave.bus, timers
     )
-    airwave.services.update(rooms=registry, chat=chat, presence=presence_service, room_signals=signals)
+    airwave.services.rooms = registry
+    airwave.services.chat = chat
+    airwave.services.presence = presence_service
+    airwave.services.room_signals = signals
     airwave.bus.subscribe("media", registry.on_media_event)
     airwave.bus.subscribe("rooms", registry.on_room_event)
 

@@ -24,17 +24,20 @@ from typing import Any
 from aiohttp import web
 
 from api.auth_http import require_identity
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError
 from api.routing import ApiRoutes
-from auth import Identity, TokenError
+from auth import ROOM_ID, Identity, TokenError
 from ingest import PublishRequest, Refused, RtmpIngest
-from ingest.server import ROOM_ID
 from rooms.rate_limit import InProcessTokenBucket
 
 log = logging.getLogger("airwave.rtmp")
 
 routes = ApiRoutes("rtmp")
+
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("rtmp_key_changes",)
+NEEDS: tuple[str, ...] = ()
 
 STREAM_KEY_PREFIX = "sk_"
 KEY_CHANGES_PER_SECOND = 0.2  # per user: making and revoking stream keys
@@ -89,12 +92,12 @@ class PublishAuthorizer:
 
 
 def _rate_limiter(request: web.Request) -> InProcessTokenBucket:
-    return request.app[AIRWAVE].services["rtmp_key_changes"]
+    return need(request.app[AIRWAVE].services.rtmp_key_changes)
 
 
 async def _owned_live_room(request: web.Request, identity: Identity) -> Any:
     room_id = request.match_info["id"]
-    registry = request.app[AIRWAVE].services["rooms"]
+    registry = need(request.app[AIRWAVE].services.rooms)
     room = await registry.get(room_id) if ROOM_ID.fullmatch(room_id) else None
     if room is None or not await registry.may_view(room, identity):
         raise ApiError(404, "room_not_found", f"no room {room_id[:140]!r}")
@@ -174,7 +177,7 @@ async def revoke_stream_key(request: web.Request) -> web.Response:
 
 def install(airwave: Airwave, app: web.Application) -> None:
     """Start the ingest with the app when ``AIRWAVE_RTMP_PORT`` is set."""
-    airwave.services["rtmp_key_changes"] = InProcessTokenBucket(KEY_CHANGES_PER_SECOND, 5.0)
+    airwave.services.rtmp_key_changes = InProcessTokenBucket(KEY_CHANGES_PER_SECOND, 5.0)
     running: list[RtmpIngest] = []
     app[INGEST_KEY] = running
     port = airwave.settings.rtmp_port

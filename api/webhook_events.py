@@ -3,7 +3,7 @@ no database change of ours (from the bus), and the dead-letter view for admins.
 
 Events written in the transaction of their change are wired where the change
 is made: gifts and wallets (api/gifts.py), calls (api/calls.py), chat (the
-``on_stored`` hook of rooms/chat.py, set here). From the bus: ``room.started``
+``on_stored`` hook of chat/chat.py, set here). From the bus: ``room.started``
 and ``room.ended`` (channel ``rooms``, seen by every node: written under one
 id per fact, so the outbox keeps one), ``publisher.joined``/``publisher.left``
 (channel ``media``, this node's own sessions). See docs/webhooks.md.
@@ -18,13 +18,13 @@ from typing import Any
 from aiohttp import web
 
 from api.auth_http import require_admin
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError
 from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from auth import Identity
-from rooms.chat import ChatMessage
-from rooms.rooms import Room
+from chat.chat import ChatMessage
+from rooms.rooms import RoomRecord
 from store import Queries
 from webhooks.dispatcher import WebhookDispatcher
 from webhooks.outbox import Outbox, fact_id
@@ -33,9 +33,10 @@ log = logging.getLogger("airwave.webhooks")
 
 routes = ApiRoutes("webhooks")
 
-OUTBOX_KEY = "outbox"
-DISPATCHER_KEY = "webhook_dispatcher"
-ADMIN_LIMITER_KEY = "admin_limiter"
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("outbox", "webhook_dispatcher", "admin_limiter")
+NEEDS: tuple[str, ...] = ()
+
 MAX_ID = 64
 
 FAILED_SCHEMA = {
@@ -65,7 +66,7 @@ FAILED_SCHEMA = {
 
 
 def outbox_of(airwave: Airwave) -> Outbox:
-    outbox: Outbox = airwave.services[OUTBOX_KEY]
+    outbox: Outbox = need(airwave.services.outbox)
     return outbox
 
 
@@ -73,7 +74,7 @@ async def admin_request(request: web.Request) -> tuple[Airwave, Identity]:
     """The admin check and the admin routes' rate limit, shared by the admin routes."""
     identity = require_admin(request)
     airwave = request.app[AIRWAVE]
-    await airwave.services[ADMIN_LIMITER_KEY].check("admin", identity)
+    await need(airwave.services.admin_limiter).check("admin", identity)
     return airwave, identity
 
 
@@ -181,11 +182,11 @@ class BusFacts:
             names[kind], f"room:{room_id}", data, event_id=fact_id(names[kind], session_id)
         )
 
-    async def on_chat_stored(self, tx: Queries, message: ChatMessage, room: Room) -> None:
+    async def on_chat_stored(self, tx: Queries, message: ChatMessage, room: RoomRecord) -> None:
         """chat.message for each member of a direct chat with no live socket (for a push)."""
         if room.type != "direct":
             return
-        presence = self.airwave.services.get("presence")
+        presence = self.airwave.services.presence
         if presence is None:
             return
         members = await tx.fetch("SELECT user_id FROM room_members WHERE room_id = $1", room.id)
@@ -208,9 +209,9 @@ class BusFacts:
 def install(airwave: Airwave, app: web.Application) -> None:
     outbox = Outbox(airwave.db, airwave.settings)
     dispatcher = WebhookDispatcher(airwave.db, airwave.settings, outbox, airwave.node_id)
-    airwave.services[OUTBOX_KEY] = outbox
-    airwave.services[DISPATCHER_KEY] = dispatcher
-    airwave.services[ADMIN_LIMITER_KEY] = RouteLimiter(
+    airwave.services.outbox = outbox
+    airwave.services.webhook_dispatcher = dispatcher
+    airwave.services.admin_limiter = RouteLimiter(
         airwave.redis, airwave.settings.redis_prefix, rate=10.0, burst=30.0
     )
     facts = BusFacts(airwave, outbox)
@@ -223,7 +224,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
     async def start(app: web.Application) -> None:
         if not outbox.enabled:
             return
-        chat = airwave.services.get("chat")
+        chat = airwave.services.chat
         if chat is not None:
             chat.on_stored = facts.on_chat_stored
         running.append(airwave.spawn(dispatcher.run_when(airwave.migrated), "webhook-dispatcher"))

@@ -20,15 +20,18 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from api.bodies import parse_json
-from api.components import AIRWAVE, Airwave
+from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
-from api.gifts import WALLETS_KEY
 from api.routing import ApiRoutes
-from rooms.payouts import REFUND_KINDS, MoneyRefused, Refunds
-from rooms.wallets import TopupConflict, WalletLedger
+from gifts.payouts import REFUND_KINDS, MoneyRefused, Refunds
+from gifts.wallets import TopupConflict, WalletLedger
 from webhooks.signing import signature_matches
 
 routes = ApiRoutes("webhooks")
+
+# What install() builds and what it uses of earlier features (api.components.Services).
+PROVIDES: tuple[str, ...] = ("refunds",)
+NEEDS: tuple[str, ...] = ("wallets",)
 
 TIMESTAMP_HEADER = "X-Airwave-Timestamp"
 SIGNATURE_HEADER = "X-Airwave-Signature"
@@ -43,7 +46,6 @@ TOPUP_COINS = Counter("airwave_topup_coins", "Coins credited by top-up webhooks"
 REFUND_COINS = Counter(
     "airwave_refund_coins", "Coins taken back by refund and chargeback webhooks, by outcome", ["booked"]
 )
-REFUNDS_KEY = "refunds"
 
 
 class WebhookRejected(ApiError):
@@ -156,7 +158,7 @@ async def topup_webhook(request: web.Request) -> web.Response:
     airwave = request.app[AIRWAVE]
     body = await signed_body(request)
     event_id, user_id, coins = _parse_event(body)
-    ledger: WalletLedger = airwave.services[WALLETS_KEY]
+    ledger: WalletLedger = need(airwave.services.wallets)
     try:
         topup = await ledger.topup(event_id, user_id, coins)
     except TopupConflict as exc:
@@ -216,7 +218,7 @@ async def refund_webhook(request: web.Request) -> web.Response:
     kind = parse_json(body).get("kind")
     if kind not in REFUND_KINDS:
         raise WebhookRejected(422, "bad_event", f"kind must be one of {', '.join(REFUND_KINDS)}")
-    refunds: Refunds = airwave.services[REFUNDS_KEY]
+    refunds: Refunds = need(airwave.services.refunds)
     try:
         refund = await refunds.take_back(kind, event_id, user_id, coins)
     except MoneyRefused as exc:
@@ -230,4 +232,4 @@ async def refund_webhook(request: web.Request) -> web.Response:
 
 
 def install(airwave: Airwave, app: web.Application) -> None:
-    airwave.services[REFUNDS_KEY] = Refunds(airwave.db, airwave.services[WALLETS_KEY])
+    airwave.services.refunds = Refunds(airwave.db, need(airwave.services.wallets))

@@ -16,6 +16,7 @@ across nodes by api/revocation.py).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from config import Settings
 log = logging.getLogger("airwave.auth")
 
 SECRET_FILE = "jwt-secret"
+# A room id, as grants name it and media routes, RTMP and sfu:* events accept it.
+ROOM_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
+ROOM_ID = re.compile(ROOM_ID_PATTERN)
 
 
 class TokenError(Exception):

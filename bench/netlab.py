@@ -399,7 +399,7 @@ class AirwaveServer:
         with self.log_path.open("wb") as log:
             self.process = await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", self.lab.server_namespace, str(self.executable), "serve",
-                "--workers", "1",
+                "--workers", "1", "--dev",  # the web app's demo sign-in drives the pages
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.data_dir,
             )
         deadline = time.monotonic() + within
@@ -497,7 +497,7 @@ async def open_lab_page(browser: Any, origin: str, on_console: Callable[[str], N
 async def install_lab_script(page: Any) -> None:
     """``window.netlab`` (bench/netlab_page.js) in any page, e.g. one of the web app's."""
     await page.add_script_tag(content=PAGE_SCRIPT.read_text(), type="module")
-    await page.wait_for_function("window.netlab !== undefined")
+    await page.wait_for_function("() => window.netlab !== undefined")
 
 
 @contextlib.asynccontextmanager

@@ -36,6 +36,24 @@ def proc_rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * PAGE_SIZE
 
 
+def proc_wait_seconds(pid: int) -> float:
+    """Seconds the main thread of ``pid`` was runnable but waiting for a CPU
+    (``/proc/<pid>/schedstat``, second field): time another process took from it."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
+def tree_wait_seconds(pid: int) -> float:
+    """:func:`proc_wait_seconds` summed over ``pid`` and its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            total += proc_wait_seconds(member)
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def process_tree(pid: int) -> list[int]:
     """``pid`` and its live descendants (``airwave serve --workers N`` runs a
     supervisor and N worker processes)."""

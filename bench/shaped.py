@@ -131,7 +131,9 @@ OBSERVE_CALL = "(name) => window.netlab.observe(name, window.airwave.call.connec
 
 
 async def _signed_in(browser: Any, origin: str, name: str, path: str) -> Any:
-    page = await (await browser.new_context()).new_page()
+    # bypass_csp: the lab installs its own script (window.netlab) into the web
+    # app's page, which the app's Content-Security-Policy would refuse
+    page = await (await browser.new_context(bypass_csp=True)).new_page()
     page.set_default_timeout(20_000)
     await page.goto(f"{origin}/{path}")
     await page.fill("#signin-name", name)
@@ -158,7 +160,7 @@ async def web_app_call(lab: netlab.Netlab, server: netlab.AirwaveServer, caller:
         await button.click()
         await callee_page.click("#incoming:not([hidden]) #call-answer")
         for page in (caller_page, callee_page):
-            await page.wait_for_function("(document.querySelector('#call-remote') || {}).videoWidth > 0")
+            await page.wait_for_function("() => (document.querySelector('#call-remote') || {}).videoWidth > 0")
             await page.evaluate(OBSERVE_CALL, "call")
         yield caller_page, callee_page
 

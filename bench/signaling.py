@@ -1,71 +1,138 @@
-"""bench.signaling: Socket.IO connections in one live room and chat fan-out.
+"""bench.signaling: Socket.IO sockets in one live room, connection set-up and chat fan-out,
+stepped, with the load generator's own cost beside the server's.
 
-M sockets connect (``--connections``) and ``stream:join`` one live room; the
-connection set-up rate and per-connection set-up time (connect plus join ack)
-are measured. Then ``--senders`` of them send ``chat:send`` at ``--rate``
-messages a second in total for ``--duration`` seconds; every socket of the
-room receives every ``chat:message``. Measured: messages sent and acked,
-deliveries per second (the fan-out rate), delivery latency from send to
-receipt at each socket (p50/p99), the ack latency, and deliveries missing
-after a drain of ``--drain`` seconds. All clients run in this process, so
-latency is one clock.
+Sockets are cheap raw Engine.IO clients (bench/signaling_worker.py) spread over
+``--workers`` processes and over ``--sources`` loopback addresses (127.0.0.x), so
+``airwave serve --workers N`` hands them to every worker. Each step
+(``--steps SOCKETS:RATE,...``, e.g. ``1000:20,2000:20,10000:0``) first tops the room up to
+SOCKETS sockets that ``stream:join`` it (connections/s, connect+join p50/p99, failures), then
+measures ``--idle`` seconds of the server doing nothing but holding them (idle CPU, RSS per
+socket), then ``--senders`` sockets send ``chat:send`` at RATE messages a second in all for
+``--duration`` seconds; every socket of the room receives every ``chat:message``.
+Per step: deliveries/s, delivery latency p50/p95/p99 (send to receipt; one machine clock),
+missing deliveries after ``--drain`` seconds, server CPU (``/proc`` of ``--server-pid`` and
+its children) and CPU microseconds per delivery, and the generator's CPU (its processes) and
+event-loop lag. A step whose generator used more than ``--max-load-cpu`` percent of its cores
+(``--load-cores``, default: the cores this process may run on) or whose loop lag p99 passed
+``--max-lag-ms`` is marked NOT VALID, and stepping stops: its latencies would be the bench's.
 
-    python -m bench.signaling --url http://127.0.0.1:8080 --token ADMIN_OR_USER_TOKEN \\
-        --connections 200 --senders 20 --rate 50 --duration 10 --out signaling.json
+    taskset -c 0 airwave serve ...           # the server on core 0, its pid as PID
+    taskset -c 1 python -m bench.signaling --url http://127.0.0.1:8080 --server-pid PID \\
+        --steps 1000:20,2000:20 --senders 20 --duration 15 --out signaling.json
 
+The Node reference room (bench/node_reference/server.js) takes the same command.
 Users: ``--tokens-file`` (one token per line), else the development sign-in
-``POST /api/v1/dev/token`` when the server has it. ``--token`` creates the room
-(``POST /api/v1/rooms``) unless ``--room`` names an existing live room.
+``POST /api/v1/dev/token``. ``--token`` creates the room (``POST /api/v1/rooms``)
+unless ``--room`` names an existing live room.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import os
+import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
-import socketio
 
-from .report import chart_latency, finite, format_table, percentile, run_script
-from .server_probe import ServerProbe
-from .user_tokens import UserToken, user_tokens
+from .report import finite, format_table, percentile, run_script
+from .server_probe import ServerProbe, proc_cpu_seconds, proc_wait_seconds, tree_wait_seconds
+from .user_tokens import user_tokens
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ChatSocket:
-    def __init__(self, user: UserToken, sent_at: dict[str, float], deliveries: list[float]) -> None:
-        self.user = user
-        self.client = socketio.AsyncClient(reconnection=False)
-        self.received = 0
-        self.connect_ms: float | None = None
-        self.error: str | None = None
+class SocketWorker:
+    """One ``bench.signaling_worker`` process, spoken to in JSON lines."""
 
-        @self.client.on("chat:message")
-        async def on_message(data: Any) -> None:
-            at = sent_at.get(data.get("clientId", "")) if isinstance(data, dict) else None
-            if at is not None:
-                self.received += 1
-                deliveries.append((time.monotonic() - at) * 1000)
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
 
-    async def connect(self, url: str, room: str) -> None:
-        t0 = time.monotonic()
-        try:
-            await self.client.connect(url, auth={"token": self.user.token},
-                                      transports=["websocket"], wait_timeout=10)
-            ack = await self.client.call("stream:join", {"roomId": room}, timeout=10)
-            if isinstance(ack, dict) and "error" in ack:
-                raise RuntimeError(f"stream:join: {ack['error']}")
-            self.connect_ms = (time.monotonic() - t0) * 1000
-        except Exception as exc:  # noqa: BLE001 - reported
-            self.error = f"{type(exc).__name__}: {exc}"
+    async def request(self, command: dict[str, Any], wait_seconds: float) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write((json.dumps(command) + "\n").encode())
+        await self.process.stdin.drain()
+        async with asyncio.timeout(wait_seconds):
+            line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"socket worker {self.process.pid} exited")
+        return json.loads(line)
 
     async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self.client.disconnect(), 5)
-        except Exception:  # noqa: BLE001 - closing anyway
-            pass
+        process = self.process
+        if process.returncode is None:
+            try:
+                assert process.stdin is not None
+                process.stdin.write(b'{"op": "close"}\n')
+                await process.stdin.drain()
+                process.stdin.close()
+                async with asyncio.timeout(30):
+                    await process.wait()
+            except (TimeoutError, ConnectionError, RuntimeError):
+                pass
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def socket_workers(count: int, config: dict[str, Any]) -> AsyncIterator[list[SocketWorker]]:
+    workers: list[SocketWorker] = []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        for i in range(count):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.signaling_worker",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                cwd=str(PACKAGE_ROOT), env=env, limit=1 << 24,
+            )
+            worker = SocketWorker(process)
+            workers.append(worker)
+            assert process.stdin is not None
+            process.stdin.write((json.dumps({**config, "worker": i}) + "\n").encode())
+            await process.stdin.drain()
+        yield workers
+    finally:
+        await asyncio.gather(*(w.close() for w in workers))
+
+
+def load_cpu_seconds(workers: list[SocketWorker]) -> float:
+    """CPU seconds of the load generator: this process and its socket workers."""
+    total = proc_cpu_seconds(os.getpid())
+    for w in workers:
+        with contextlib.suppress(OSError):
+            total += proc_cpu_seconds(w.process.pid)
+    return total
+
+
+def load_wait_seconds(workers: list[SocketWorker]) -> float:
+    """Seconds the generator's processes waited for a CPU another process held."""
+    total = 0.0
+    for pid in [os.getpid(), *(w.process.pid for w in workers)]:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += proc_wait_seconds(pid)
+    return total
+
+
+def histogram_percentile(histogram: dict[int, int], p: float) -> float | None:
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(1, -(-p * total // 100))
+    seen = 0
+    for ms in sorted(histogram):
+        seen += histogram[ms]
+        if seen >= rank:
+            return float(ms)
+    return None
 
 
 async def create_room(http: aiohttp.ClientSession, url: str, token: str) -> str:
@@ -78,110 +145,174 @@ async def create_room(http: aiohttp.ClientSession, url: str, token: str) -> str:
         return data["id"]
 
 
+def parse_steps(text: str) -> list[tuple[int, float]]:
+    steps = []
+    for part in text.split(","):
+        sockets, _, rate = part.partition(":")
+        steps.append((int(sockets), float(rate or 0)))
+    if not steps or any(s < 1 or r < 0 for s, r in steps):
+        raise ValueError("steps are SOCKETS:RATE with SOCKETS >= 1 and RATE >= 0")
+    return steps
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = args.url.rstrip("/")
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+    steps = parse_steps(args.steps)
+    load_cores = args.load_cores or len(os.sched_getaffinity(0))
+    sources = [s for s in args.sources.split(",") if s]
+    results: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         probe = ServerProbe(http, url, args.server_pid)
-        users = await user_tokens(http, url, args.connections, tokens_file=args.tokens_file,
-                                  prefix="bench-sig-")
+        most = max(s for s, _ in steps)
+        users = await user_tokens(http, url, most, tokens_file=args.tokens_file,
+                                  prefix=f"bench-sig-{uuid.uuid4().hex[:4]}-")
         room = args.room or await create_room(http, url, args.token or users[0].token)
-        sent_at: dict[str, float] = {}
-        deliveries: list[float] = []
-        sockets = [ChatSocket(u, sent_at, deliveries) for u in users]
-        gate = asyncio.Semaphore(args.connect_concurrency)
-
-        async def connect(s: ChatSocket) -> None:
-            async with gate:
-                await s.connect(url, room)
-
-        try:
-            t0 = time.monotonic()
-            await asyncio.wait_for(asyncio.gather(*(connect(s) for s in sockets)),
-                                   60 + args.connections * 0.5)
-            connect_seconds = time.monotonic() - t0
-            ready = [s for s in sockets if s.error is None]
-            senders = ready[: args.senders]
-            if not senders:
-                raise SystemExit(f"no socket connected: {sockets[0].error}")
-            acks: list[float] = []
-            refused: dict[str, int] = {}
-            per_sender = args.rate / len(senders)
-            start_cpu = await probe.sample()
-            start = time.monotonic()
-            end = start + args.duration
-
-            async def send_loop(i: int, s: ChatSocket) -> None:
-                n = 0
-                next_at = start + i / args.rate
-                while next_at < end:
-                    await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                    client_id = f"b{i}-{n}-{uuid.uuid4().hex[:6]}"
-                    sent_at[client_id] = t = time.monotonic()
-                    try:
-                        ack = await s.client.call("chat:send", {
-                            "roomId": room, "text": f"bench message {n}", "clientId": client_id,
-                        }, timeout=10)
-                    except Exception as exc:  # noqa: BLE001
-                        ack = {"error": {"code": type(exc).__name__}}
-                    if isinstance(ack, dict) and "error" in ack:
-                        code = str(ack["error"].get("code"))
-                        refused[code] = refused.get(code, 0) + 1
-                        sent_at.pop(client_id, None)
-                    else:
-                        acks.append((time.monotonic() - t) * 1000)
-                    n += 1
-                    next_at += 1 / per_sender
-
-            await asyncio.gather(*(send_loop(i, s) for i, s in enumerate(senders)))
-            send_seconds = time.monotonic() - start
-            expected = len(sent_at) * len(ready)
-            drain_end = time.monotonic() + args.drain
-            while len(deliveries) < expected and time.monotonic() < drain_end:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            elapsed = time.monotonic() - start
-            end_cpu = await probe.sample()
-        finally:
-            await asyncio.gather(*(s.close() for s in sockets))
-
-    connect_times = [s.connect_ms for s in sockets if s.connect_ms is not None]
-    cpu = None
-    if start_cpu.cpu_seconds is not None and end_cpu.cpu_seconds is not None:
-        cpu = (end_cpu.cpu_seconds - start_cpu.cpu_seconds) / elapsed * 100
-    return {
-        "script": "bench.signaling",
-        "url": url,
-        "room": room,
-        "connections": args.connections,
-        "connected": len(ready),
-        "connect_failures": len(sockets) - len(ready),
-        "connect_errors": [s.error for s in sockets if s.error][:5],
-        "connect_rate_per_s": round(len(ready) / connect_seconds, 1),
-        "connect_p50_ms": finite(percentile(connect_times, 50), 1),
-        "connect_p99_ms": finite(percentile(connect_times, 99), 1),
-        "senders": len(senders),
-        "messages_sent": len(sent_at),
-        "messages_refused": refused,
-        "send_seconds": round(send_seconds, 2),
-        "message_rate_per_s": round(len(sent_at) / send_seconds, 1),
-        "deliveries": len(deliveries),
-        "deliveries_expected": expected,
-        "deliveries_missing": max(0, expected - len(deliveries)),
-        "fanout_rate_per_s": round(len(deliveries) / send_seconds, 1),
-        "delivery_p50_ms": finite(percentile(deliveries, 50), 1),
-        "delivery_p99_ms": finite(percentile(deliveries, 99), 1),
-        "ack_p50_ms": finite(percentile(acks, 50), 1),
-        "ack_p99_ms": finite(percentile(acks, 99), 1),
-        "server_cpu_pct": finite(cpu),
-        "delivery_cdf_ms": [finite(percentile(deliveries, p), 1) for p in range(0, 101, 5)],
-    }
+        config = {"url": url, "room": room, "sources": sources,
+                  "lifetime": args.lifetime, "caps": [c for c in args.caps.split(",") if c]}
+        baseline = await probe.sample()
+        async with socket_workers(args.workers, config) as workers:
+            connected = 0
+            for index, (target, rate) in enumerate(steps):
+                step: dict[str, Any] = {"step": index, "sockets_asked": target, "rate_asked": rate}
+                results.append(step)
+                # ---- connections
+                new = users[connected:target]
+                shares = [new[i::len(workers)] for i in range(len(workers))]
+                t0 = time.monotonic()
+                replies = await asyncio.gather(*(
+                    w.request({"op": "connect", "tokens": [u.token for u in share],
+                               "concurrency": args.connect_concurrency}, 60 + len(share))
+                    for w, share in zip(workers, shares, strict=True)))
+                connect_seconds = time.monotonic() - t0
+                ok = sum(r["ok"] for r in replies)
+                connect_ms = [t for r in replies for t in r["connect_ms"]]
+                connected += ok
+                step.update({
+                    "sockets": connected, "new_sockets": len(new), "connect_failures": len(new) - ok,
+                    "connect_errors": [e for r in replies for e in r["errors"]][:5],
+                    "connect_rate_per_s": round(ok / connect_seconds, 1) if connect_seconds else None,
+                    "connect_p50_ms": finite(percentile(connect_ms, 50), 1),
+                    "connect_p99_ms": finite(percentile(connect_ms, 99), 1),
+                })
+                # ---- idle
+                await asyncio.sleep(1.0)
+                idle_start = await probe.sample()
+                await asyncio.sleep(args.idle)
+                idle_end = await probe.sample()
+                if idle_start.cpu_seconds is not None and idle_end.cpu_seconds is not None:
+                    step["idle_cpu_pct"] = finite(
+                        (idle_end.cpu_seconds - idle_start.cpu_seconds)
+                        / (idle_end.at - idle_start.at) * 100, 1)
+                if idle_end.rss_bytes is not None and baseline.rss_bytes is not None and connected:
+                    step["server_rss_mb"] = round(idle_end.rss_bytes / 2**20, 1)
+                    step["rss_kb_per_socket"] = finite(
+                        (idle_end.rss_bytes - baseline.rss_bytes) / 1024 / connected, 1)
+                # ---- fan-out
+                valid = True
+                if rate > 0:
+                    senders = min(args.senders, connected)
+                    per_worker = [senders // len(workers) + (1 if i < senders % len(workers) else 0)
+                                  for i in range(len(workers))]
+                    start_at = time.monotonic() + 0.5
+                    cpu0, load0 = await probe.sample(), load_cpu_seconds(workers)
+                    waits0 = (tree_wait_seconds(args.server_pid) if args.server_pid else None,
+                              load_wait_seconds(workers))
+                    await asyncio.gather(*(
+                        w.request({"op": "send", "step": index, "senders": n,
+                                   "rate": rate * n / senders, "start_at": start_at,
+                                   "duration": args.duration}, 30)
+                        for w, n in zip(workers, per_worker, strict=True)))
+                    sent_replies = await asyncio.gather(*(
+                        w.request({"op": "sent"}, args.duration + 60) for w in workers))
+                    send_seconds = time.monotonic() - start_at
+                    sent = sum(r["sent"] for r in sent_replies)
+                    refused: dict[str, int] = {}
+                    for r in sent_replies:
+                        for code, n in r["refused"].items():
+                            refused[code] = refused.get(code, 0) + n
+                    acked = sent - sum(refused.values())
+                    expected = acked * connected
+                    drain_end = time.monotonic() + args.drain
+                    while True:
+                        snaps = await asyncio.gather(*(w.request({"op": "snapshot"}, 30)
+                                                       for w in workers))
+                        received = sum(s["received"] for s in snaps)
+                        if received >= expected or time.monotonic() >= drain_end:
+                            break
+                        await asyncio.sleep(0.25)
+                    cpu1, load1 = await probe.sample(), load_cpu_seconds(workers)
+                    elapsed = cpu1.at - cpu0.at
+                    server_wait = (None if waits0[0] is None else
+                                   (tree_wait_seconds(args.server_pid) - waits0[0]) / elapsed * 100)
+                    load_wait = (load_wait_seconds(workers) - waits0[1]) / elapsed * 100
+                    histogram: dict[int, int] = {}
+                    for s in snaps:
+                        for ms, n in s["histogram"].items():
+                            histogram[int(ms)] = histogram.get(int(ms), 0) + n
+                    server_cpu = (None if cpu0.cpu_seconds is None or cpu1.cpu_seconds is None
+                                  else cpu1.cpu_seconds - cpu0.cpu_seconds)
+                    load_pct = (load1 - load0) / elapsed * 100
+                    lag_p99 = max(s["lag_p99_ms"] for s in snaps)
+                    acks = [a for r in sent_replies for a in r["ack_ms"]]
+                    step.update({
+                        "senders": senders, "messages_sent": sent, "messages_refused": refused,
+                        "message_rate_per_s": round(acked / send_seconds, 1),
+                        "deliveries": received, "deliveries_expected": expected,
+                        "deliveries_missing": max(0, expected - received),
+                        "deliveries_per_s": round(received / send_seconds, 1),
+                        "delivery_p50_ms": histogram_percentile(histogram, 50),
+                        "delivery_p95_ms": histogram_percentile(histogram, 95),
+                        "delivery_p99_ms": histogram_percentile(histogram, 99),
+                        "ack_p50_ms": finite(percentile(acks, 50), 1),
+                        "ack_p99_ms": finite(percentile(acks, 99), 1),
+                        "server_cpu_pct": finite(server_cpu / elapsed * 100 if server_cpu else None, 1),
+                        "server_us_per_delivery": finite(
+                            server_cpu / received * 1e6 if server_cpu and received else None, 1),
+                        "load_cpu_pct": round(load_pct, 1),
+                        "load_cpu_pct_of_cores": round(load_pct / load_cores, 1),
+                        "load_lag_p99_ms": lag_p99,
+                        "load_lag_max_ms": max(s["lag_max_ms"] for s in snaps),
+                        "disconnected": sum(s["disconnected"] for s in snaps),
+                        # waiting for a CPU that another process held (/proc/<pid>/schedstat):
+                        # on a shared machine, time the server or the bench lost to others
+                        "server_cpu_wait_pct": finite(server_wait, 1),
+                        "load_cpu_wait_pct": round(load_wait, 1),
+                    })
+                    if server_wait is not None and server_wait > args.max_server_wait:
+                        step["contended"] = (f"the server waited {server_wait:.0f}% of the time "
+                                             "for a CPU other processes held: its latencies "
+                                             "include that wait")
+                    reasons = []
+                    if load_pct / load_cores > args.max_load_cpu:
+                        reasons.append(f"generator CPU {load_pct / load_cores:.0f}% of its "
+                                       f"{load_cores} core(s) > {args.max_load_cpu:.0f}%")
+                    if lag_p99 > args.max_lag_ms:
+                        reasons.append(f"generator loop lag p99 {lag_p99} ms > {args.max_lag_ms} ms")
+                    if reasons:
+                        valid = False
+                        step["not_valid"] = "; ".join(reasons)
+                step["valid"] = valid
+                print(format_table([step], COLUMNS), file=sys.stderr, flush=True)
+                if not valid:
+                    print(f"step {index} NOT VALID: {step['not_valid']}; stepping stops",
+                          file=sys.stderr, flush=True)
+                    break
+    return {"script": "bench.signaling", "url": url, "room": room, "workers": args.workers,
+            "caps": args.caps,
+            "sources": sources, "load_cores": load_cores, "loadavg": os.getloadavg(),
+            "steps": results}
 
 
 COLUMNS = [
-    ("connected", "sockets"), ("connect_rate_per_s", "conn/s"), ("connect_p50_ms", "conn p50"),
-    ("connect_p99_ms", "conn p99"), ("message_rate_per_s", "msg/s"),
-    ("fanout_rate_per_s", "deliveries/s"), ("delivery_p50_ms", "lat p50"),
-    ("delivery_p99_ms", "lat p99"), ("ack_p99_ms", "ack p99"), ("deliveries_missing", "missing"),
-    ("server_cpu_pct", "cpu%"),
+    ("sockets", "sockets"), ("connect_rate_per_s", "conn/s"), ("connect_p50_ms", "conn p50"),
+    ("connect_p99_ms", "conn p99"), ("connect_failures", "conn fail"),
+    ("idle_cpu_pct", "idle cpu%"), ("rss_kb_per_socket", "KB/sock"),
+    ("message_rate_per_s", "msg/s"), ("deliveries_per_s", "deliv/s"),
+    ("delivery_p50_ms", "p50"), ("delivery_p95_ms", "p95"), ("delivery_p99_ms", "p99"),
+    ("deliveries_missing", "missing"), ("server_cpu_pct", "srv cpu%"),
+    ("server_us_per_delivery", "srv us/deliv"), ("load_cpu_pct_of_cores", "load cpu%"),
+    ("load_lag_p99_ms", "load lag p99"), ("server_cpu_wait_pct", "srv wait%"),
+    ("load_cpu_wait_pct", "load wait%"), ("valid", "valid"),
 ]
 
 
@@ -191,34 +322,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token", help="token that creates the room (default: the first user's)")
     p.add_argument("--tokens-file", help="one user token per line")
     p.add_argument("--room", help="an existing live room (default: create one)")
-    p.add_argument("--connections", type=int, default=100, help="sockets (default 100)")
-    p.add_argument("--senders", type=int, default=10, help="sockets that send (default 10)")
-    p.add_argument("--rate", type=float, default=20.0,
-                   help="messages per second over all senders (default 20; the server allows "
-                        "chat_rate, 5 by default, per user per room)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of sending (default 10)")
+    p.add_argument("--steps", default="200:20",
+                   help="SOCKETS:RATE,... sockets in the room and chat messages a second in all "
+                        "(RATE 0: connections and idle cost only); default 200:20")
+    p.add_argument("--senders", type=int, default=20, help="sockets that send (default 20; the "
+                   "server allows chat_rate, 5 by default, per user per room)")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of sending per step")
+    p.add_argument("--idle", type=float, default=3.0, help="seconds of idle measurement per step")
     p.add_argument("--drain", type=float, default=5.0, help="seconds to wait for late deliveries")
-    p.add_argument("--connect-concurrency", type=int, default=20)
+    p.add_argument("--workers", type=int, default=4, help="socket worker processes (default 4)")
+    p.add_argument("--sources", default="127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4",
+                   help="loopback source addresses the sockets spread over")
+    p.add_argument("--caps", default="",
+                   help="capabilities the sockets announce on connect, e.g. batch (a large room "
+                        "then coalesces chat into batch events, counted message by message)")
+    p.add_argument("--connect-concurrency", type=int, default=25, help="per worker")
     p.add_argument("--server-pid", type=int, help="server pid for CPU from /proc (else /metrics)")
+    p.add_argument("--load-cores", type=int, help="cores of the generator (default: its affinity)")
+    p.add_argument("--max-load-cpu", type=float, default=85.0,
+                   help="generator CPU percent of its cores above which a step is not valid")
+    p.add_argument("--max-lag-ms", type=float, default=50.0,
+                   help="generator event-loop lag p99 above which a step is not valid")
+    p.add_argument("--max-server-wait", type=float, default=20.0,
+                   help="server CPU-wait percent above which a step is flagged contended")
+    p.add_argument("--lifetime", type=float, default=900, help="workers exit after this (s)")
     p.add_argument("--out", default="signaling.json")
-    p.add_argument("--chart", help="PNG (default: --out with .png)")
+    p.add_argument("--chart", help="unused; kept for the common bench options")
     args = p.parse_args(argv)
-    if args.connections < 1 or args.senders < 1 or args.rate <= 0:
-        p.error("--connections, --senders and --rate must be positive")
+    try:
+        parse_steps(args.steps)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.senders < 1 or args.workers < 1:
+        p.error("--senders and --workers must be positive")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result, chart = run_script("signaling", args, run)
-    cdf = result.pop("delivery_cdf_ms")
-    drawn = chart_latency(chart, {"delivery": [(v, p) for p, v in zip(range(0, 101, 5), cdf, strict=True)
-                                               if v is not None]},
-                          "delivery latency (ms)", "percentile", "bench.signaling: chat delivery")
-    print(format_table([result], COLUMNS))
-    if result["messages_refused"]:
-        print(f"refused: {result['messages_refused']}")
-    print(f"JSON: {args.out}" + (f", chart: {chart}" if drawn else ""))
+    result, _ = run_script("signaling", args, run)
+    print(format_table(result["steps"], COLUMNS))
+    for step in result["steps"]:
+        if step.get("messages_refused"):
+            print(f"step {step['step']} refused: {step['messages_refused']}")
+        if not step["valid"]:
+            print(f"step {step['step']} NOT VALID: {step['not_valid']}")
+        if step.get("contended"):
+            print(f"step {step['step']} contended: {step['contended']}")
+    print(f"JSON: {args.out}")
     return 0
 
 

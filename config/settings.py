@@ -108,6 +108,11 @@ class Settings:
     room_publisher_grace: float = 10.0  # seconds a live room waits for its publisher
     rtmp_port: int = 0  # RTMP ingest (rtmp://host:port/live/ROOM); 0 = off
 
+    # --- recordings -----------------------------------------------------------
+    recordings_dir: str = ""  # empty = <data_dir>/recordings
+    recordings_quota_bytes: int = 0  # all recordings together; 0 = as much as the disk holds
+    recordings_retention_days: float = 0.0  # finished recordings older are deleted; 0 = keep
+
     # --- STUN / TURN ----------------------------------------------------------
     stun_port: int = 3478  # 0 = off
     stun_rate_limit: int = 50  # requests per second per source address
@@ -133,6 +138,13 @@ class Settings:
     # --- chat -----------------------------------------------------------------
     chat_max_length: int = 2000
     chat_rate: float = 5.0  # messages per second per user per room
+
+    # --- Socket.IO delivery ------------------------------------------------------
+    socketio_send_queue: int = 256  # packets queued per socket before it is cut off as slow
+    socketio_ws_compression: bool = False  # permessage-deflate on Socket.IO WebSockets
+    socketio_large_room: int = 1000  # sockets of a room on a node from which chat is batched; 0 off
+    socketio_batch_interval: float = 0.05  # seconds between a large room's batches
+    chat_delivery_rate: float = 50.0  # chat messages a second a large room delivers; 0 = all
     kick_ban_seconds: float = 600.0
 
     # --- gifts ----------------------------------------------------------------
@@ -163,6 +175,10 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{Path(self.data_dir) / 'airwave.db'}"
+
+    @property
+    def effective_recordings_dir(self) -> str:
+        return self.recordings_dir or str(Path(self.data_dir) / "recordings")
 
     @property
     def database_backend(self) -> str:
@@ -338,6 +354,8 @@ _POSITIVE = (
     "reconnect_grace",
     "turn_ttl",
     "chat_rate",
+    "socketio_send_queue",
+    "socketio_batch_interval",
     "database_pool_size",
     "max_subscribers_per_room",
     "max_sessions",
@@ -361,6 +379,10 @@ def _validate(s: Settings) -> Settings:
         fail("stun_port", f"must be 0-65535, got {s.stun_port}")
     if not (0 <= s.rtmp_port <= 65535):
         fail("rtmp_port", f"must be 0-65535, got {s.rtmp_port}")
+    if s.recordings_quota_bytes < 0:
+        fail("recordings_quota_bytes", f"must be 0 or more, got {s.recordings_quota_bytes}")
+    if s.recordings_retention_days < 0:
+        fail("recordings_retention_days", f"must be 0 or more, got {s.recordings_retention_days}")
     if s.env == "development":
         fail("env", "development mode is asked for with `airwave serve --dev` (or AIRWAVE_DEV=true)")
     if s.env not in ("", "production"):
@@ -392,7 +414,8 @@ def _validate(s: Settings) -> Settings:
     for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace",
                  "rate_limit_http", "rate_limit_http_ip", "rate_limit_events", "rate_limit_actions",
                  "max_sessions_per_user", "max_sessions_per_ip", "max_connecting_per_user",
-                 "max_connecting_per_ip", "gop_cache_max_age"):
+                 "max_connecting_per_ip", "socketio_large_room", "chat_delivery_rate",
+                 "gop_cache_max_age"):
         if getattr(s, name) < 0:
             fail(name, f"must not be negative, got {getattr(s, name)}")
     if not (0.0 <= s.gift_creator_share <= 1.0):

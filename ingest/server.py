@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
 
+from auth import ROOM_ID
 from sfu import LocalPublisher, MediaEngine, MediaError
 
 from . import amf0, metrics
@@ -53,7 +53,6 @@ from .chunks import (
 log = logging.getLogger("airwave.rtmp")
 
 APP = "live"
-ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 MAX_KEY = 4096
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0  # no message for this long ends the connection

@@ -15,7 +15,7 @@ react (api/media.py closes media, signaling/rooms.py tells the sockets):
 
 Per-process state sits behind small interfaces so Redis versions replace it
 across nodes: viewer counts (:class:`ViewerCounter`; rooms/redis_state.py) and
-the publisher grace, a deadline on :class:`rooms.timers.TimerService` (in
+the publisher grace, a deadline on :class:`events.timers.TimerService` (in
 Redis it outlives the node that set it). :class:`Timers` (closures on this
 process's loop) only debounces this node's own announcements.
 """
@@ -32,10 +32,10 @@ from typing import Any, Protocol
 
 from auth import Identity
 from config import Settings
-from rooms.bus import Event, EventBus
+from events.bus import Event, EventBus
+from events.timers import InProcessTimers, TimerEvent, TimerService
+from rooms.errors import DomainError
 from rooms.social import SocialGraph
-from rooms.timers import InProcessTimers as InProcessDeadlines
-from rooms.timers import TimerEvent, TimerService
 from store import Database
 from store.database import Row
 
@@ -51,14 +51,11 @@ MAX_CHAT_TTL = 10 * 365 * 86400  # ten years, in seconds
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
 
-class RoomError(Exception):
-    """A rule said no. ``kind`` is one of not_found, forbidden, invalid, conflict."""
+class RoomError(DomainError):
+    """A rule said no, of the given :class:`~rooms.errors.Category`."""
 
-    def __init__(self, kind: str, code: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.code = code
-        self.message = message
+    def __init__(self, category: str, code: str, message: str) -> None:
+        super().__init__(code, message, category)
 
 
 def room_not_found(room_id: str) -> RoomError:
@@ -66,7 +63,7 @@ def room_not_found(room_id: str) -> RoomError:
 
 
 @dataclass(frozen=True)
-class Room:
+class RoomRecord:
     id: str
     type: str
     title: str
@@ -82,7 +79,7 @@ class Room:
     ended_at: float | None
 
     @classmethod
-    def from_row(cls, row: Row) -> Room:
+    def from_row(cls, row: Row) -> RoomRecord:
         return cls(
             id=row["id"],
             type=row["type"],
@@ -132,7 +129,7 @@ class Timers(Protocol):
     def pending(self, key: str) -> bool: ...
 
 
-class InProcessTimers:
+class TaskTimers:
     """Timers as tasks of this process (started with the app's ``spawn``)."""
 
     def __init__(self, spawn: Spawn) -> None:
@@ -276,17 +273,17 @@ class RoomRegistry:
         self.timers = timers
         self.social = SocialGraph(db)
         self.viewers: ViewerCounter = viewers or InProcessViewerCounter()
-        self.deadlines: TimerService = deadlines or InProcessDeadlines()
+        self.deadlines: TimerService = deadlines or InProcessTimers()
         self.deadlines.on_fire(self.deadline_fired)
         self.viewer_counts = ViewerCountAnnouncer(self.viewers, timers, self._announce_viewers)
 
     # -- reading ---------------------------------------------------------------------
 
-    async def get(self, room_id: str) -> Room | None:
+    async def get(self, room_id: str) -> RoomRecord | None:
         row = await self.db.fetchrow("SELECT * FROM rooms WHERE id = $1", room_id)
-        return Room.from_row(row) if row else None
+        return RoomRecord.from_row(row) if row else None
 
-    async def require(self, room_id: str) -> Room:
+    async def require(self, room_id: str) -> RoomRecord:
         room = await self.get(room_id)
         if room is None:
             raise room_not_found(room_id)
@@ -300,7 +297,7 @@ class RoomRegistry:
             is not None
         )
 
-    async def audience_refusal(self, room: Room, identity: Identity | None) -> RoomError | None:
+    async def audience_refusal(self, room: RoomRecord, identity: Identity | None) -> RoomError | None:
         """The one rule for a room's audience, applied at every door (the room itself,
         participants, WHEP, ``sfu:subscribe``, ``stream:join``, chat history, send and
         typing, gifts, leaderboards, and so edge pulls, which serve the viewers the edge
@@ -325,10 +322,10 @@ class RoomRegistry:
             return None
         return RoomError("forbidden", "not_member", "only the room's members may be in it")
 
-    async def may_view(self, room: Room, identity: Identity | None) -> bool:
+    async def may_view(self, room: RoomRecord, identity: Identity | None) -> bool:
         return await self.audience_refusal(room, identity) is None
 
-    async def admit(self, room_id: str, identity: Identity | None) -> Room:
+    async def admit(self, room_id: str, identity: Identity | None) -> RoomRecord:
         """The room, if ``identity`` is in its audience; RoomError (not_found too) otherwise."""
         room = await self.require(room_id)
         refusal = await self.audience_refusal(room, identity)
@@ -336,7 +333,7 @@ class RoomRegistry:
             raise refusal
         return room
 
-    async def to_json(self, room: Room) -> dict[str, Any]:
+    async def to_json(self, room: RoomRecord) -> dict[str, Any]:
         return room.to_json(await self.viewers.count(room.id))
 
     async def list(self, status: str, limit: int, offset: int) -> tuple[list[dict[str, Any]], int | None]:
@@ -347,7 +344,7 @@ class RoomRegistry:
             rows = await self.db.fetch(
                 "SELECT * FROM rooms WHERE status = 'live' AND public = 1 AND type IN ('live', 'group')"
             )
-            rooms = [await self.to_json(Room.from_row(r)) for r in rows]
+            rooms = [await self.to_json(RoomRecord.from_row(r)) for r in rows]
             rooms.sort(key=lambda r: (-r["viewerCount"], -(r["liveAt"] or 0.0), r["id"]))
             page = rooms[offset : offset + limit]
             more = offset + limit < len(rooms)
@@ -360,7 +357,7 @@ class RoomRegistry:
                 offset,
             )
             more = len(rows) > limit
-            page = [await self.to_json(Room.from_row(r)) for r in rows[:limit]]
+            page = [await self.to_json(RoomRecord.from_row(r)) for r in rows[:limit]]
         return page, (offset + limit if more else None)
 
     # -- writing ---------------------------------------------------------------------
@@ -374,7 +371,7 @@ class RoomRegistry:
         max_viewers: int | None = None,
         chat_ttl_seconds: float | None = None,
         room_id: str | None = None,
-    ) -> Room:
+    ) -> RoomRecord:
         if room_type not in CREATABLE_TYPES:
             raise RoomError("invalid", "bad_type", "type must be live or group")
         _check_settings(title, max_viewers, chat_ttl_seconds)
@@ -396,7 +393,7 @@ class RoomRegistry:
             )
         return await self.require(room_id)
 
-    async def patch(self, room_id: str, identity: Identity, changes: dict[str, Any]) -> Room:
+    async def patch(self, room_id: str, identity: Identity, changes: dict[str, Any]) -> RoomRecord:
         room = await self.require(room_id)
         if not room.may_moderate(identity):
             raise RoomError("forbidden", "forbidden", "only the room's owner may change it")
@@ -411,7 +408,7 @@ class RoomRegistry:
         )
         return await self.require(room_id)
 
-    async def add_member(self, room_id: str, identity: Identity, user_id: str) -> Room:
+    async def add_member(self, room_id: str, identity: Identity, user_id: str) -> RoomRecord:
         room = await self.require(room_id)
         if room.type != "group":
             raise RoomError("invalid", "not_a_group", "members are added to group rooms only")
@@ -437,7 +434,7 @@ class RoomRegistry:
             "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room_id, user_id
         ) > 0
 
-    async def end(self, room_id: str, identity: Identity | None, reason: str = "ended_by_owner") -> Room:
+    async def end(self, room_id: str, identity: Identity | None, reason: str = "ended_by_owner") -> RoomRecord:
         """End a room (owner or admin; ``identity`` None: the server itself)."""
         room = await self.require(room_id)
         if identity is not None and not room.may_moderate(identity):

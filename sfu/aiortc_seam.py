@@ -15,7 +15,7 @@ Internals used:
   ``register_receiver`` / ``unregister_*``) -- routes parsed RTCP (NACK,
   PLI, FIR, SR) to our objects by SSRC.
 * ``RTCDtlsTransport._tx_srtp`` (pylibsrtp Session) -- protect RTP/RTCP.
-* ``RTCDtlsTransport._set_role``, ``_task``, ``_state`` (State enum).
+* ``RTCDtlsTransport._set_role``, ``_task``.
 * ``RTCIceTransport._connection`` -- the aioice Connection:
   ``_nominated[1]`` (CandidatePair: ``protocol.transport``, ``remote_addr``)
   for sending without a coroutine; ``ice_controlling``.
@@ -49,7 +49,7 @@ from typing import Any
 import aioice.ice as aioice_ice
 from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import (
     RTCIceCandidate,
     RTCIceParameters,
@@ -140,10 +140,6 @@ class DatagramSender:
     def send_rtcp(self, packet: bytes) -> None:
         if self.sendto is not None:
             self.sendto(self.protect_rtcp(packet), self.addr)
-
-
-def dtls_connected(dtls: RTCDtlsTransport) -> bool:
-    return dtls._state == State.CONNECTED
 
 
 def set_dtls_role(dtls: RTCDtlsTransport, role: str) -> None:
@@ -426,7 +422,6 @@ __all__ = [
     "IceRestart",
     "InboundCounter",
     "count_inbound_as_consent",
-    "dtls_connected",
     "dtls_role",
     "register_rtcp_sink",
     "register_rtcp_source",

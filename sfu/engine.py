@@ -33,6 +33,7 @@ from .errors import (
     SessionNotFound,
 )
 from .local import LocalPublisher
+from .recording_sink import LocalSubscriber, RtpSink
 from .sdp import (
     EXT_ABS_SEND_TIME,
     MAX_LAYERS,
@@ -224,6 +225,22 @@ class MediaEngine:
         self._add(publisher, publisher=True)  # type: ignore[arg-type]
         publisher.start()
         return publisher
+
+    def subscribe_local(self, room: str, sink: RtpSink, *, owner: str = "") -> LocalSubscriber:
+        """A subscriber in this process (a recorder, see sfu/recording_sink.py):
+        the room's RTP goes to ``sink``, one down track per kind, from the next
+        keyframe. Same conditions as :meth:`subscribe` (live room, capacity)."""
+        r = self._rooms.get(room)
+        if r is None or not r.publishers:
+            raise RoomNotLive(f"room {room!r} has no publisher")
+        self._check_open()
+        self._check_sessions()
+        if len(r.subscribers) >= self.settings.max_subscribers_per_room:
+            raise AtCapacity(f"room {room!r} is full")
+        subscriber = LocalSubscriber(self, room, owner, sink)
+        self._add(subscriber, publisher=False)  # type: ignore[arg-type]
+        subscriber.start([u for p in r.publishers.values() for u in p.uptracks if not u.closed])
+        return subscriber
 
     def session(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)

@@ -225,7 +225,7 @@ class UpTrack:
         self.down.append(down)
         layer = self.start_layer(down.max_layer)
         down.wanted = layer
-        if layer.gop_max_age and down.replay_from(layer):
+        if layer.gop_max_age and down.from_cache and down.replay_from(layer):
             return  # started from the cached keyframe: no keyframe request
         if layer.gop_max_age:
             metrics.GOP_STALE.inc()
@@ -802,8 +802,12 @@ class DownTrack:
         mid: str,
         payload_type: int,
         abs_send_time_id: int = 0,
+        from_cache: bool = True,
     ) -> None:
         self.session = session
+        # may start from its layer's GOP cache (a viewer); a recorder keeps
+        # real timestamps and waits for a keyframe instead
+        self.from_cache = from_cache
         self.up = up
         self.mid = mid
         self.payload_type = payload_type

@@ -10,7 +10,7 @@ Server to client: ``call:incoming``, ``call:answered``, ``call:rejected``,
 ``call:extended``, ``call:upgrade_requested``, ``call:upgraded``,
 ``call:sdp_offer`` (renegotiation), ``call:resumed``. Payloads are in docs/calls.md.
 
-The rules are :class:`rooms.calls.CallService`'s; this module turns its bus
+The rules are :class:`calls.calls.CallService`'s; this module turns its bus
 events (channel ``calls``) into socket events and owns the call's media
 sessions (:class:`CallMedia`), which it closes when the call ends.
 """
@@ -24,19 +24,28 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from auth import Identity
-from rooms.bus import EventBus
-from rooms.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallError, CallService
+from calls.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallService
+from cluster import call_of_room, call_room
+from events.bus import EventBus
+from rooms.errors import DomainError
 from rooms.social import SocialGraph
-from sfu import IceRestartRefused, MediaEngine, MediaError, SdpError, Session, SessionNotFound
-from sfu.sdp import Offer, parse_offer
+from sfu import (
+    MAX_SDP_LENGTH,
+    SENDING,
+    IceRestartRefused,
+    MediaEngine,
+    MediaError,
+    Offer,
+    SdpError,
+    Session,
+    SessionNotFound,
+    parse_offer,
+)
 from turn import IceServerProvider
 
 from .server import SignalError, Signaling, call_audience, user_room
 
 log = logging.getLogger("airwave.calls")
-
-MAX_SDP_BYTES = 64 * 1024
-SENDING = ("sendonly", "sendrecv")
 
 
 # ----------------------------------------------------------------------------- media
@@ -58,23 +67,12 @@ class CallMedia:
     its old one; the other party keeps its session and is offered the new
     tracks.
 
-    The SFU room name contains ``/``, which no WHIP/WHEP URL or ``sfu:*``
-    roomId may hold: only the call's parties reach its media.
+    The SFU room is :func:`cluster.call_room`: only the call's parties reach its media.
     """
 
     def __init__(self, engine: MediaEngine) -> None:
         self.engine = engine
         self._sessions: dict[str, dict[str, str]] = {}  # call id -> user id -> session id
-
-    @staticmethod
-    def room(call_id: str) -> str:
-        return f"call/{call_id}"
-
-    @staticmethod
-    def call_of(room: str) -> str | None:
-        """The call id of a call's SFU room, None for other rooms."""
-        kind, _, call_id = room.partition("/")
-        return call_id if kind == "call" and call_id and "/" not in call_id else None
 
     async def join(self, call: Call, user_id: str, sdp: str) -> Session:
         offer = parse_offer(sdp)  # SdpError before anything changes
@@ -88,7 +86,7 @@ class CallMedia:
             if session is not None and await self._restarted_ice(session, offer):
                 return session
             await self._close(previous, "renegotiated")
-        session = await self.engine.join_call(self.room(call.id), sdp, owner=user_id)
+        session = await self.engine.join_call(call_room(call.id), sdp, owner=user_id)
         self._sessions.setdefault(call.id, {})[user_id] = session.id
         return session
 
@@ -134,7 +132,7 @@ class CallMedia:
     async def close_call(self, call_id: str) -> None:
         """Every media session of the call: its SFU room holds them all."""
         self._sessions.pop(call_id, None)
-        await self.engine.close_room(self.room(call_id), "call_ended")
+        await self.engine.close_room(call_room(call_id), "call_ended")
 
     async def _close(self, session_id: str, reason: str) -> None:
         try:
@@ -188,7 +186,7 @@ Handler = Callable[[str, Identity, Any], Awaitable[Any]]
 
 
 class RemoteCallMedia(Protocol):
-    """Where a call's media lives when several nodes serve (api/edge.py)."""
+    """Where a call's media lives (:class:`cluster.CallMediaRouter`)."""
 
     async def media_node(self, call_id: str) -> str | None:
         """None when this node holds the call's media, else that node's URL."""
@@ -209,6 +207,7 @@ class CallSignaling:
         ice: IceServerProvider,
         social: SocialGraph,
         bus: EventBus,
+        remote_media: RemoteCallMedia,
     ) -> None:
         self.signaling = signaling
         self.sio = signaling.sio
@@ -223,8 +222,8 @@ class CallSignaling:
         self._awaiting_media: dict[str, float] = {}
         # at shutdown this node tells its sockets itself, before they close
         self._shutting_down = False
-        # several nodes: a call's media is on one of them (set by api/edge.py)
-        self.remote_media: RemoteCallMedia | None = None
+        # which node holds a call's media (this one, on one node)
+        self.remote_media = remote_media
 
     # ------------------------------------------------------------------ wiring
     def register(self) -> None:
@@ -242,14 +241,11 @@ class CallSignaling:
         self.signaling.on_disconnect(self.disconnected)
         self.bus.subscribe(CALLS_CHANNEL, self.call_event)
         self.bus.subscribe("media", self.media_event)
-        self.media.engine.on_renegotiation_needed = self.renegotiate
 
     def _on(self, event: str, handler: Handler) -> None:
         async def rules(sid: str, identity: Identity, data: Any) -> Any:
             try:
                 return await handler(sid, identity, data)
-            except CallError as exc:
-                raise SignalError(exc.code, exc.message) from None
             except MediaError as exc:
                 raise SignalError(exc.code, exc.message) from None
 
@@ -319,7 +315,7 @@ class CallSignaling:
     async def sdp_offer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
         call_id = _string(payload, "callId")
-        sdp = _string(payload, "sdp", MAX_SDP_BYTES)
+        sdp = _string(payload, "sdp", MAX_SDP_LENGTH)
         if payload.get("direction") is not None:
             raise SignalError(
                 "unsupported_direction",
@@ -334,7 +330,7 @@ class CallSignaling:
     async def sdp_answer(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         payload = _object(data)
         call = await self._active(_string(payload, "callId"), identity.user_id)
-        sdp = _string(payload, "sdp", MAX_SDP_BYTES)
+        sdp = _string(payload, "sdp", MAX_SDP_LENGTH)
         return await self._media_request(call, identity.user_id, {"kind": "answer", "sdp": sdp})
 
     async def ice_candidate(self, sid: str, identity: Identity, data: Any) -> dict[str, Any]:
@@ -345,11 +341,10 @@ class CallSignaling:
 
     async def _media_request(self, call: Call, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Here, or on the call's media node when that is another node."""
-        remote = self.remote_media
-        url = await remote.media_node(call.id) if remote is not None else None
-        if remote is None or url is None:
+        url = await self.remote_media.media_node(call.id)
+        if url is None:
             return await self._local_media(call, user_id, request)
-        ack = await remote.forward(url, call.id, user_id, request)
+        ack = await self.remote_media.forward(url, call.id, user_id, request)
         error = ack.get("error")
         if isinstance(error, dict):
             raise SignalError(str(error.get("code", "media_error")), str(error.get("message", "")))
@@ -361,20 +356,20 @@ class CallSignaling:
         try:
             call = await self._active(call_id, user_id)
             return await self._local_media(call, user_id, request)
-        except (SignalError, CallError, MediaError) as exc:
+        except (SignalError, DomainError, MediaError) as exc:
             return {"error": {"code": exc.code, "message": exc.message}}
 
     async def _local_media(self, call: Call, user_id: str, request: dict[str, Any]) -> dict[str, Any]:
         kind = request.get("kind")
         if kind == "offer":
-            session = await self.media.join(call, user_id, _string(request, "sdp", MAX_SDP_BYTES))
+            session = await self.media.join(call, user_id, _string(request, "sdp", MAX_SDP_LENGTH))
             latest = await self.calls.get(call.id)
             if latest is None or not latest.live:  # ended while we negotiated
                 await self.media.close_call(call.id)
                 raise SignalError("call_ended", "the call has ended")
             return {"callId": call.id, "sessionId": session.id, "sdp": session.answer_sdp}
         if kind == "answer":
-            await self.media.accept_answer(call, user_id, _string(request, "sdp", MAX_SDP_BYTES))
+            await self.media.accept_answer(call, user_id, _string(request, "sdp", MAX_SDP_LENGTH))
             return {"callId": call.id}
         if kind == "candidate":
             candidate = request.get("candidate")
@@ -514,16 +509,15 @@ class CallSignaling:
         self._members.pop(call_id, None)
         await self.sio.close_room(call_audience(call_id))
         await self.media.close_call(call_id)
-        if self.remote_media is not None:
-            try:
-                await self.remote_media.forget(call_id)
-            except Exception as exc:  # Redis down: the record expires on its own
-                log.warning("call %s: media node record not cleared: %s", call_id, exc)
+        try:
+            await self.remote_media.forget(call_id)
+        except Exception as exc:  # Redis down: the record expires on its own
+            log.warning("call %s: media node record not cleared: %s", call_id, exc)
 
     async def media_event(self, event: dict[str, Any]) -> None:
         """This node's media sessions (local events): forget closed ones, and
         time the setup once both parties' media is connected."""
-        call_id = CallMedia.call_of(str(event.get("roomId", "")))
+        call_id = call_of_room(str(event.get("roomId", "")))
         if call_id is None:
             return
         kind = event.get("type")
@@ -541,7 +535,7 @@ class CallSignaling:
     async def renegotiate(self, session: Session) -> None:
         """The engine has the other party's new tracks for ``session``: offer
         them to its party's sockets in the call (``call:sdp_offer``)."""
-        call_id = CallMedia.call_of(session.room)
+        call_id = call_of_room(session.room)
         if call_id is None or session.closed:
             return
         try:
@@ -563,7 +557,7 @@ class CallSignaling:
         another node within the grace, and their timers live in Redis."""
         call_ids = None
         if not all_calls:
-            call_ids = {c for room in self.media.engine.rooms() if (c := CallMedia.call_of(room))}
+            call_ids = {c for room in self.media.engine.rooms() if (c := call_of_room(room))}
         self._shutting_down = True
         # The bus may deliver call_ended later (Redis) than the sockets close:
         # tell this node's sockets directly (other nodes hear it on the bus).
@@ -580,8 +574,9 @@ def register(
     ice: IceServerProvider,
     social: SocialGraph,
     bus: EventBus,
+    remote_media: RemoteCallMedia,
 ) -> CallSignaling:
-    call_signaling = CallSignaling(signaling, calls, engine, ice, social, bus)
+    call_signaling = CallSignaling(signaling, calls, engine, ice, social, bus, remote_media)
     call_signaling.register()
     return call_signaling
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from auth import Identity
-from rooms.gifts import GiftRefused, GiftSent, GiftService, SendGift
-from signaling.server import SignalError, Signaling, call_audience, room_audience
+from gifts.gifts import GiftSent, GiftService, SendGift
+from signaling.server import Signaling, call_audience, room_audience
 
 
 async def announce_gift(signaling: Signaling, sent: GiftSent) -> None:
@@ -25,9 +25,6 @@ async def announce_gift(signaling: Signaling, sent: GiftSent) -> None:
 def register(signaling: Signaling, gifts: GiftService) -> None:
     @signaling.on("gift:send")
     async def gift_send(sid: str, identity: Identity, data: Any) -> dict[str, Any]:
-        try:
-            sent = await gifts.send(identity, SendGift.parse(data))
-        except GiftRefused as exc:
-            raise SignalError(exc.code, exc.message) from None
+        sent = await gifts.send(identity, SendGift.parse(data))
         await announce_gift(signaling, sent)
         return sent.as_json()

@@ -16,21 +16,18 @@ end when the socket is gone.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from auth import Identity
-from rooms.bus import EventBus
-from sfu import MediaEngine, MediaError, Session, SessionNotFound, max_layer_value
+from auth import ROOM_ID, Identity
+from events.bus import EventBus
+from sfu import MAX_SDP_LENGTH, MediaEngine, MediaError, Session, SessionNotFound, max_layer_value
 from signaling.server import SignalError, Signaling
 
 log = logging.getLogger("airwave.signaling.media")
 
-ROOM_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-MAX_SDP_CHARS = 64 * 1024
 LAYER_CHANGES_PER_SECOND = 5  # per session
 
 Announce = Callable[[str, Session], Awaitable[None]]
@@ -80,9 +77,9 @@ def register(
 
     async def open_session(sid: str, identity: Identity, data: Any, role: str) -> dict[str, str]:
         room = _field(data, "roomId", 128)
-        if not ROOM_ID.match(room):
+        if not ROOM_ID.fullmatch(room):
             raise SignalError("bad_request", "roomId may hold letters, digits and _ . : - only")
-        sdp = _field(data, "sdp", MAX_SDP_CHARS)
+        sdp = _field(data, "sdp", MAX_SDP_LENGTH)
         allowed = identity.can_publish(room) if role == "publish" else identity.can_subscribe(room)
         if not allowed:
             raise SignalError("forbidden", f"the token does not grant {role} for room {room!r}")
@@ -128,7 +125,7 @@ def register(
     @signaling.on("sfu:restart")
     async def restart(sid: str, identity: Identity, data: Any) -> dict[str, str]:
         session_id = owned(sid, data)
-        sdp = _field(data, "sdp", MAX_SDP_CHARS)
+        sdp = _field(data, "sdp", MAX_SDP_LENGTH)
         try:
             answer = await engine.restart_offer(session_id, sdp)
         except MediaError as exc:

@@ -27,18 +27,14 @@ import logging
 from typing import Any
 
 from auth import Identity
-from rooms.bus import Event, EventBus
-from rooms.chat import ChatService, TypingIndicators
-from rooms.presence import PresenceService
-from rooms.rooms import Room, RoomError, RoomRegistry, Timers, user_viewer
+from chat.chat import ChatService, TypingIndicators
+from events.bus import Event, EventBus
+from presence.presence import PresenceService
+from rooms.rooms import RoomRecord, RoomRegistry, Timers, user_viewer
 from rooms.social import SocialGraph
 from signaling.server import SignalError, Signaling, room_audience, user_room
 
 log = logging.getLogger("airwave.signaling.rooms")
-
-
-def _signal_error(exc: RoomError) -> SignalError:
-    return SignalError(exc.code, exc.message)
 
 
 def _room_id(data: Any) -> str:
@@ -71,7 +67,7 @@ class RoomSignals:
 
     # -- delivery ---------------------------------------------------------------------
 
-    async def deliver(self, room: Room, event: str, payload: dict[str, Any], skip_sid: str | None = None) -> None:
+    async def deliver(self, room: RoomRecord, event: str, payload: dict[str, Any], skip_sid: str | None = None) -> None:
         if room.type == "live":
             await self.sio.emit(event, payload, to=room_audience(room.id), skip_sid=skip_sid)
             return
@@ -187,10 +183,7 @@ def register(
 
     @signaling.on("stream:join")
     async def stream_join(sid: str, identity: Identity, data: Any) -> dict[str, Any]:
-        try:
-            return await signals.join(sid, identity, _room_id(data))
-        except RoomError as exc:
-            raise _signal_error(exc) from None
+        return await signals.join(sid, identity, _room_id(data))
 
     @signaling.on("stream:leave")
     async def stream_leave(sid: str, identity: Identity, data: Any) -> dict[str, Any]:
@@ -201,18 +194,15 @@ def register(
     async def chat_send(sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise SignalError("bad_request", "chat:send takes {roomId, text, clientId}")
-        try:
-            opened = None
-            room_id = data.get("roomId")
-            if room_id is None and "userId" in data:
-                opened, _ = await chat.open_direct(identity, data.get("userId"))
-                room_id = opened.id
-            message, room, new = await chat.send(
-                identity, room_id, data.get("text"), data.get("clientId"),
-                reply_to=data.get("replyTo"), attachment=data.get("attachment"),
-            )
-        except RoomError as exc:
-            raise _signal_error(exc) from None
+        opened = None
+        room_id = data.get("roomId")
+        if room_id is None and "userId" in data:
+            opened, _ = await chat.open_direct(identity, data.get("userId"))
+            room_id = opened.id
+        message, room, new = await chat.send(
+            identity, room_id, data.get("text"), data.get("clientId"),
+            reply_to=data.get("replyTo"), attachment=data.get("attachment"),
+        )
         if new:
             await signals.deliver(room, "chat:message", message.to_json())
         ack = message.ack()
@@ -224,10 +214,7 @@ def register(
     async def chat_read(sid: str, identity: Identity, data: Any) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise SignalError("bad_request", "chat:read takes {roomId, upToSeq}")
-        try:
-            room, position = await chat.mark_read(data.get("roomId"), identity, data.get("upToSeq"))
-        except RoomError as exc:
-            raise _signal_error(exc) from None
+        room, position = await chat.mark_read(data.get("roomId"), identity, data.get("upToSeq"))
         payload = {"roomId": room.id, "userId": identity.user_id, "upToSeq": position}
         await signals.deliver(room, "chat:read", payload, skip_sid=sid)
         return {"roomId": room.id, "upToSeq": position}
@@ -238,10 +225,7 @@ def register(
         on = data.get("on")
         if not isinstance(on, bool):
             raise SignalError("bad_request", "on must be true or false")
-        try:
-            room = await chat.check_access(room_id, identity, write=True)
-        except RoomError as exc:
-            raise _signal_error(exc) from None
+        room = await chat.check_access(room_id, identity, write=True)
         signals.typing.typing(room_id, identity.user_id, on)
         await signals.deliver(room, "chat:typing", {"roomId": room_id, "userId": identity.user_id, "on": on},
                               skip_sid=sid)

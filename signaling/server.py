@@ -4,6 +4,10 @@ Feature modules register their events with ``Signaling.on(event)``; every
 request-style event is acknowledged, failures as
 ``{"error": {"code": ..., "message": ...}}``.
 
+The connect payload is ``{token, caps?}``: ``caps: ["batch"]`` lets the server coalesce a
+large room's chat messages and viewer counts into one ``batch`` event ``[{event, data}, ...]``
+per short tick (signaling/fanout.py); other sockets keep one event per message.
+
 A socket lives as long as its token: at ``exp`` the server sends
 ``auth:expired {code: "token_expired"}`` and disconnects it, and every event
 checks expiry and revocation first. ``auth:refresh {token}`` hands the server a
@@ -25,7 +29,14 @@ from prometheus_client import Counter, Gauge
 
 from auth import Identity, TokenError, TokenService
 from config import Settings
+from rooms.errors import DomainError
 from rooms.rate_limit import RateLimits
+from signaling.fanout import (
+    BATCH_CAPABILITY,
+    FanoutManager,
+    FanoutRedisManager,
+    websocket_driver,
+)
 
 log = logging.getLogger("airwave.signaling")
 
@@ -94,11 +105,17 @@ class Signaling:
         self.settings = settings
         self.tokens = tokens
         self.limits = limits
-        manager = None
+        manager: FanoutManager
         if settings.redis_url:
-            manager = socketio.AsyncRedisManager(
+            manager = FanoutRedisManager(
                 settings.redis_url, channel=f"{settings.redis_prefix}:socketio"
             )
+        else:
+            manager = FanoutManager()
+        manager.send_queue_limit = settings.socketio_send_queue
+        manager.large_room = settings.socketio_large_room
+        manager.batch_interval = settings.socketio_batch_interval
+        manager.chat_delivery_rate = settings.chat_delivery_rate
         cors: Any = list(settings.cors_origins)
         if cors == ["*"]:
             cors = "*"
@@ -112,6 +129,9 @@ class Signaling:
             logger=False,
             engineio_logger=False,
         )
+        # a copy: engineio's driver table is one dict per module, shared by every server
+        self.sio.eio._async = {**self.sio.eio._async,
+                               "websocket": websocket_driver(settings.socketio_ws_compression)}
         self.identities: dict[str, Identity] = {}
         self._expiries: dict[str, asyncio.TimerHandle] = {}
         self._ending: set[asyncio.Task[None]] = set()
@@ -145,7 +165,7 @@ class Signaling:
                     return {"error": {"code": "bad_request", "message": "strings may not contain NUL"}}
                 try:
                     result = await handler(sid, identity, data)
-                except SignalError as exc:
+                except (SignalError, DomainError) as exc:
                     return {"error": {"code": exc.code, "message": exc.message}}
                 except Exception:
                     log.exception("event handler failed", extra={"event": event, "sid": sid})
@@ -173,6 +193,12 @@ class Signaling:
                 "too many connections: slow down", {"code": "rate_limited"}
             )
         self.identities[sid] = identity
+        manager = self.sio.manager
+        if isinstance(manager, FanoutManager):
+            manager.socket_opened(manager.eio_sid_from_sid(sid, "/"))
+            caps = auth.get("caps") if isinstance(auth, dict) else None
+            if isinstance(caps, list) and BATCH_CAPABILITY in caps[:16]:
+                manager.batch_capable.add(sid)
         self._expire_at(sid, identity)
         await self.sio.enter_room(sid, user_room(identity.user_id))
         SOCKET_CONNECTS.labels("accepted").inc()

@@ -17,8 +17,8 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +36,31 @@ Row = dict[str, Any]
 
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached."""
+
+
+class UniqueViolation(Exception):
+    """A statement broke a UNIQUE or PRIMARY KEY constraint (whatever the driver)."""
+
+
+def _is_unique_violation(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.IntegrityError):
+        # CHECK and NOT NULL failures are IntegrityErrors too; only UNIQUE/PK count.
+        name = getattr(exc, "sqlite_errorname", "")
+        return name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY") or (
+            not name and "UNIQUE constraint failed" in str(exc)
+        )
+    return isinstance(exc, asyncpg.UniqueViolationError)
+
+
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """The one place that knows what each driver raises for a duplicate key."""
+    try:
+        yield
+    except (sqlite3.IntegrityError, asyncpg.UniqueViolationError) as exc:
+        if _is_unique_violation(exc):
+            raise UniqueViolation(str(exc)) from exc
+        raise
 
 
 class Queries(Protocol):
@@ -106,16 +131,18 @@ class _SqliteQueries:
         return _PLACEHOLDER.sub(r"?\1", sql)
 
     async def execute(self, sql: str, *args: Any) -> int:
-        cursor = await self._conn.execute(self._sql(sql), args)
-        # Exhaust the cursor so RETURNING statements complete.
-        await cursor.fetchall()
+        with _driver_errors():
+            cursor = await self._conn.execute(self._sql(sql), args)
+            # Exhaust the cursor so RETURNING statements complete.
+            await cursor.fetchall()
         count = cursor.rowcount
         await cursor.close()
         return count
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        cursor = await self._conn.execute(self._sql(sql), args)
-        rows = await cursor.fetchall()
+        with _driver_errors():
+            cursor = await self._conn.execute(self._sql(sql), args)
+            rows = await cursor.fetchall()
         await cursor.close()
         return [dict(r) for r in rows]
 
@@ -207,20 +234,24 @@ class _PostgresQueries:
         self._conn = conn
 
     async def execute(self, sql: str, *args: Any) -> int:
-        status = await self._conn.execute(sql, *args)
+        with _driver_errors():
+            status = await self._conn.execute(sql, *args)
         # "INSERT 0 1", "UPDATE 3", "DELETE 0", "SELECT 1" ...
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        return [dict(r) for r in await self._conn.fetch(sql, *args)]
+        with _driver_errors():
+            return [dict(r) for r in await self._conn.fetch(sql, *args)]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        row = await self._conn.fetchrow(sql, *args)
+        with _driver_errors():
+            row = await self._conn.fetchrow(sql, *args)
         return dict(row) if row is not None else None
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        return await self._conn.fetchval(sql, *args)
+        with _driver_errors():
+            return await self._conn.fetchval(sql, *args)
 
 
 # A fixed key for pg_advisory_lock: "airwave" in ASCII.

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -126,6 +127,10 @@ def fuzz(url: str, document: dict[str, Any], tokens: list[str | None]) -> list[s
     return failures
 
 
+# The app under test runs in this process and uses the random module (jitter,
+# ids) while Hypothesis draws in another thread; Hypothesis then takes the
+# server's draws for the strategy's and warns. The strategies use no random.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 async def test_no_input_gets_a_5xx(make_settings: Callable[..., Settings]) -> None:
     app = await start_app(make_settings(
         dev=True, webhook_secret="fuzz-secret",

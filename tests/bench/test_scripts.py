@@ -15,19 +15,39 @@ def test_signaling_delivers_every_message_to_every_socket(
 ) -> None:
     out = tmp_path / "signaling.json"
     result = run_bench(
-        "signaling", "--url", production_like_server.url, "--connections", "12", "--senders", "3",
-        "--rate", "6", "--duration", "2", "--drain", "3", "--server-pid",
-        str(production_like_server.pid), "--out", str(out),
+        "signaling", "--url", production_like_server.url, "--steps", "8:6,12:6", "--senders", "3",
+        "--duration", "2", "--idle", "0.5", "--drain", "3", "--workers", "2",
+        "--server-pid", str(production_like_server.pid), "--max-load-cpu", "101",
+        "--max-lag-ms", "100000", "--out", str(out),
     )
     data = json.loads(out.read_text())
-    assert data["connected"] == 12 and data["connect_failures"] == 0
-    assert data["messages_sent"] >= 8
-    assert data["deliveries"] == data["messages_sent"] * 12  # the whole room, the senders too
-    assert data["deliveries_missing"] == 0
-    assert 0 < data["delivery_p50_ms"] <= data["delivery_p99_ms"] < 2000
-    assert data["connect_rate_per_s"] > 0
-    assert "deliveries/s" in result.stdout
-    assert (tmp_path / "signaling.png").stat().st_size > 1000
+    assert [s["sockets"] for s in data["steps"]] == [8, 12]
+    for step in data["steps"]:
+        assert step["connect_failures"] == 0 and step["valid"]
+        assert step["messages_sent"] >= 8
+        # the whole room, the senders too, every message of the step
+        assert step["deliveries"] == step["messages_sent"] * step["sockets"]
+        assert step["deliveries_missing"] == 0
+        assert 0 <= step["delivery_p50_ms"] <= step["delivery_p99_ms"] < 2000
+        assert step["connect_rate_per_s"] > 0
+        assert step["server_us_per_delivery"] is not None and step["load_cpu_pct"] >= 0
+    assert "deliv/s" in result.stdout
+
+
+def test_signaling_marks_a_saturated_generator_not_valid(
+    production_like_server: BenchServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "signaling.json"
+    result = run_bench(
+        "signaling", "--url", production_like_server.url, "--steps", "4:4,6:4", "--senders", "2",
+        "--duration", "1", "--idle", "0.2", "--drain", "2", "--workers", "1",
+        "--server-pid", str(production_like_server.pid), "--max-load-cpu", "0",
+        "--out", str(out),
+    )
+    data = json.loads(out.read_text())
+    assert len(data["steps"]) == 1  # stepping stopped at the first step that was not valid
+    assert data["steps"][0]["valid"] is False and "generator CPU" in data["steps"][0]["not_valid"]
+    assert "NOT VALID" in result.stdout
 
 
 def test_gifts_on_postgresql_keep_the_books(

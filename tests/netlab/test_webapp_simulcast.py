@@ -1,6 +1,6 @@
 """The web app itself (api/static/js) from namespaces: Go live offers the camera as three
-simulcast layers (rids q/h/f) and, when the server's answer declines simulcast (today's
-server), sends the one layer left at full size; Watch shows the layer it receives."""
+simulcast layers (rids q/h/f), the server's answer takes all three, and the browser
+sends them at a quarter, half and full size; Watch shows the layer it receives."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ async def test_go_live_offers_simulcast_and_watch_shows_the_layer(lab: Netlab, a
         live = await signed_in(live_browser, live_origin, "Alice", "#/live")
         offers: list[str] = []
         live.on("request", lambda r: r.method == "POST" and "/whip/" in r.url and offers.append(r.post_data or ""))
-        await live.wait_for_function("(document.querySelector('#preview') || {}).videoWidth > 0")
+        await live.wait_for_function("() => (document.querySelector('#preview') || {}).videoWidth > 0")
         await live.click("#go-live")
         await live.wait_for_selector("#live-badge[data-room-id]")
         room_id = await live.get_attribute("#live-badge", "data-room-id")
@@ -59,12 +59,14 @@ async def test_go_live_offers_simulcast_and_watch_shows_the_layer(lab: Netlab, a
         assert re.search(r"^a=simulcast:send q;h;f\r?$", offers[0], re.M), offers[0]
         for rid in ("q", "h", "f"):
             assert re.search(rf"^a=rid:{rid} send\r?$", offers[0], re.M)
-        # today's answer has no a=simulcast: the first encoding is left, sent at full size
-        assert await live.evaluate(SENDER_ENCODINGS) == [[{"rid": "q", "scale": 1}]]
+        # the answer takes the three layers (a=simulcast:recv q;h;f): each keeps its scale
+        assert await live.evaluate(SENDER_ENCODINGS) == [
+            [{"rid": "q", "scale": 4}, {"rid": "h", "scale": 2}, {"rid": "f", "scale": 1}]
+        ]
 
         watch = await signed_in(watch_browser, watch_origin, "Bob", f"#/watch/{room_id}")
         badge = await watch.wait_for_selector("#layer-badge:not([hidden])")
-        await watch.wait_for_function("(document.querySelector('#layer-badge') || {dataset: {}}).dataset.height > 0")
+        await watch.wait_for_function("() => (document.querySelector('#layer-badge') || {dataset: {}}).dataset.height > 0")
         text = (await badge.inner_text()).strip()
         height = int(await badge.get_attribute("data-height") or 0)
         assert re.fullmatch(rf"{height}p · \d+ fps", text), text

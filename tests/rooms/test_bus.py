@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from rooms.bus import InProcessBus, RedisBus
+from events.bus import InProcessBus, RedisBus
 from tests.conftest import REDIS_URL, _require_services
 
 

@@ -90,8 +90,8 @@ async def test_paging_returns_every_message_once_both_ways(running: RunningApp) 
     room = await create_room(running, "alice")
     alice = await connect(running, "alice")
     room_id = room["id"]
-    running.app[AIRWAVE].services["chat"].limiter.rate = 1000.0  # this test is about paging
-    running.app[AIRWAVE].services["chat"].limiter.burst = 1000.0
+    running.app[AIRWAVE].services.chat.limiter.rate = 1000.0  # this test is about paging
+    running.app[AIRWAVE].services.chat.limiter.burst = 1000.0
     for i in range(25):
         assert "seq" in await alice.call("chat:send", {"roomId": room_id, "text": f"m{i}"})
     forward: list[int] = []
@@ -160,10 +160,10 @@ async def test_read_positions_typing_and_deletes(running: RunningApp) -> None:
     assert await ann.wait("chat:read") == {"roomId": room["id"], "userId": "ben", "upToSeq": 2}
     assert (await ben.call("chat:read", {"roomId": room["id"], "upToSeq": 1}))["upToSeq"] == 2  # never back
     assert (await ben.call("chat:read", {"roomId": room["id"], "upToSeq": -1}))["error"]["code"] == "bad_request"
-    chat = running.app[AIRWAVE].services["chat"]
+    chat = running.app[AIRWAVE].services.chat
     assert await chat.read_position(room["id"], "ben") == 2
     # typing is relayed, and turns itself off when not refreshed
-    running.app[AIRWAVE].services["room_signals"].typing.expires = 0.5
+    running.app[AIRWAVE].services.room_signals.typing.expires = 0.5
     started = time.monotonic()
     assert (await ann.call("chat:typing", {"roomId": room["id"], "on": True}))["on"] is True
     assert await ben.wait("chat:typing") == {"roomId": room["id"], "userId": "ann", "on": True}

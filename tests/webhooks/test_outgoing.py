@@ -176,7 +176,7 @@ async def test_delivered_events_are_kept_for_the_retention_then_deleted(
     await fund(hooked, "keeper", 3)
     await receiver.wait_for(1)
     airwave = hooked.app[AIRWAVE]
-    dispatcher = airwave.services["webhook_dispatcher"]
+    dispatcher = airwave.services.webhook_dispatcher
     db = airwave.db
     for _ in range(50):  # the receiver answered; the row is marked right after
         if await db.fetchval("SELECT COUNT(*) FROM webhook_outbox WHERE status = 'delivered'"):
@@ -195,7 +195,7 @@ async def test_delivered_events_are_kept_for_the_retention_then_deleted(
 async def test_the_suspension_hook_writes_user_suspended(hooked: RunningApp, receiver: Receiver) -> None:
     """The suspension feature calls Outbox.user_suspended in its own transaction."""
     airwave = hooked.app[AIRWAVE]
-    outbox = airwave.services["outbox"]
+    outbox = airwave.services.outbox
     async with airwave.db.transaction() as tx:
         await outbox.user_suspended(tx, "troll", reason="spam", until=None, by="ops")
     await receiver.wait_for(1, "user.suspended", within=5)

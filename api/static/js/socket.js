@@ -1,4 +1,7 @@
-// One Socket.IO connection per signed-in tab, authenticated with {auth: {token}}.
+// One Socket.IO connection per signed-in tab, authenticated with {auth: {token, caps}}.
+// caps ["batch"]: in a large room the server may coalesce chat messages and viewer counts into
+// one `batch` event [{event, data}, ...] per short tick; it is unpacked here, in order, to the
+// listeners of each event, so the rest of the app never sees it.
 // request() wraps an acknowledged event: resolves with the ack, throws AppError for {error: {code, message}}.
 import { AppError } from "./errors.js";
 import { session } from "./session.js";
@@ -22,7 +25,15 @@ export async function connection() {
   if (connecting) return connecting;
   connecting = (async () => {
     const { io } = await loadClient();
-    const s = io({ auth: { token: session.token }, transports: ["websocket"], reconnectionDelayMax: 3000 });
+    const s = io({ auth: { token: session.token, caps: ["batch"] }, transports: ["websocket"],
+      reconnectionDelayMax: 3000 });
+    s.on("batch", (items) => {
+      if (!Array.isArray(items)) return;
+      for (const item of items) {
+        if (!item || typeof item.event !== "string") continue;
+        for (const handler of s.listeners(item.event)) handler(item.data);
+      }
+    });
     await new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new AppError("network", "The server cannot be reached.")), 8000);
       s.once("connect", () => { clearTimeout(timer); resolve(); });

@@ -68,7 +68,7 @@ async function watchRoom(root, roomId) {
   const countViewers = audienceCounter(roomId, viewers);
   const stats = h("span", { class: "muted", id: "video-stats" });
   // The layer this viewer receives (with simulcast the server picks it for our link): lines and frame rate.
-  const layer = h("span", { class: "badge idle", id: "layer-badge", style: "left: auto; right: .6em", hidden: true });
+  const layer = h("span", { class: "badge idle layer", id: "layer-badge", hidden: true });
   const statsTimer = setInterval(async () => {
     if (!whep) return;
     const received = await receivedVideo(whep.pc).catch(() => null);

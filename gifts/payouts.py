@@ -1,6 +1,6 @@
 """Money out: refunds and chargebacks, creator payouts, and the ledger's reconciliation.
 
-Every movement is a transfer of rooms/wallets.py (double-entry, idempotent).
+Every movement is a transfer of gifts/wallets.py (double-entry, idempotent).
 
 Refunds and chargebacks (from the payment backend's signed webhook) take back
 coins a user bought: the user's coins are debited as far as they go, to zero
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from rooms.wallets import (
+from gifts.wallets import (
     EXTERNAL_TOPUP,
     DuplicateTransfer,
     InsufficientFunds,
@@ -32,6 +32,7 @@ from rooms.wallets import (
     coins_account,
     earnings_account,
 )
+from rooms.errors import Category, DomainError
 from store import Database, Queries, Row
 from webhooks.outbox import Outbox, sortable_id
 
@@ -48,13 +49,21 @@ RETRIES = 5
 OFFENDERS = 100
 
 
-class MoneyRefused(Exception):
-    """A request that changes nothing; ``code`` says why (the faces map it to a status)."""
+_CATEGORIES: dict[str, Category] = {
+    "bad_request": Category.INVALID,
+    "insufficient_earnings": Category.CONFLICT,
+    "idempotency_key_reused": Category.CONFLICT,
+    "payout_state": Category.CONFLICT,
+    "payout_not_found": Category.NOT_FOUND,
+}
+
+
+class MoneyRefused(DomainError):
+    """A request that changes nothing; ``code`` says why (anything else the rules
+    cannot take is unprocessable)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, _CATEGORIES.get(code, Category.UNPROCESSABLE))
 
 
 # ------------------------------------------------------------------------ refunds

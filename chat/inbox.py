@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auth import Identity
-from rooms.chat import ChatMessage
+from chat.chat import ChatMessage
 from rooms.rooms import RoomError, RoomRegistry, room_not_found
 from store import Database
 

@@ -27,6 +27,12 @@ Event = dict[str, Any]
 Handler = Callable[[Event], Awaitable[None]]
 
 
+def node_key(prefix: str, node_id: str) -> str:
+    """The Redis key of a node's heartbeat: while it exists, the node is alive
+    (``node_key(prefix, "")`` is the prefix of them all)."""
+    return f"{prefix}:node:{node_id}"
+
+
 class EventBus(Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...

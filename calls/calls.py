@@ -27,9 +27,10 @@ from typing import Any, Protocol
 from prometheus_client import Counter, Gauge, Histogram
 
 from config import Settings
-from rooms.bus import EventBus
+from events.bus import EventBus
+from events.timers import TimerEvent, TimerService
+from rooms.errors import Category, DomainError
 from rooms.social import SocialGraph
-from rooms.timers import TimerEvent, TimerService
 from store import Database
 from webhooks.outbox import Outbox
 
@@ -128,13 +129,25 @@ class InProcessPartySockets:
             self._sockets.pop((call_id, user), None)
 
 
-class CallError(Exception):
+_CATEGORIES: dict[str, Category] = {
+    "user_not_found": Category.NOT_FOUND,
+    "call_not_found": Category.NOT_FOUND,
+    "blocked": Category.FORBIDDEN,
+    "not_matched": Category.FORBIDDEN,
+    "forbidden": Category.FORBIDDEN,
+    "not_callee": Category.FORBIDDEN,
+    "caller_busy": Category.CONFLICT,
+    "call_ended": Category.CONFLICT,
+    "already_answered": Category.CONFLICT,
+    "not_active": Category.CONFLICT,
+}
+
+
+class CallError(DomainError):
     """A request the rules refuse; nothing changed. ``code`` is stable for clients."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, _CATEGORIES.get(code, Category.INVALID))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ seconds, so a timer set by one process can be fired by another.
 A timer may fire late, and a distributed implementation may (rarely) fire a
 timer whose cancel raced with it, or fire it again after the node that
 claimed it died while handling it: the receiver makes firing act once by
-checking the state the event refers to (``rooms/calls.py`` does a conditional
+checking the state the event refers to (``calls/calls.py`` does a conditional
 UPDATE on the call row).
 
 :class:`InProcessTimers` uses ``loop.call_at`` handles: no task exists while a
@@ -23,7 +23,9 @@ Lua script, every ``poll_interval``) and claims due timers atomically, so one
 node fires each. A claimed timer moves to an in-flight set with a lease and
 is acknowledged after its handler returns; a claim whose node died (SIGKILL)
 before the acknowledgement is taken over by another node when the lease
-runs out.
+runs out. The node that schedules a timer also wakes its poller at the deadline
+(a ``call_at`` on its loop), so a timer is claimed on time while that node lives,
+and within a poll interval by any node otherwise.
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ class RedisTimers:
         self._poller: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._wake: asyncio.Event | None = None
 
     def on_fire(self, handler: TimerHandler) -> None:
         self._handler = handler
@@ -227,6 +230,7 @@ class RedisTimers:
     def start(self) -> None:
         """Begin polling (on the running loop); idempotent."""
         if self._poller is None and not self._closed:
+            self._wake = asyncio.Event()
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="redis-timers")
 
     async def schedule(self, key: str, at_epoch: float, event: TimerEvent) -> None:
@@ -234,6 +238,15 @@ class RedisTimers:
             return
         self.start()
         await self._schedule(keys=self.keys, args=[key, repr(float(at_epoch)), json.dumps(event)])
+        # the node that set it claims it at its deadline, not at its next poll (a millisecond
+        # late so that it is due by the clock the claim reads); the others keep polling
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, at_epoch - self._clock()) + 0.001
+        loop.call_at(loop.time() + delay, self._wake_up)
+
+    def _wake_up(self) -> None:
+        if self._wake is not None and not self._closed:
+            self._wake.set()
 
     async def cancel(self, key: str) -> bool:
         return bool(await self._cancel(keys=self.keys, args=[key]))
@@ -279,8 +292,15 @@ class RedisTimers:
                 log.exception("Redis timers: poll failed")
                 full = False
             if not full:
-                # jitter spreads the nodes' polls over the interval
-                await asyncio.sleep(self.poll_interval * random.uniform(0.75, 1.25))
+                # jitter spreads the nodes' polls over the interval; a deadline of a timer
+                # this node set wakes it early
+                assert self._wake is not None
+                try:
+                    async with asyncio.timeout(self.poll_interval * random.uniform(0.75, 1.25)):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
 
     async def _deliver(self, key: str, raw: bytes) -> None:
         try:

@@ -23,36 +23,17 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
-from store import Database, Queries
+from rooms.errors import Category, DomainError
+from store import Database, Queries, UniqueViolation
 from webhooks.outbox import Outbox
 
 PLATFORM_EARNINGS = "platform:earnings"
 EXTERNAL_TOPUP = "external:topup"
 TOPUP_SCOPE = "webhook"
-
-# The one place that knows what each driver raises for a duplicate key.
-_UNIQUE_VIOLATIONS: tuple[type[BaseException], ...] = (
-    sqlite3.IntegrityError,
-    asyncpg.UniqueViolationError,
-)
-
-
-def is_unique_violation(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.IntegrityError):
-        # CHECK and NOT NULL failures are IntegrityErrors too; only UNIQUE/PK count.
-        name = getattr(exc, "sqlite_errorname", "")
-        return name in ("SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY") or (
-            not name and "UNIQUE constraint failed" in str(exc)
-        )
-    return isinstance(exc, _UNIQUE_VIOLATIONS)
-
 
 def coins_account(user_id: str) -> str:
     return f"user:{user_id}:coins"
@@ -73,8 +54,12 @@ def new_transfer_id() -> str:
     return f"{_last_micros:014x}{secrets.token_hex(6)}"
 
 
-class LedgerError(Exception):
+class LedgerError(DomainError):
     code = "ledger_error"
+    category = Category.CONFLICT
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(self.code, message)
 
 
 class InsufficientFunds(LedgerError):
@@ -198,10 +183,8 @@ class WalletLedger:
                 " created_at, metadata) VALUES ($1, $2, $3, $4, $5, $6)",
                 transfer_id, kind, scope, key, now, json.dumps(metadata, separators=(",", ":")),
             )
-        except Exception as exc:
-            if is_unique_violation(exc):
-                raise DuplicateTransfer(f"{kind} {scope}/{key} was already applied") from None
-            raise
+        except UniqueViolation:
+            raise DuplicateTransfer(f"{kind} {scope}/{key} was already applied") from None
         entries = []
         for leg in sorted(legs, key=_lock_order):
             balance_after = await self._apply(tx, leg, now)
@@ -374,5 +357,4 @@ __all__ = [
     "WalletLedger",
     "coins_account",
     "earnings_account",
-    "is_unique_violation",
 ]

@@ -28,7 +28,7 @@ from typing import Any
 from auth import Identity
 from config import Settings
 from rooms.rate_limit import RateLimiter
-from rooms.rooms import Room, RoomError, RoomRegistry, Timers, room_not_found
+from rooms.rooms import RoomError, RoomRecord, RoomRegistry, Timers, room_not_found
 from rooms.social import SocialGraph, ordered_pair
 from store import Database, Queries
 from store.database import Row
@@ -141,7 +141,7 @@ class ChatService:
         self.limiter = limiter
         # Called inside the transaction that stores a new message (webhooks write
         # chat.message there); set by whoever wires the outbox.
-        self.on_stored: Callable[[Queries, ChatMessage, Room], Awaitable[None]] | None = None
+        self.on_stored: Callable[[Queries, ChatMessage, RoomRecord], Awaitable[None]] | None = None
 
     # -- access ----------------------------------------------------------------------
 
@@ -149,7 +149,7 @@ class ChatService:
         rows = await self.db.fetch("SELECT user_id FROM room_members WHERE room_id = $1", room_id)
         return [r["user_id"] for r in rows]
 
-    async def check_access(self, room_id: str, identity: Identity, *, write: bool) -> Room:
+    async def check_access(self, room_id: str, identity: Identity, *, write: bool) -> RoomRecord:
         """The room, if ``identity`` may read (or write) its chat; RoomError otherwise."""
         room = await self.registry.admit(room_id, identity)  # the room's audience rule
         if room.type == "live":
@@ -165,7 +165,7 @@ class ChatService:
 
     # -- direct chats ------------------------------------------------------------------
 
-    async def open_direct(self, identity: Identity, other: str) -> tuple[Room, bool]:
+    async def open_direct(self, identity: Identity, other: str) -> tuple[RoomRecord, bool]:
         """The direct room of two users, created on first use; (room, created)."""
         me = identity.user_id
         if not isinstance(other, str) or not other or len(other) > 256:
@@ -222,7 +222,7 @@ class ChatService:
     async def send(
         self, identity: Identity, room_id: Any, text: Any, client_id: Any = None,
         *, reply_to: Any = None, attachment: Any = None,
-    ) -> tuple[ChatMessage, Room, bool]:
+    ) -> tuple[ChatMessage, RoomRecord, bool]:
         """Store a message; (message, room, new). ``new`` is False for a retried clientId.
         ``reply_to``: the id of an earlier message of the room; ``attachment``: see
         :func:`check_attachment` (a message with one may have no text)."""
@@ -311,7 +311,7 @@ class ChatService:
             messages.reverse()
         return messages
 
-    async def delete(self, room_id: str, identity: Identity, message_id: str) -> Room:
+    async def delete(self, room_id: str, identity: Identity, message_id: str) -> RoomRecord:
         """The author, the room's owner or an admin deletes a message."""
         room = await self.registry.require(room_id)
         author = await self.db.fetchval(
@@ -324,7 +324,7 @@ class ChatService:
         await self.db.execute("DELETE FROM chat_messages WHERE id = $1", message_id)
         return room
 
-    async def mark_read(self, room_id: Any, identity: Identity, up_to_seq: Any) -> tuple[Room, int]:
+    async def mark_read(self, room_id: Any, identity: Identity, up_to_seq: Any) -> tuple[RoomRecord, int]:
         """Store the reader's position (never moving back); (room, stored position)."""
         if not isinstance(room_id, str) or not room_id:
             raise RoomError("invalid", "bad_request", "roomId must be a room id")

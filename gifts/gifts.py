@@ -5,7 +5,7 @@ A gift goes to the broadcaster (``owner_id``) of a live room, or to the other
 party of an active call; never to yourself. The sender pays ``coins x quantity``;
 the receiver earns ``floor(total x gift_creator_share)`` computed in exact
 integer arithmetic; the platform earns the rest. All of it is one ledger
-transfer (rooms/wallets.py) keyed by ``(sender, idempotencyKey)``.
+transfer (gifts/wallets.py) keyed by ``(sender, idempotencyKey)``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from prometheus_client import Counter
 
 from auth import Identity
 from config import GiftSpec
-from rooms.rooms import RoomRegistry
-from rooms.social import SocialGraph
-from rooms.wallets import (
+from gifts.wallets import (
     PLATFORM_EARNINGS,
     DuplicateTransfer,
     InsufficientFunds,
@@ -30,6 +28,9 @@ from rooms.wallets import (
     WalletLedger,
     coins_account,
 )
+from rooms.errors import Category, DomainError
+from rooms.rooms import RoomRegistry
+from rooms.social import SocialGraph
 from store import Database, Queries
 from webhooks.outbox import Outbox
 
@@ -43,13 +44,28 @@ MAX_GIFT_COINS = 1_000_000
 GIFT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-class GiftRefused(Exception):
-    """A gift request that changes nothing. ``code`` says why (the faces map it to a status)."""
+_CATEGORIES: dict[str, Category] = {
+    "bad_request": Category.INVALID,
+    "gift_not_found": Category.NOT_FOUND,
+    "room_not_found": Category.NOT_FOUND,
+    "call_not_found": Category.NOT_FOUND,
+    "blocked": Category.FORBIDDEN,
+    "banned": Category.FORBIDDEN,
+    "not_member": Category.FORBIDDEN,
+    "not_receiver": Category.FORBIDDEN,
+    "not_call_party": Category.FORBIDDEN,
+    "insufficient_funds": Category.CONFLICT,
+    "idempotency_key_reused": Category.CONFLICT,
+    "gift_exists": Category.CONFLICT,
+}
+
+
+class GiftRefused(DomainError):
+    """A gift request that changes nothing; ``code`` says why (bad input the rules
+    cannot take, such as a bad quantity, is unprocessable)."""
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, _CATEGORIES.get(code, Category.UNPROCESSABLE))
 
 
 def refuse(code: str, message: str) -> GiftRefused:
