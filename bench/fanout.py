@@ -64,6 +64,7 @@ COLUMNS = [
     ("first_packet_p95_ms", "1st pkt p95"),
     ("join_p50_ms", "kf p50"),
     ("join_p95_ms", "kf p95"),
+    ("connected_kf_p95_ms", "conn->kf p95"),
     ("join_failures", "failed"),
     ("server_rss_mb", "rss MB"),
     ("load_cpu_pct", "load cpu%"),
@@ -215,6 +216,10 @@ def _step_result(
     failures = sum(1 for j in joins if not j[1] or j[4] is None)
     ice = [j[5] if j[1] and j[5] is not None else math.inf for j in joins]
     dtls = [j[6] if j[1] and j[6] is not None else math.inf for j in joins]
+    # ICE+DTLS connected -> first keyframe packet (what a GOP cache shortens)
+    connected_kf = [
+        j[4] - j[6] if j[1] and j[4] is not None and j[6] is not None else math.inf for j in joins
+    ]
     simulcast: dict[str, Any] = {}
     if layer_bps:
         mix = _layer_mix(a, b, layer_bps)
@@ -246,6 +251,8 @@ def _step_result(
         "ice_p95_ms": finite(percentile(ice, 95), 1),
         "dtls_p50_ms": finite(percentile(dtls, 50), 1),
         "dtls_p95_ms": finite(percentile(dtls, 95), 1),
+        "connected_kf_p50_ms": finite(percentile(connected_kf, 50), 1),
+        "connected_kf_p95_ms": finite(percentile(connected_kf, 95), 1),
         "join_failures": failures,
         "join_keyframe_ms": sorted(round(v) if v != math.inf else -1 for v in keyframe),
         "join_errors": joined.get("errors", []),

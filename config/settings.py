@@ -104,6 +104,7 @@ class Settings:
     max_connecting_per_user: int = 10  # of those, still connecting (ICE/DTLS); 0 = no limit
     max_connecting_per_ip: int = 50
     media_connect_timeout: float = 10.0  # seconds a media session may take to connect
+    gop_cache_max_age: float = 2.0  # seconds a cached keyframe starts new viewers; 0 = no cache
     room_publisher_grace: float = 10.0  # seconds a live room waits for its publisher
     rtmp_port: int = 0  # RTMP ingest (rtmp://host:port/live/ROOM); 0 = off
 
@@ -413,7 +414,8 @@ def _validate(s: Settings) -> Settings:
     for name in ("call_duration", "call_warning_before", "call_max_extensions", "room_publisher_grace",
                  "rate_limit_http", "rate_limit_http_ip", "rate_limit_events", "rate_limit_actions",
                  "max_sessions_per_user", "max_sessions_per_ip", "max_connecting_per_user",
-                 "max_connecting_per_ip", "socketio_large_room", "chat_delivery_rate"):
+                 "max_connecting_per_ip", "socketio_large_room", "chat_delivery_rate",
+                 "gop_cache_max_age"):
         if getattr(s, name) < 0:
             fail(name, f"must not be negative, got {getattr(s, name)}")
     if not (0.0 <= s.gift_creator_share <= 1.0):

@@ -26,6 +26,8 @@ from typing import Any, Literal, Protocol
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPacket, RtcpPsfbPacket
 
+from config.settings import Settings
+
 from .codecs import is_forwardable
 from .errors import NothingAcceptable
 from .track import DownTrack, UpTrack
@@ -44,6 +46,9 @@ class LocalHost(Protocol):
     """What a local publisher needs of the engine (the public names a
     :class:`~sfu.session.SessionHost` has too): it is told of the publisher
     as of any publishing session."""
+
+    @property
+    def settings(self) -> Settings: ...
 
     def session_connected(self, session: Any) -> None: ...
 
@@ -96,7 +101,8 @@ class LocalPublisher:
 
     def _new_uptrack(self, kind: str, mid: int, codec: RTCRtpCodecParameters) -> UpTrack:
         return UpTrack(self, kind=kind, mid=str(mid), codec=codec,
-                       ssrcs=[_random_ssrc()], out_ssrc=_random_ssrc())
+                       ssrcs=[_random_ssrc()], out_ssrc=_random_ssrc(),
+                       gop_max_age=self._engine.settings.gop_cache_max_age)
 
     # -- the ingest's side ----------------------------------------------------------------
 

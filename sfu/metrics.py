@@ -39,6 +39,16 @@ LAYER_SWITCHES = Counter(
 PAUSED_VIEWERS = Gauge(
     "airwave_sfu_paused_viewers", "Subscriber video tracks paused: not even the lowest layer fits"
 )
+GOP_REPLAYS = Counter(
+    "airwave_sfu_gop_replays",
+    "New viewers started from a layer's cached keyframe, by result: started, caught_up (then"
+    " live), fell_back (the history moved on: they wait for a keyframe)",
+    ["result"],
+)
+GOP_STALE = Counter(
+    "airwave_sfu_gop_stale_joins",
+    "New viewers that found the layer's cached keyframe too old (or none) and waited for a new one",
+)
 SESSIONS_ENDED = Counter("airwave_sfu_sessions_ended", "Sessions ended, by reason", ["reason"])
 SESSIONS_FAILED = Counter(
     "airwave_sfu_sessions_failed", "Sessions ended by a failure, by reason", ["reason"]

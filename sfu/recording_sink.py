@@ -9,7 +9,8 @@ leaves, with ``room_ended`` or ``shutdown`` when the room or the engine ends.
 Each up track gets one :class:`~sfu.track.DownTrack` whose target's protect
 step is the identity and whose send step hands the RTP packet, as a viewer
 would receive it after SRTP, to ``sink.on_rtp(kind, packet)``. The down track
-starts at a keyframe, like any subscriber's. There is no ICE, DTLS or SRTP.
+starts at the next keyframe (not from the GOP cache, whose replay squeezes
+timestamps). There is no ICE, DTLS or SRTP.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ class LocalSubscriber:
             if up.kind in self._by_kind or up.closed:
                 continue
             session: Any = self  # a DownTrack's session: what it reads of one, this has
-            down = DownTrack(session, up, mid=up.mid, payload_type=up.codec.payloadType)
+            # no GOP cache replay: a recording keeps the stream's own timestamps
+            down = DownTrack(
+                session, up, mid=up.mid, payload_type=up.codec.payloadType, from_cache=False
+            )
             self._by_kind[up.kind] = down
             self.downtracks.append(down)
             down.start(self._target(up.kind))

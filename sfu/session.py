@@ -343,6 +343,7 @@ class Session:
             fir_only=("nack", "pli") not in fbs and ("ccm", "fir") in fbs,
             rids=rids,
             rid_order_known=known,
+            gop_max_age=self._engine.settings.gop_cache_max_age,
         )
         repair = match_rtx(codec, media.codecs)
         if repair is not None:

@@ -58,6 +58,15 @@ KEYFRAME_WAIT = 4.0  # seconds a waiting subscriber waits for a keyframe before 
 LAYER_GONE = 2.0  # seconds without a packet after which a layer counts as not sent
 PADDING_SIZE = 255  # bytes of padding in one padding-only probe packet
 MAX_PADDING_BURST = 16  # padding packets sent at one frame end
+# GOP cache (fast first frame): a layer's last keyframe and the packets since,
+# read from its history; bounded so that a replay fits the history and is short
+GOP_MAX_PACKETS = 768  # more since the keyframe: no cache until the next one
+GOP_MAX_BYTES = 1_500_000
+GOP_REPLAY_RATE = 8_000_000  # bits/s a replay sends at most (the viewer's estimate is unknown yet)
+GOP_REPLAY_BURST = 16_000  # bytes a replay may send in one go
+GOP_FIRST_BURST = 64_000  # bytes its first step may send: the keyframe at once, as live would
+GOP_REPLAY_TICK = 0.005  # seconds between two replay steps
+GOP_CATCH_UP = 1.0  # seconds a replay may take to reach live; a longer one is not started
 
 _pack_ssrc = struct.Struct("!I").pack
 _pack_header = struct.Struct("!BBHII").pack
@@ -119,6 +128,7 @@ class UpTrack:
         fir_only: bool = False,
         rids: list[str] | None = None,
         rid_order_known: bool = True,
+        gop_max_age: float = 0.0,
     ) -> None:
         self.publisher = publisher
         self.kind = kind
@@ -131,6 +141,9 @@ class UpTrack:
         self.fir_only = fir_only
         self.codec_name = codec.mimeType.split("/")[-1].lower()
         self.ssrc_bytes = _pack_ssrc(out_ssrc)
+        # seconds a cached keyframe may start a new viewer (0: no GOP cache)
+        self.gop_max_age = gop_max_age if kind == "video" and self.codec_name in (
+            "vp8", "h264") else 0.0
         self.down: list[DownTrack] = []
         self.closed = False
         # the publisher's RTX payload type (RFC 4588) for this track, when
@@ -212,6 +225,10 @@ class UpTrack:
         self.down.append(down)
         layer = self.start_layer(down.max_layer)
         down.wanted = layer
+        if layer.gop_max_age and down.from_cache and down.replay_from(layer):
+            return  # started from the cached keyframe: no keyframe request
+        if layer.gop_max_age:
+            metrics.GOP_STALE.inc()
         layer.add_pending(down)
 
     def start_layer(self, max_layer: int | None) -> Layer:
@@ -275,6 +292,7 @@ class Layer:
         self._nack = self._video
         self.plain: list[DownTrack] = []
         self.rewriting: list[DownTrack] = []
+        self.replaying: list[DownTrack] = []  # new viewers sent the GOP cache, not yet live
         self.padders: list[DownTrack] = []  # paused subscribers probing at our frame ends
         # subscribers that wait for a keyframe (video) or a frame boundary to
         # start on this layer or switch to it
@@ -286,6 +304,13 @@ class Layer:
         self._rewrite_fanout: tuple[tuple[tuple[int, ...], tuple[Target, ...]], ...] = ()
         self._probing: tuple[DownTrack, ...] = ()  # padding: one by one
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
+        # the GOP cache: where the last keyframe starts in the history
+        self.gop_max_age = track.gop_max_age
+        self.gop_seq: int | None = None
+        self.gop_ts = 0
+        self.gop_at = 0.0
+        self.gop_packets = 0
+        self.gop_bytes = 0
 
         # counters, flushed to prometheus in batches
         self.packets = 0
@@ -364,8 +389,15 @@ class Layer:
                 if tl0:
                     self.last_tl0 = data[hlen + tl0]
 
-        if self._pending and self._frame_start and self._may_start(data, hlen):
-            self._activate_pending(seq, ts)
+        if self._frame_start and (self._pending or self.gop_max_age):
+            key = self._keyframe_start(data, hlen)
+            if key and self.gop_max_age:
+                self.gop_seq, self.gop_ts, self.gop_at = seq, ts, self.last_ts_time
+                self.gop_packets = self.gop_bytes = 0
+            if self._pending and (
+                key or time.monotonic() - self._pending_since > KEYFRAME_WAIT
+            ):
+                self._activate_pending(seq, ts)
         # marker: the last packet of a video frame; every audio packet is a
         # frame (Chromium marks only a talkspurt's first one)
         self._frame_start = data[1] >= 0x80 or not self._video
@@ -381,6 +413,11 @@ class Layer:
 
         mbit = base[1] & 0x80
         size = len(base)
+        if self.gop_seq is not None:
+            self.gop_packets += 1
+            self.gop_bytes += size
+            if self.gop_packets > GOP_MAX_PACKETS or self.gop_bytes > GOP_MAX_BYTES:
+                self.gop_seq = None  # too long a GOP to replay: none until the next keyframe
         if self._fanout:
             ext_now = 0.0
             payload = b""
@@ -477,7 +514,7 @@ class Layer:
     # -- subscribers ---------------------------------------------------------------------
 
     def wanted(self) -> bool:
-        return bool(self.plain or self.rewriting or self._pending)
+        return bool(self.plain or self.rewriting or self._pending or self.replaying)
 
     def add_pending(self, down: DownTrack) -> None:
         """``down`` starts on (or switches to) this layer at its next keyframe."""
@@ -487,17 +524,20 @@ class Layer:
             self._pending.append(down)
         self.request_keyframe()
 
-    def _may_start(self, data: bytes, hlen: int) -> bool:
-        """Whether waiting subscribers may start with this packet, the first
-        of a frame: a keyframe's first packet for VP8/H.264 (only looked at
-        while someone waits), or after KEYFRAME_WAIT in case we cannot tell."""
+    def _keyframe_start(self, data: bytes, hlen: int) -> bool:
+        """Whether this packet, the first of a frame, starts a keyframe (VP8:
+        the S bit on partition 0 and P=0; H.264: SPS, IDR, a STAP-A holding
+        one, an FU-A starting one); True for codecs we cannot tell about."""
         if self._codec_name == "vp8":
-            start = vp8_keyframe_start(data, hlen)
-        elif self._codec_name == "h264":
-            start = h264_keyframe_start(data, hlen)
-        else:
-            return True
-        return start or time.monotonic() - self._pending_since > KEYFRAME_WAIT
+            return vp8_keyframe_start(data, hlen)
+        if self._codec_name == "h264":
+            return h264_keyframe_start(data, hlen)
+        return True
+
+    def gop_fresh(self, now: float) -> bool:
+        """Whether the cached keyframe may start a new viewer: there is one,
+        within the bounds, and at most ``gop_max_age`` old."""
+        return self.gop_seq is not None and now - self.gop_at <= self.gop_max_age
 
     def _activate_pending(self, seq: int, ts: int) -> None:
         pending, self._pending = self._pending, []
@@ -513,7 +553,7 @@ class Layer:
 
     def remove(self, down: DownTrack) -> None:
         changed = False
-        for group in (self.plain, self.rewriting, self._pending, self.padders):
+        for group in (self.plain, self.rewriting, self._pending, self.padders, self.replaying):
             if down in group:
                 group.remove(down)
                 changed = True
@@ -699,6 +739,7 @@ class Layer:
         self._fanout = self._rewrite_fanout = self._probing = ()
         self.plain.clear()
         self.rewriting.clear()
+        self.replaying.clear()
         self.padders.clear()
         self._pending.clear()
 
@@ -725,6 +766,31 @@ class _Sent:
         self.at = at
 
 
+class _Replay:
+    """A new viewer being sent its layer's GOP cache: the next sequence number
+    to send, and the timestamp squeeze (cached frames keep their sequence
+    numbers; their timestamps are drawn together toward ``anchor``, the
+    newest cached one, so that the viewer plays them through quickly and is
+    at live when the replay is)."""
+
+    __slots__ = ("first", "next", "anchor", "span", "factor", "credit", "at")
+
+    def __init__(self, first: int, anchor: int, span: int, factor: float, now: float) -> None:
+        self.first = first
+        self.next = first
+        self.anchor = anchor
+        self.span = span
+        self.factor = factor
+        self.credit = float(GOP_FIRST_BURST)
+        self.at = now
+
+    def timestamp(self, ts: int) -> int:
+        back = (self.anchor - ts) & 0xFFFFFFFF
+        if back > self.span:
+            return ts  # newer than the cache (arrived during the replay): as it is
+        return (self.anchor - int(back * self.factor)) & 0xFFFFFFFF
+
+
 class DownTrack:
     """One subscriber's copy of an up track."""
 
@@ -736,8 +802,12 @@ class DownTrack:
         mid: str,
         payload_type: int,
         abs_send_time_id: int = 0,
+        from_cache: bool = True,
     ) -> None:
         self.session = session
+        # may start from its layer's GOP cache (a viewer); a recorder keeps
+        # real timestamps and waits for a keyframe instead
+        self.from_cache = from_cache
         self.up = up
         self.mid = mid
         self.payload_type = payload_type
@@ -761,6 +831,11 @@ class DownTrack:
         self.fraction_lost = 0.0
         self.rtt: float | None = None
         self.policy = LayerPolicy()
+        # the GOP cache replay at the start (None once live); what it sent
+        self._replay: _Replay | None = None
+        self._replayed: _Replay | None = None
+        self._replay_handle: asyncio.TimerHandle | None = None
+        self.replayed = 0
         # own stream state, for a rewriting subscriber
         self.rewrites = False
         self._seq_off = 0
@@ -792,6 +867,7 @@ class DownTrack:
         self.up.rebuild()
 
     def stop(self) -> None:
+        self._end_replay()
         self.up.detach(self)
         self.target = None
         self.layer = self.wanted = None
@@ -801,12 +877,98 @@ class DownTrack:
 
     # -- layers ---------------------------------------------------------------------------
 
+    def replay_from(self, layer: Layer) -> bool:
+        """Start on ``layer`` from its cached keyframe: send the keyframe and
+        the packets since at up to GOP_REPLAY_RATE, with their own sequence
+        numbers and squeezed timestamps, then join the layer's live packets
+        (plain: the numbering already continues). False, and nothing done, when
+        the cache is stale or too long to catch up within GOP_CATCH_UP."""
+        now = time.monotonic()
+        start, end = layer.gop_seq, layer.max_seq
+        if not layer.gop_fresh(now) or start is None or end is None or self.target is None:
+            return False
+        headroom = GOP_REPLAY_RATE - layer.bitrate
+        if headroom <= 0 or layer.gop_bytes * 8 / headroom > GOP_CATCH_UP:
+            return False
+        newest = layer.history(end)
+        anchor = int.from_bytes(newest[4:8], "big") if newest is not None else layer.last_ts
+        span = (anchor - layer.gop_ts) & 0xFFFFFFFF
+        if span >= 0x80000000:
+            span = 0
+        duration = layer.gop_bytes * 8 / GOP_REPLAY_RATE  # how long sending the cache takes
+        factor = min(1.0, duration * self.up.clock_rate / span) if span else 1.0
+        self._replay = self._replayed = _Replay(start, anchor, span, factor, now)
+        self.layer = self.wanted = layer
+        layer.replaying.append(self)
+        metrics.GOP_REPLAYS.labels("started").inc()
+        self._replay_step()
+        return True
+
+    def _replay_step(self) -> None:
+        self._replay_handle = None
+        replay, layer, target = self._replay, self.layer, self.target
+        if replay is None or layer is None or target is None or self not in layer.replaying:
+            self._replay = None
+            return
+        now = time.monotonic()
+        replay.credit = min(
+            replay.credit + GOP_REPLAY_RATE / 8 * (now - replay.at), float(GOP_REPLAY_BURST)
+        )
+        replay.at = now
+        end = layer.max_seq if layer.max_seq is not None else replay.next
+        protect, sendto, addr = target
+        seq = replay.next
+        while True:
+            if seq == (end + 1) & 0xFFFF:  # at live: from now on the shared bytes
+                self._replay = None
+                layer.replaying.remove(self)
+                layer.plain.append(self)
+                layer.rebuild()
+                metrics.GOP_REPLAYS.labels("caught_up").inc()
+                return
+            if (end - seq) & 0xFFFF >= HISTORY_SIZE - 64:  # the history moved on without us
+                self._replay = None
+                layer.replaying.remove(self)
+                self.layer = None
+                layer.add_pending(self)
+                metrics.GOP_REPLAYS.labels("fell_back").inc()
+                return
+            if replay.credit <= 0:
+                break
+            packet = layer.history(seq)
+            if packet is not None:
+                buf = bytearray(packet)
+                buf[1] = (buf[1] & 0x80) | self.payload_type
+                buf[4:8] = _pack_ssrc(replay.timestamp(int.from_bytes(packet[4:8], "big")))
+                if self.abs_send_time_id:
+                    data = _with_extension(buf, abs_send_time(self.abs_send_time_id, now))
+                else:
+                    data = bytes(buf)
+                try:
+                    sendto(protect(data), addr)
+                except Exception as exc:  # noqa: BLE001
+                    logger.debug("replay failed: %s", exc)
+                replay.credit -= len(data)
+                self.replayed += 1
+            seq = (seq + 1) & 0xFFFF
+        replay.next = seq
+        self._replay_handle = asyncio.get_running_loop().call_later(
+            GOP_REPLAY_TICK, self._replay_step
+        )
+
+    def _end_replay(self) -> None:
+        self._replay = None
+        if self._replay_handle is not None:
+            self._replay_handle.cancel()
+            self._replay_handle = None
+
     def join(self, layer: Layer, seq: int, ts: int, now: float) -> None:
         """Called by ``layer`` at the keyframe that starts this subscriber on it."""
         old = self.layer
         if old is not None:
             self._left = self._position(old)
             old.remove(self)
+            self._end_replay()
         for other in self.up.layers:
             if other is not layer:
                 other.remove(self)
@@ -845,7 +1007,26 @@ class DownTrack:
         self._out_map = [-1] * HISTORY_SIZE
 
     def _position(self, layer: Layer) -> _Sent:
-        """Where our stream stands now on ``layer`` (its latest packet, our offsets)."""
+        """Where our stream stands now on ``layer`` (its latest packet, our offsets;
+        during a replay, the last packet it sent)."""
+        replay = self._replay
+        if replay is not None:
+            seq = (replay.next - 1) & 0xFFFF
+            packet = layer.history(seq)
+            if packet is None:
+                return _Sent(seq, replay.timestamp(layer.gop_ts), -1, -1, time.monotonic())
+            pid = tl0 = -1
+            vp8 = vp8_picture_ids(packet, 12)
+            if vp8 is not None:
+                pos, bits, tl0_pos = vp8
+                if bits == 15:
+                    pid = ((packet[12 + pos] & 0x7F) << 8) | packet[13 + pos]
+                elif bits == 7:
+                    pid = packet[12 + pos] & 0x7F
+                if tl0_pos:
+                    tl0 = packet[12 + tl0_pos]
+            ts = replay.timestamp(int.from_bytes(packet[4:8], "big"))
+            return _Sent(seq, ts, pid, tl0, time.monotonic())
         seq = ((layer.max_seq or 0) + self._seq_off) & 0xFFFF
         ts = (layer.last_ts + self._ts_off) & 0xFFFFFFFF
         pid = tl0 = -1
@@ -1066,6 +1247,10 @@ class DownTrack:
                 return None
             buf = bytearray(packet)
             buf[1] = (buf[1] & 0x80) | self.payload_type
+            replayed = self._replayed
+            if replayed is not None and (seq - replayed.first) & 0xFFFF < 0x8000:
+                # sent by the replay: with the timestamp it had then
+                buf[4:8] = _pack_ssrc(replayed.timestamp(int.from_bytes(packet[4:8], "big")))
             return buf
         entry = self._out_map[seq & _MASK]
         if entry >= 0 and entry >> 17 == seq:
@@ -1159,6 +1344,7 @@ class DownTrack:
             "fraction_lost": round(self.fraction_lost, 3),
             "rtt_ms": round(self.rtt * 1000, 1) if self.rtt is not None else None,
             "retransmitted": self.retransmitted,
+            "replayed": self.replayed,
             "rtx": self.rtx_payload_type is not None,
             "keyframe_requests": self.keyframe_requests,
         }

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 from aiortc import RTCRtpSender
 from prometheus_client import REGISTRY
+
+from sfu import MediaEngine
 
 from .sfu_peers import PacketTrack, Publisher, Viewer, vp8_keyframe, wait_for
 
@@ -37,7 +40,9 @@ async def _viewer(engine, room, *, rtx: bool = True):
     return v, s
 
 
-async def test_late_viewer_gets_a_keyframe_within_2s(engine, vp8_frames):
+async def test_late_viewer_gets_a_keyframe_within_2s(settings, vp8_frames):
+    # the cached keyframe is older than the cache's age limit: a new one is asked for
+    engine = MediaEngine(replace(settings, gop_cache_max_age=1.0), connect_timeout=10.0)
     pub, track, session = await _live(engine, "k", vp8_frames)
     await asyncio.sleep(1.5)  # the publisher's only unrequested keyframe is long gone
     requests_before = track.keyframe_requests
@@ -48,8 +53,10 @@ async def test_late_viewer_gets_a_keyframe_within_2s(engine, vp8_frames):
     assert first - joined < 2.0
     assert track.keyframe_requests > requests_before
     assert vs.downtracks[0].up.keyframe_requests >= 1
+    assert vs.downtracks[0].replayed == 0  # no stale media
     await viewer.close()
     await pub.close()
+    await asyncio.wait_for(engine.close(), 10)
 
 
 async def test_keyframe_requests_are_rate_limited(engine, vp8_frames):
