@@ -24,6 +24,7 @@ HIGH_LOSS = 0.10  # fraction lost (receiver reports) that forces a step down
 PROBE_SECONDS = 3.0  # one padding probe toward the next layer (again at once while it works)
 PROBE_GAP = 6.0  # seconds between two probes (doubled after a failed one, up to MAX)
 MAX_PROBE_GAP = 30.0
+LINK_CHANGED = 1.25  # the estimate beyond this many times a failed probe's start: probe at once
 MAX_PROBE_BPS = 2_000_000
 ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
 
@@ -147,7 +148,11 @@ class LayerPolicy:
             self._next_probe = now + self._probe_gap
             return 0
         if now < self._next_probe:
-            return 0
+            # the estimate grew well past what the last, failed probe started from
+            # without a probe: the link changed (a limit lifted); no waiting out the gap
+            if not self._probe_start_estimate or budget < self._probe_start_estimate * LINK_CHANGED:
+                return 0
+            self._probe_gap = PROBE_GAP
         self._probe_until = now + PROBE_SECONDS
         self._probe_start_estimate = budget
         return rate

@@ -82,6 +82,12 @@ async def test_simulcast_gives_each_viewer_the_layer_its_link_holds(lab: Netlab,
                                      {"room": ROOM, "token": token, "simulcast": True})
         assert offered["encodings"] == ["q", "h", "f"], offered
         await pub.evaluate("() => window.netlab.connected('publisher')")
+        # the publisher's own ramp-up (its encoder starts small) is not the server's doing
+        warm = time.monotonic()
+        while time.monotonic() - warm < 15.0:
+            if top_sent(await latest(pub, "publisher")) >= 720:
+                break
+            await asyncio.sleep(0.5)
         shaped = await watch(stack, lab, server, token, "shaped")
         free = await watch(stack, lab, server, token, "free")
         await first_frame(shaped, "shaped")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from sfu.bandwidth import (
     DOWNGRADE_AFTER,
     HEADROOM,
+    LINK_CHANGED,
     UPGRADE_AFTER,
     DownlinkEstimate,
     LayerPolicy,
@@ -110,6 +111,19 @@ def test_probe_toward_the_next_layer_then_back_off():
         budget = min(int(budget * 1.03), int(RATES[2] * 1.1))
     # on the top layer there is nothing to probe for
     assert policy.decide(2, RATES, 5_000_000, 0.0, 100.0).probe_bps == 0
+
+
+def test_a_link_that_opens_up_is_probed_without_waiting_out_the_gap():
+    policy = LayerPolicy()
+    _, d = run(policy, 1, 800_000, 4.0)  # one probe that did not raise the estimate
+    assert d.probe_bps == 0
+    # still inside the back-off gap, the estimate climbs on its own (a limit lifted): probe now
+    d = policy.decide(1, RATES, int(800_000 * LINK_CHANGED) + 1, 0.0, 4.5)
+    assert d.layer == 1 and d.probe_bps > 0
+    # a small wobble of the estimate would not have
+    policy = LayerPolicy()
+    run(policy, 1, 800_000, 4.0)
+    assert policy.decide(1, RATES, 880_000, 0.0, 4.5).probe_bps == 0
 
 
 def test_estimate_expires():
