@@ -24,7 +24,7 @@ HIGH_LOSS = 0.10  # fraction lost (receiver reports) that forces a step down
 PROBE_SECONDS = 3.0  # one padding probe toward the next layer (again at once while it works)
 PROBE_GAP = 6.0  # seconds between two probes (doubled after a failed one, up to MAX)
 MAX_PROBE_GAP = 30.0
-LINK_CHANGED = 1.25  # the estimate beyond this many times a failed probe's start: probe at once
+LINK_CHANGED = 1.25  # the estimate beyond this many times its peak in a failed probe: probe now
 MAX_PROBE_BPS = 2_000_000
 ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
 
@@ -66,6 +66,7 @@ class LayerPolicy:
         self._next_probe = 0.0
         self._probe_gap = PROBE_GAP
         self._probe_start_estimate = 0
+        self._probe_peak = 0  # the highest estimate during the last probe
         self._last_budget: int | None = None
 
     def decide(
@@ -136,6 +137,7 @@ class LayerPolicy:
         base = rates[current] if current >= 0 else 0.0
         rate = int(min(MAX_PROBE_BPS, max(0.0, target - base)))
         if now < self._probe_until:
+            self._probe_peak = max(self._probe_peak, budget)
             return rate
         if self._probe_until:  # a probe ended without an upgrade
             self._probe_until = 0.0
@@ -148,13 +150,14 @@ class LayerPolicy:
             self._next_probe = now + self._probe_gap
             return 0
         if now < self._next_probe:
-            # the estimate grew well past what the last, failed probe started from
-            # without a probe: the link changed (a limit lifted); no waiting out the gap
-            if not self._probe_start_estimate or budget < self._probe_start_estimate * LINK_CHANGED:
+            # the estimate grew well past the most it reached during the last, failed
+            # probe, without a probe: the link changed (a limit lifted); no waiting out the gap
+            if budget < self._probe_peak * LINK_CHANGED:
                 return 0
             self._probe_gap = PROBE_GAP
         self._probe_until = now + PROBE_SECONDS
         self._probe_start_estimate = budget
+        self._probe_peak = budget
         return rate
 
 
