@@ -209,8 +209,8 @@ async def test_a_shaped_viewer_costs_a_single_layer_room_nothing(
 
 
 CALL_LIMIT_KBIT = 500
-CALL_RAMP_S = 12.0  # unshaped first: the caller's encoder climbs above the limit
-CALL_SHAPED_S = 30.0
+CALL_RAMP_S = 25.0  # at most, unshaped first: the caller's encoder climbs well above the limit
+CALL_SHAPED_S = 25.0
 
 
 def encoder_kbit(sample: dict[str, Any], previous: dict[str, Any]) -> tuple[float, float | None]:
@@ -235,8 +235,9 @@ async def test_a_callers_encoder_follows_the_callees_downlink(lab: Netlab, airwa
         encoder: list[tuple[float, float, float | None]] = []  # (s since the limit, target, sent)
         previous: dict[str, Any] = {}
         shaped_at = 0.0
-        while time.monotonic() - started < CALL_RAMP_S + CALL_SHAPED_S:
-            if not shaped_at and time.monotonic() - started >= CALL_RAMP_S:
+        while not shaped_at or time.monotonic() - shaped_at < CALL_SHAPED_S:
+            if not shaped_at and (time.monotonic() - started >= CALL_RAMP_S
+                                  or (encoder and encoder[-1][1] > 1.3 * CALL_LIMIT_KBIT)):
                 lab.shape("callee", down=Shape(CALL_LIMIT_KBIT, queue_ms=300))
                 shaped_at = time.monotonic()
             await asyncio.sleep(1.0)
@@ -244,7 +245,7 @@ async def test_a_callers_encoder_follows_the_callees_downlink(lab: Netlab, airwa
             if not sample.get("outbound"):
                 continue
             target, sent = encoder_kbit(sample, previous)
-            since = time.monotonic() - shaped_at if shaped_at else time.monotonic() - started - CALL_RAMP_S
+            since = time.monotonic() - (shaped_at or time.monotonic() + 1)
             encoder.append((round(since, 1), target, sent))
             previous = sample
         # the window: from the limit on (the callee's figures include the drop)
