@@ -245,7 +245,8 @@ async def test_a_callers_encoder_follows_the_callees_downlink(lab: Netlab, airwa
             if not sample.get("outbound"):
                 continue
             target, sent = encoder_kbit(sample, previous)
-            since = time.monotonic() - (shaped_at or time.monotonic() + 1)
+            # seconds since the limit (before it: negative, counted from the ramp's longest end)
+            since = time.monotonic() - (shaped_at or started + CALL_RAMP_S)
             encoder.append((round(since, 1), target, sent))
             previous = sample
         # the window: from the limit on (the callee's figures include the drop)
