@@ -67,7 +67,6 @@ class LayerPolicy:
         self._probe_gap = PROBE_GAP
         self._probe_start_estimate = 0
         self._probe_peak = 0  # the highest estimate during the last probe
-        self._probe_grew = False  # the running probe follows one that raised the estimate
         self._last_budget: int | None = None
 
     def decide(
@@ -124,35 +123,29 @@ class LayerPolicy:
             if now - self._above_since >= UPGRADE_AFTER:
                 self._above_since = None
                 self._probe_gap = PROBE_GAP
-                self._probe_grew = False
                 return Decision(fits)
             return Decision(current)
         self._above_since = None
         higher = [i for i in active if i > current]
         if not higher:
             return Decision(current)
-        return Decision(current, self._probe(current, rates, higher, budget, now))
+        return Decision(current, self._probe(current, rates, higher[0], budget, now))
 
-    def _probe(self, current: int, rates: list[float], higher: list[int], budget: int, now: float) -> int:
-        """Padding toward the next layer when the estimate sits under it; toward the top
-        layer once a probe made the estimate grow (a link with room: one climb, not one per layer)."""
-        def rate() -> int:
-            target = rates[higher[-1] if self._probe_grew else higher[0]] / HEADROOM
-            base = rates[current] if current >= 0 else 0.0
-            return int(min(MAX_PROBE_BPS, max(0.0, target - base)))
-
+    def _probe(self, current: int, rates: list[float], nxt: int, budget: int, now: float) -> int:
+        """Padding toward the next layer when the estimate sits under it."""
+        target = rates[nxt] / HEADROOM
+        base = rates[current] if current >= 0 else 0.0
+        rate = int(min(MAX_PROBE_BPS, max(0.0, target - base)))
         if now < self._probe_until:
             self._probe_peak = max(self._probe_peak, budget)
-            return rate()
+            return rate
         if self._probe_until:  # a probe ended without an upgrade
             self._probe_until = 0.0
             if budget > self._probe_start_estimate * 1.05:  # but the estimate grew: go on
-                self._probe_grew = True
                 self._probe_gap = PROBE_GAP
                 self._probe_until = now + PROBE_SECONDS
                 self._probe_start_estimate = budget
-                return rate()
-            self._probe_grew = False
+                return rate
             self._probe_gap = min(MAX_PROBE_GAP, self._probe_gap * 2)
             self._next_probe = now + self._probe_gap
             return 0
@@ -165,7 +158,7 @@ class LayerPolicy:
         self._probe_until = now + PROBE_SECONDS
         self._probe_start_estimate = budget
         self._probe_peak = budget
-        return rate()
+        return rate
 
 
 __all__ = ["Decision", "DownlinkEstimate", "LayerPolicy"]

@@ -132,12 +132,3 @@ def test_estimate_expires():
     est.on_remb(700_000, 10.0)
     assert est.current(11.0) == 700_000
     assert est.current(20.0) is None
-
-
-def test_a_probe_that_raises_the_estimate_is_followed_by_one_toward_the_top():
-    policy = LayerPolicy()
-    first = policy.decide(0, RATES, 300_000, 0.0, 0.0)
-    assert first.layer == 0 and first.probe_bps == int(RATES[1] / HEADROOM - RATES[0])
-    # the estimate grew during it (but not yet to layer 1): the next probe aims at layer 2
-    d = policy.decide(0, RATES, 330_000, 0.0, 3.0)
-    assert d.layer == 0 and d.probe_bps == int(RATES[2] / HEADROOM - RATES[0])
