@@ -7,6 +7,7 @@ from sfu.bandwidth import (
     DOWNGRADE_AFTER,
     HEADROOM,
     LINK_CHANGED,
+    RATE_PEAK_WINDOW,
     UPGRADE_AFTER,
     DownlinkEstimate,
     LayerPolicy,
@@ -132,3 +133,12 @@ def test_estimate_expires():
     est.on_remb(700_000, 10.0)
     assert est.current(11.0) == 700_000
     assert est.current(20.0) is None
+
+
+def test_a_dip_in_a_layers_rate_does_not_let_a_viewer_onto_it():
+    policy = LayerPolicy()
+    budget = 1_000_000  # holds layer 2 at its dip (700k) but not at its usual 1.5M
+    dipped = [RATES[0], RATES[1], 700_000.0]
+    policy.decide(1, RATES, budget, 0.0, 0.0)
+    chosen, _ = run(policy, 1, budget, RATE_PEAK_WINDOW - 1.0, start=0.5, rates=dipped)
+    assert set(chosen) == {1}
