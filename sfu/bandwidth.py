@@ -22,9 +22,11 @@ DOWNGRADE_AFTER = 1.0  # seconds the estimate stays under the current layer
 UPGRADE_AFTER = 2.0  # seconds the estimate shows room for a higher layer
 HIGH_LOSS = 0.10  # fraction lost (receiver reports) that forces a step down
 PROBE_SECONDS = 3.0  # one padding probe toward the next layer (again at once while it works)
-PROBE_GAP = 6.0  # seconds between two probes (doubled after a failed one, up to MAX)
-MAX_PROBE_GAP = 30.0
+PROBE_GAP = 4.0  # seconds between two probes (doubled after a failed one, up to MAX)
+MAX_PROBE_GAP = 8.0  # a lifted limit is found within about this (issue 16: top layer in 15 s)
+LINK_CHANGED = 1.25  # the estimate beyond this many times its peak in a failed probe: probe now
 MAX_PROBE_BPS = 2_000_000
+RATE_PEAK_WINDOW = 5.0  # a layer is taken only if its highest rate of this many seconds fits
 ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
 
 
@@ -65,7 +67,9 @@ class LayerPolicy:
         self._next_probe = 0.0
         self._probe_gap = PROBE_GAP
         self._probe_start_estimate = 0
+        self._probe_peak = 0  # the highest estimate during the last probe
         self._last_budget: int | None = None
+        self._rate_history: list[tuple[float, list[float]]] = []
 
     def decide(
         self,
@@ -91,9 +95,14 @@ class LayerPolicy:
         if budget is None:
             self._below_since = self._above_since = self._last_budget = None
             return Decision(active[-1])
+        # layers' rates swing with the picture: judge a layer by its recent peak, or a
+        # dip lets a viewer onto a layer its link cannot hold
+        self._rate_history = [(t, r) for t, r in self._rate_history if now - t < RATE_PEAK_WINDOW]
+        self._rate_history.append((now, list(rates)))
+        peaks = [max(r[i] for _, r in self._rate_history if len(r) > i) for i in range(len(rates))]
         fits = -1
         for i in active:
-            if rates[i] <= budget * HEADROOM:
+            if peaks[i] <= budget * HEADROOM:
                 fits = i
         # a receiver that is not congested reports about what it receives and
         # grows from there: while the estimate rises, a layer above it (the
@@ -127,7 +136,7 @@ class LayerPolicy:
         higher = [i for i in active if i > current]
         if not higher:
             return Decision(current)
-        return Decision(current, self._probe(current, rates, higher[0], budget, now))
+        return Decision(current, self._probe(current, peaks, higher[0], budget, now))
 
     def _probe(self, current: int, rates: list[float], nxt: int, budget: int, now: float) -> int:
         """Padding toward the next layer when the estimate sits under it."""
@@ -135,6 +144,7 @@ class LayerPolicy:
         base = rates[current] if current >= 0 else 0.0
         rate = int(min(MAX_PROBE_BPS, max(0.0, target - base)))
         if now < self._probe_until:
+            self._probe_peak = max(self._probe_peak, budget)
             return rate
         if self._probe_until:  # a probe ended without an upgrade
             self._probe_until = 0.0
@@ -147,9 +157,14 @@ class LayerPolicy:
             self._next_probe = now + self._probe_gap
             return 0
         if now < self._next_probe:
-            return 0
+            # the estimate grew well past the most it reached during the last, failed
+            # probe, without a probe: the link changed (a limit lifted); no waiting out the gap
+            if budget < self._probe_peak * LINK_CHANGED:
+                return 0
+            self._probe_gap = PROBE_GAP
         self._probe_until = now + PROBE_SECONDS
         self._probe_start_estimate = budget
+        self._probe_peak = budget
         return rate
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from sfu.bandwidth import (
     DOWNGRADE_AFTER,
     HEADROOM,
+    LINK_CHANGED,
+    RATE_PEAK_WINDOW,
     UPGRADE_AFTER,
     DownlinkEstimate,
     LayerPolicy,
@@ -112,9 +114,31 @@ def test_probe_toward_the_next_layer_then_back_off():
     assert policy.decide(2, RATES, 5_000_000, 0.0, 100.0).probe_bps == 0
 
 
+def test_a_link_that_opens_up_is_probed_without_waiting_out_the_gap():
+    policy = LayerPolicy()
+    _, d = run(policy, 1, 800_000, 4.0)  # one probe that did not raise the estimate
+    assert d.probe_bps == 0
+    # still inside the back-off gap, the estimate climbs on its own (a limit lifted): probe now
+    d = policy.decide(1, RATES, int(800_000 * LINK_CHANGED) + 1, 0.0, 4.5)
+    assert d.layer == 1 and d.probe_bps > 0
+    # a small wobble of the estimate would not have
+    policy = LayerPolicy()
+    run(policy, 1, 800_000, 4.0)
+    assert policy.decide(1, RATES, 880_000, 0.0, 4.5).probe_bps == 0
+
+
 def test_estimate_expires():
     est = DownlinkEstimate()
     assert est.current(0.0) is None
     est.on_remb(700_000, 10.0)
     assert est.current(11.0) == 700_000
     assert est.current(20.0) is None
+
+
+def test_a_dip_in_a_layers_rate_does_not_let_a_viewer_onto_it():
+    policy = LayerPolicy()
+    budget = 1_000_000  # holds layer 2 at its dip (700k) but not at its usual 1.5M
+    dipped = [RATES[0], RATES[1], 700_000.0]
+    policy.decide(1, RATES, budget, 0.0, 0.0)
+    chosen, _ = run(policy, 1, budget, RATE_PEAK_WINDOW - 1.0, start=0.5, rates=dipped)
+    assert set(chosen) == {1}
