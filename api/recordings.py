@@ -40,7 +40,7 @@ from aiohttp import web
 from api.auth_http import require_identity
 from api.bodies import json_object
 from api.components import AIRWAVE, Airwave, need
-from api.errors import ApiError
+from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Identity
 from cluster.nodes import internal_url
@@ -77,16 +77,9 @@ _PROXY_HEADERS = (
 )
 
 
-class Refused(Exception):
-    """A rule said no: HTTP status, code and message for either face."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def _api(exc: Refused) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
+class Refused(ApiError):
+    """A rule said no: HTTP status, code and message for either face (the HTTP
+    error middleware answers it; the socket face turns it into an ack error)."""
 
 
 class _Sink:
@@ -578,11 +571,8 @@ _RECORDING_SCHEMA: dict[str, Any] = {
 )
 async def start_recording(request: web.Request) -> web.Response:
     identity = await _limited(request, "changes")
-    try:
-        body = await _service(request).request_start(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
-    return web.json_response(body, status=201)
+    body = await _service(request).request_start(identity, request.match_info["id"])
+    return json_response(body, status=201)
 
 
 @routes.delete(
@@ -598,11 +588,8 @@ async def start_recording(request: web.Request) -> web.Response:
 )
 async def stop_recording(request: web.Request) -> web.Response:
     identity = await _limited(request, "changes")
-    try:
-        body = await _service(request).request_stop(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
-    return web.json_response(body)
+    body = await _service(request).request_stop(identity, request.match_info["id"])
+    return json_response(body)
 
 
 @routes.get(
@@ -617,11 +604,8 @@ async def stop_recording(request: web.Request) -> web.Response:
 async def room_recording(request: web.Request) -> web.Response:
     identity = await _limited(request, "reads")
     service = _service(request)
-    try:
-        room = await service.viewable_room(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
-    return web.json_response({"roomId": room.id, **await service.room_fields(room.id)})
+    room = await service.viewable_room(identity, request.match_info["id"])
+    return json_response({"roomId": room.id, **await service.room_fields(room.id)})
 
 
 @routes.patch(
@@ -648,10 +632,7 @@ async def set_record_all(request: web.Request) -> web.Response:
     if not isinstance(record, bool):
         raise ApiError(400, "bad_record", "record must be true or false")
     service = _service(request)
-    try:
-        room = await service.moderated_room(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
+    room = await service.moderated_room(identity, request.match_info["id"])
     await service.db.execute(
         "INSERT INTO room_recording_settings (room_id, record_all, updated_by, updated_at) "
         "VALUES ($1, $2, $3, $4) ON CONFLICT (room_id) DO UPDATE SET "
@@ -662,7 +643,7 @@ async def set_record_all(request: web.Request) -> web.Response:
         identity.user_id,
         time.time(),
     )
-    return web.json_response({"roomId": room.id, **await service.room_fields(room.id)})
+    return json_response({"roomId": room.id, **await service.room_fields(room.id)})
 
 
 @routes.get(
@@ -677,16 +658,13 @@ async def set_record_all(request: web.Request) -> web.Response:
 async def list_recordings(request: web.Request) -> web.Response:
     identity = await _limited(request, "reads")
     service = _service(request)
-    try:
-        room = await service.viewable_room(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
+    room = await service.viewable_room(identity, request.match_info["id"])
     rows = await service.db.fetch(
         "SELECT * FROM recordings WHERE room_id = $1 ORDER BY started_at DESC LIMIT $2",
         room.id,
         PAGE,
     )
-    return web.json_response({"recordings": [recording_json(r) for r in rows]})
+    return json_response({"recordings": [recording_json(r) for r in rows]})
 
 
 @routes.get(
@@ -701,11 +679,8 @@ async def list_recordings(request: web.Request) -> web.Response:
 )
 async def get_recording(request: web.Request) -> web.Response:
     identity = await _limited(request, "reads")
-    try:
-        row, _ = await _service(request).viewable_recording(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
-    return web.json_response(recording_json(row))
+    row, _ = await _service(request).viewable_recording(identity, request.match_info["id"])
+    return json_response(recording_json(row))
 
 
 @routes.get(
@@ -722,10 +697,7 @@ async def get_recording(request: web.Request) -> web.Response:
 async def recording_file(request: web.Request) -> web.StreamResponse:
     identity = await _limited(request, "reads")
     service = _service(request)
-    try:
-        row, _ = await service.viewable_recording(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
+    row, _ = await service.viewable_recording(identity, request.match_info["id"])
     path = service.storage.local_path(row["storage_key"])
     mime = "video/webm" if row["container"] == "webm" else "video/mp4"
     if path is not None:
@@ -773,11 +745,8 @@ async def _proxy(request: web.Request, node_url: str) -> web.StreamResponse:
 )
 async def delete_recording(request: web.Request) -> web.Response:
     identity = await _limited(request, "changes")
-    try:
-        body = await _service(request).delete(identity, request.match_info["id"])
-    except Refused as exc:
-        raise _api(exc) from None
-    return web.json_response(body)
+    body = await _service(request).delete(identity, request.match_info["id"])
+    return json_response(body)
 
 
 # ------------------------------------------------------------------------ wiring
