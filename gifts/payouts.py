@@ -18,7 +18,6 @@ withdrawn, and a request asks for at least the minimum.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -140,22 +139,14 @@ class Refunds:
         raise MoneyRefused("busy", "the balance kept changing; retry the same event")
 
     async def find(self, event_id: str) -> Refund | None:
-        row = await self.db.fetchrow(
-            "SELECT id, kind, created_at, metadata FROM ledger_transfers"
-            " WHERE kind IN ('refund', 'chargeback') AND idempotency_scope = $1 AND idempotency_key = $2",
-            REFUND_SCOPE, event_id,
-        )
-        if row is None:
+        found = await self.ledger.find_event_transfer(REFUND_KINDS, REFUND_SCOPE, event_id)
+        if found is None:
             return None
-        meta = json.loads(row["metadata"])
-        user_id = str(meta["userId"])
-        balance = await self.db.fetchval(
-            "SELECT balance_after FROM ledger_entries WHERE transfer_id = $1 AND account = $2",
-            row["id"], coins_account(user_id),
-        )
+        row, meta, balance = found
         return Refund(
-            row["id"], row["kind"], event_id, user_id, int(meta["coins"]), int(meta["recovered"]),
-            int(meta["loss"]), int(balance or 0), float(row["created_at"]), replayed=True,
+            row["id"], row["kind"], event_id, str(meta["userId"]), int(meta["coins"]),
+            int(meta["recovered"]), int(meta["loss"]), balance, float(row["created_at"]),
+            replayed=True,
         )
 
 

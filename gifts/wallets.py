@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rooms.errors import Category, DomainError
-from store import Database, Queries, UniqueViolation
+from store import Database, Queries, Row, UniqueViolation
 from webhooks.outbox import Outbox
 
 PLATFORM_EARNINGS = "platform:earnings"
@@ -266,23 +266,34 @@ class WalletLedger:
         return first
 
     async def find_topup(self, event_id: str) -> Topup | None:
+        found = await self.find_event_transfer(("topup",), TOPUP_SCOPE, event_id)
+        if found is None:
+            return None
+        row, meta, balance = found
+        return Topup(
+            row["id"], event_id, str(meta["userId"]), int(meta["coins"]), balance,
+            float(row["created_at"]), replayed=True,
+        )
+
+    async def find_event_transfer(
+        self, kinds: tuple[str, ...], scope: str, event_id: str
+    ) -> tuple[Row, dict[str, Any], int] | None:
+        """A transfer an incoming webhook event made (a replay's first result): its
+        row, its metadata and the coins balance of the metadata's ``userId`` right after."""
+        listed = ", ".join(f"'{kind}'" for kind in kinds)  # our own constants, never input
         row = await self.db.fetchrow(
-            "SELECT id, created_at, metadata FROM ledger_transfers"
-            " WHERE kind = 'topup' AND idempotency_scope = $1 AND idempotency_key = $2",
-            TOPUP_SCOPE, event_id,
+            "SELECT id, kind, created_at, metadata FROM ledger_transfers"
+            f" WHERE kind IN ({listed}) AND idempotency_scope = $1 AND idempotency_key = $2",
+            scope, event_id,
         )
         if row is None:
             return None
         meta = json.loads(row["metadata"])
-        user_id = str(meta["userId"])
         balance = await self.db.fetchval(
             "SELECT balance_after FROM ledger_entries WHERE transfer_id = $1 AND account = $2",
-            row["id"], coins_account(user_id),
+            row["id"], coins_account(str(meta["userId"])),
         )
-        return Topup(
-            row["id"], event_id, user_id, int(meta["coins"]), int(balance),
-            float(row["created_at"]), replayed=True,
-        )
+        return row, meta, int(balance or 0)
 
     # ------------------------------------------------------------------ reading
     async def balance(self, user_id: str) -> Balance:
