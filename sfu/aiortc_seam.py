@@ -11,6 +11,9 @@ Internals used:
 * ``RTCDtlsTransport._handle_rtp_data(data, arrival_time_ms)`` -- awaited by
   the transport's receive loop with each decrypted RTP packet; replaced per
   instance to get the raw bytes before aiortc parses and routes them.
+* ``RTCDtlsTransport._handle_rtcp_data(data)`` -- awaited with each
+  decrypted compound RTCP packet; wrapped per instance so that transport-cc
+  feedback, which aiortc cannot parse, is taken out before aiortc parses the rest.
 * ``RTCDtlsTransport._rtp_router`` (``RtpRouter.register_sender`` /
   ``register_receiver`` / ``unregister_*``) -- routes parsed RTCP (NACK,
   PLI, FIR, SR) to our objects by SSRC.
@@ -77,6 +80,24 @@ def tap_rtp(dtls: RTCDtlsTransport, handler: RtpHandler) -> None:
             logger.exception("RTP handler failed")
 
     dtls._handle_rtp_data = _handle_rtp_data  # type: ignore[method-assign]
+
+
+def tap_rtcp(dtls: RTCDtlsTransport, take: Callable[[bytes], bytes]) -> None:
+    """Give every decrypted compound RTCP packet of ``dtls`` to ``take`` first;
+    what it returns (the packets it did not consume) goes on to aiortc's parse
+    and route."""
+    original = dtls._handle_rtcp_data
+
+    async def _handle_rtcp_data(data: bytes) -> None:
+        try:
+            rest = take(data)
+        except Exception:  # an exception here would end the transport's receive loop
+            logger.exception("RTCP tap failed")
+            rest = data
+        if rest:
+            await original(rest)
+
+    dtls._handle_rtcp_data = _handle_rtcp_data  # type: ignore[method-assign]
 
 
 def register_rtcp_sink(dtls: RTCDtlsTransport, ssrc: int, sink: Any) -> None:
@@ -430,6 +451,7 @@ __all__ = [
     "set_dtls_role",
     "set_ice_controlling",
     "stop_dtls",
+    "tap_rtcp",
     "tap_rtp",
     "unregister_rtcp",
 ]

@@ -1,10 +1,12 @@
 """Per-subscriber downlink estimate and the layer choice that follows it.
 
-The subscriber's browser estimates its own downlink: we negotiate
-``goog-remb`` and ``abs-send-time`` (never ``transport-cc``) on its leg and
-write abs-send-time into every packet we send it, so Chromium runs its
+Where the subscriber gives transport-cc feedback (Chromium does), we estimate
+its downlink ourselves (:mod:`sfu.congestion`): that estimate follows what
+was delivered and says at once when a queue builds. Otherwise its browser
+estimates: we negotiate ``goog-remb`` and ``abs-send-time`` on its leg and
+write abs-send-time into every packet we send it, so it runs its
 receive-side estimator and sends REMB. :class:`DownlinkEstimate` keeps the
-latest REMB.
+latest estimate of either kind.
 :class:`LayerPolicy` turns that estimate and the publisher's measured layer
 bitrates into one layer per subscriber track: down when the estimate stays
 under the current layer for a second or at once when loss passes 10 %, up
@@ -25,7 +27,14 @@ PROBE_SECONDS = 3.0  # one padding probe toward the next layer (again at once wh
 PROBE_GAP = 4.0  # seconds between two probes (doubled after a failed one, up to MAX)
 MAX_PROBE_GAP = 8.0  # a lifted limit is found within about this (issue 16: top layer in 15 s)
 LINK_CHANGED = 1.25  # the estimate beyond this many times its peak in a failed probe: probe now
-MAX_PROBE_BPS = 2_000_000
+MAX_PROBE_BPS = 3_000_000
+# with a send-side estimate (transport-cc): a probe that fills a queue is seen
+# within about 100 ms and stopped, so probes may come often and climb fast
+SEND_SIDE_UPGRADE_AFTER = 1.0
+SEND_SIDE_PROBE_GAP = 2.0
+SEND_SIDE_MAX_PROBE_GAP = 4.0
+PROBE_STEP = 1.0  # a send-side probe adds at most this share of the estimate
+PROBE_MARGIN = 1.1  # a probe aims this much past what the next layer needs
 RATE_PEAK_WINDOW = 5.0  # a layer is taken only if its highest rate of this many seconds fits
 ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
 
@@ -60,12 +69,15 @@ class Decision:
 class LayerPolicy:
     """One subscriber track's layer choice over time (hysteresis and probing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, send_side: bool = False) -> None:
+        # the estimate is ours, from transport-cc feedback (it does not grow past
+        # what is delivered, and comes with a congestion signal), not a REMB
+        self.send_side = send_side
         self._below_since: float | None = None
         self._above_since: float | None = None
         self._probe_until = 0.0
         self._next_probe = 0.0
-        self._probe_gap = PROBE_GAP
+        self._probe_gap = SEND_SIDE_PROBE_GAP if send_side else PROBE_GAP
         self._probe_start_estimate = 0
         self._probe_peak = 0  # the highest estimate during the last probe
         self._last_budget: int | None = None
@@ -80,12 +92,15 @@ class LayerPolicy:
         now: float,
         *,
         max_layer: int | None = None,
+        congested: bool = False,
     ) -> Decision:
         """``current``: the layer sent now (-1 paused); ``rates``: each layer's
         bitrate (bits/s, low to high; 0 for a layer the publisher is not
         sending); ``budget``: what the video may use (None: no estimate, so
         no limit). A layer is kept while it fits the estimate and taken only
-        when it fits with HEADROOM: the band between is the hysteresis."""
+        when it fits with HEADROOM: the band between is the hysteresis.
+        ``congested``: a send-side estimate saw a queue build just now (a probe
+        stops at once, a layer that does not fit is left at once)."""
         top = len(rates) - 1
         if max_layer is not None:
             top = max(0, min(top, max_layer))
@@ -111,6 +126,9 @@ class LayerPolicy:
         self._last_budget = budget
         if current > top or (current >= 0 and rates[current] <= 0):
             return Decision(max(fits, active[0]) if current > top else fits)
+        if self.send_side:
+            return self._decide_send_side(current, rates, peaks, active, fits, budget, loss,
+                                          now, congested)
         if loss > HIGH_LOSS and current >= 0:
             self._above_since = None
             lower = [i for i in active if i < current]
@@ -137,6 +155,73 @@ class LayerPolicy:
         if not higher:
             return Decision(current)
         return Decision(current, self._probe(current, peaks, higher[0], budget, now))
+
+    def _decide_send_side(
+        self,
+        current: int,
+        rates: list[float],
+        peaks: list[float],
+        active: list[int],
+        fits: int,
+        budget: int,
+        loss: float,
+        now: float,
+        congested: bool,
+    ) -> Decision:
+        """The choice on our own estimate: down only on congestion or loss (the
+        estimate lags a layer that is still being delivered), up once the
+        next layer has fit for SEND_SIDE_UPGRADE_AFTER, probes that climb in
+        steps of the estimate and stop at the first sign of a queue."""
+        if congested or (loss > HIGH_LOSS and current >= 0):
+            self._above_since = None
+            self._end_probe(now)
+            if current >= 0 and rates[current] > budget:
+                lower = [i for i in active if i < current]
+                return Decision(min(fits, lower[-1]) if lower else -1)
+            return Decision(current)
+        if current >= 0 and rates[current] > budget:
+            return Decision(current)
+        if fits > current:
+            if self._above_since is None:
+                self._above_since = now
+            if now - self._above_since >= SEND_SIDE_UPGRADE_AFTER:
+                self._above_since = None
+                self._probe_gap = SEND_SIDE_PROBE_GAP
+                self._probe_until = 0.0
+                return Decision(fits)
+            return Decision(current, self._probe_rate(current, peaks, fits, budget))
+        self._above_since = None
+        higher = [i for i in active if i > current]
+        if not higher:
+            self._probe_until = 0.0
+            return Decision(current)
+        if now >= self._probe_until:
+            if self._probe_until:  # a probe ran its time without an upgrade: go on if it grew
+                grew = budget > self._probe_start_estimate * 1.05
+                self._probe_until = 0.0
+                if not grew:
+                    self._end_probe(now)
+            if now < self._next_probe:
+                return Decision(current)
+            self._probe_until = now + PROBE_SECONDS
+            self._probe_start_estimate = budget
+        return Decision(current, self._probe_rate(current, peaks, higher[0], budget))
+
+    def _probe_rate(self, current: int, peaks: list[float], nxt: int, budget: int) -> int:
+        """Padding that takes the delivery toward what layer ``nxt`` needs, at
+        most PROBE_STEP of the estimate more than the current layer."""
+        target = peaks[nxt] / HEADROOM * PROBE_MARGIN
+        base = peaks[current] if current >= 0 else 0.0
+        rate = min(target - base, budget * PROBE_STEP, MAX_PROBE_BPS)
+        return int(max(0.0, rate))
+
+    def _end_probe(self, now: float) -> None:
+        """A probe that failed (a queue built, or the estimate did not grow): wait
+        before the next, longer after each failure."""
+        if self._probe_until:
+            self._probe_until = 0.0
+            self._next_probe = now + self._probe_gap
+            self._probe_gap = min(SEND_SIDE_MAX_PROBE_GAP, self._probe_gap * 2)
 
     def _probe(self, current: int, rates: list[float], nxt: int, budget: int, now: float) -> int:
         """Padding toward the next layer when the estimate sits under it."""

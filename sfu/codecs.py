@@ -21,9 +21,11 @@ H264_PROFILES = frozenset({"42e0", "42c0", "4200", "4d00", "6400"})
 H264_DEFAULT_PROFILE_LEVEL_ID = "42001f"
 
 # feedback we relay or answer ourselves. goog-remb: we send REMB to
-# publishers and read it from subscribers (docs/media.md, "Bandwidth");
-# transport-cc is never negotiated, so that browsers estimate on their side.
+# publishers and read it from subscribers that cannot give transport-cc
+# feedback; transport-cc: only toward subscribers, whose downlink we then
+# estimate ourselves (docs/media.md, "Estimation").
 VIDEO_FEEDBACK = (("nack", None), ("nack", "pli"), ("ccm", "fir"), ("goog-remb", None))
+TRANSPORT_CC = ("transport-cc", None)
 
 
 def _mime(codec: RTCRtpCodecParameters) -> str:
@@ -93,19 +95,25 @@ def match_subscriber_codec(
 
 
 def answer_codec(
-    published: RTCRtpCodecParameters, peer: RTCRtpCodecParameters
+    published: RTCRtpCodecParameters, peer: RTCRtpCodecParameters, *, transport_cc: bool = False
 ) -> RTCRtpCodecParameters:
     """The publisher's codec and fmtp under the peer's payload type, with the
-    feedback both the peer offered and we support."""
+    feedback both the peer offered and we support (``transport_cc``: we
+    estimate this subscriber's downlink from its transport-cc feedback, not
+    its REMB)."""
     codec = copy.deepcopy(published)
     codec.payloadType = peer.payloadType
+    offered = {(fb.type, fb.parameter) for fb in peer.rtcpFeedback}
+    wanted: tuple[tuple[str, str | None], ...] = ()
     if codec.mimeType.lower().startswith("video/"):
-        offered = {(fb.type, fb.parameter) for fb in peer.rtcpFeedback}
-        codec.rtcpFeedback = [
-            RTCRtcpFeedback(type=t, parameter=p) for (t, p) in VIDEO_FEEDBACK if (t, p) in offered
-        ]
-    else:
-        codec.rtcpFeedback = []
+        wanted = VIDEO_FEEDBACK
+        if transport_cc:
+            wanted = tuple(fb for fb in VIDEO_FEEDBACK if fb[0] != "goog-remb") + (TRANSPORT_CC,)
+    elif transport_cc:
+        wanted = (TRANSPORT_CC,)
+    codec.rtcpFeedback = [
+        RTCRtcpFeedback(type=t, parameter=p) for (t, p) in wanted if (t, p) in offered
+    ]
     return codec
 
 

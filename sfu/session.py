@@ -40,9 +40,10 @@ from config.settings import Settings
 
 from . import aiortc_seam as seam
 from . import metrics, rtx
-from .bandwidth import DownlinkEstimate
+from .bandwidth import DownlinkEstimate, LayerPolicy
 from .candidates import CandidatePolicy
 from .codecs import answer_codec, match_rtx, match_subscriber_codec, rtx_codec
+from .congestion import EXT_TRANSPORT_CC, TransportCc, split_feedback
 from .errors import AtCapacity, IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
 from .sdp import (
     EXT_ABS_SEND_TIME,
@@ -147,6 +148,11 @@ class Session:
         self._repaired_rid_id = 0
         self._mid_id = 0
         self._remb_sent = (0, 0.0)  # (bitrate, monotonic)
+        # a subscriber that gives transport-cc feedback: our send-side estimate
+        # of its downlink (sfu/congestion.py), instead of its REMB
+        self.transport_cc: TransportCc | None = None
+        self._tcc_protect: tuple[Any, Any] | None = None  # (SRTP protect, stamping wrapper)
+        self._adapted_at = 0.0
         self._restart: seam.IceRestart | None = None  # new ICE path being checked
         self._restart_task: asyncio.Task[None] | None = None
         self._restart_lock = asyncio.Lock()
@@ -195,6 +201,17 @@ class Session:
             "room": self.room,
             "state": self.state,
             "downlink_bps": self.downlink.current(now),
+            "downlink_source": "transport-cc" if self.transport_cc is not None else "remb",
+            **(
+                {
+                    "queue_delay_ms": round(self.transport_cc.queue_delay * 1000, 1),
+                    "delivery_bps": self.transport_cc.delivery_bps,
+                    "transport_loss": round(self.transport_cc.loss, 3),
+                    "congested": self.transport_cc.congested,
+                }
+                if self.transport_cc is not None
+                else {}
+            ),
             "uplink_bps": self.uplink_bitrate,
             "tracks": [
                 {
@@ -288,6 +305,43 @@ class Session:
                 self._use_rtx(line.down, line.down_codec, line.media.codecs)
         if remb and self._abs_send_time_id:
             self._uplink = RemoteBitrateEstimator()
+        if self.role == "subscriber":
+            self._use_transport_cc(lines)
+
+    def _use_transport_cc(self, lines: list[MediaLine]) -> None:
+        """Estimate a subscriber's downlink on our side when it offered
+        transport-cc (extension and feedback) for a video section we send on:
+        every packet we send it is stamped, abs-send-time is not written."""
+        ext_id = 0
+        for line in lines:
+            if line.down is None or line.down_codec is None or line.media.kind != "video":
+                continue
+            if any(fb.type == "transport-cc" for fb in line.down_codec.rtcpFeedback):
+                ext_id = ext_id or line.media.extensions.get(EXT_TRANSPORT_CC, 0)
+        downs = [line for line in lines if line.down is not None]
+        if not ext_id or any(line.media.extensions.get(EXT_TRANSPORT_CC) != ext_id for line in downs):
+            return  # every packet we send must carry it, or the feedback reports gaps as losses
+        self.transport_cc = TransportCc(ext_id, self._on_send_side_estimate)
+        for line in downs:
+            assert line.down is not None
+            line.transport_cc = True
+            line.down.abs_send_time_id = 0
+            line.down.policy = LayerPolicy(send_side=True)
+        seam.tap_rtcp(self.dtls, self._take_transport_feedback)
+
+    def _take_transport_feedback(self, data: bytes) -> bytes:
+        feedback, rest = split_feedback(data)
+        if self.transport_cc is not None:
+            for fci in feedback:
+                self.transport_cc.on_feedback(fci)
+        return rest
+
+    def _on_send_side_estimate(self, bitrate: int, congested: bool) -> None:
+        now = time.monotonic()
+        previous = self.downlink.current(now)
+        self.downlink.on_remb(bitrate, now)
+        if congested or previous is None or bitrate < previous or now - self._adapted_at >= 0.25:
+            self._adapt(now, congested=congested)
 
     def _begin(self) -> None:
         """Route our publishers' RTCP to us and start connecting."""
@@ -543,7 +597,11 @@ class Session:
         s = self.sender
         if s is None or s.sendto is None:
             return None
-        return (s.protect, s.sendto, s.addr)
+        if self.transport_cc is None:
+            return (s.protect, s.sendto, s.addr)
+        if self._tcc_protect is None or self._tcc_protect[0] is not s.protect:
+            self._tcc_protect = (s.protect, self.transport_cc.wrap(s.protect))
+        return (self._tcc_protect[1], s.sendto, s.addr)
 
     # -- receiving (publisher) ----------------------------------------------------------------
 
@@ -676,8 +734,10 @@ class Session:
         if previous is None or bitrate < previous:
             self._adapt(now)
 
-    def _adapt(self, now: float) -> None:
-        """Each simulcast video track's layer from the downlink estimate, less audio."""
+    def _adapt(self, now: float, *, congested: bool = False) -> None:
+        """Each simulcast video track's layer from the downlink estimate, less
+        audio (``congested``: the send-side estimate just saw a queue build)."""
+        self._adapted_at = now
         estimate = self.downlink.current(now)
         videos = [d for d in self.downtracks if d.up.simulcast]
         if not videos:
@@ -687,7 +747,7 @@ class Session:
             audio = sum(d.up.layers[0].bitrate for d in self.downtracks if d.up.kind == "audio")
             budget = max(0, int((estimate - audio) / len(videos)))
         for down in videos:
-            down.adapt(budget, now)
+            down.adapt(budget, now, congested=congested)
 
     # called by aiortc's RtpRouter for RTCP about the publisher's SSRCs
     async def _handle_rtcp_packet(self, packet: Any) -> None:
@@ -931,6 +991,7 @@ class MediaLine:
         self.down: DownTrack | None = None
         self.down_codec: RTCRtpCodecParameters | None = None
         self.pending = False  # down offered by us, not yet answered
+        self.transport_cc = False  # we stamp what we send on it (the session estimates)
 
     @property
     def rejected(self) -> bool:
@@ -940,7 +1001,9 @@ class MediaLine:
         m = self.media
         if self.up is None and self.down is None:
             return _unused_section(m)
-        wanted = set(SUBSCRIBER_EXTENSIONS) if self.down is not None else set()
+        wanted = set()
+        if self.down is not None:
+            wanted = {EXT_TRANSPORT_CC} if self.transport_cc else set(SUBSCRIBER_EXTENSIONS)
         if self.up is not None:
             wanted.update(PUBLISHER_EXTENSIONS)
         extensions = sorted((i, uri) for uri, i in m.extensions.items() if uri in wanted)
@@ -948,7 +1011,7 @@ class MediaLine:
         if self.up is not None:
             codecs.append(self.up.codec)
         if self.down is not None and self.down_codec is not None:
-            send = answer_codec(self.down.up.codec, self.down_codec)
+            send = answer_codec(self.down.up.codec, self.down_codec, transport_cc=self.transport_cc)
             if not codecs or send.payloadType != codecs[0].payloadType:
                 codecs.append(send)
         repairs = []

@@ -57,7 +57,7 @@ NACK_RETRIES = 3
 KEYFRAME_WAIT = 4.0  # seconds a waiting subscriber waits for a keyframe before starting anyway
 LAYER_GONE = 2.0  # seconds without a packet after which a layer counts as not sent
 PADDING_SIZE = 255  # bytes of padding in one padding-only probe packet
-MAX_PADDING_BURST = 16  # padding packets sent at one frame end
+MAX_PADDING_BURST = 64  # padding packets sent at one frame end
 # GOP cache (fast first frame): a layer's last keyframe and the packets since,
 # read from its history; bounded so that a replay fits the history and is short
 GOP_MAX_PACKETS = 768  # more since the keyframe: no cache until the next one
@@ -1064,16 +1064,17 @@ class DownTrack:
             return
         target.add_pending(self)
 
-    def adapt(self, budget: int | None, now: float) -> None:
+    def adapt(self, budget: int | None, now: float, *, congested: bool = False) -> None:
         """Follow the subscriber's estimate (called by its session about once a second
-        and on each REMB): maybe switch layer, pause, resume, or probe."""
+        and when the estimate falls): maybe switch layer, pause, resume, or probe."""
         up = self.up
         if not up.simulcast or self.target is None or up.closed:
             return
         current = self.wanted.index if self.wanted is not None else -1
         rates = [layer.bitrate for layer in up.layers]
         decision = self.policy.decide(
-            current, rates, budget, self.fraction_lost, now, max_layer=self.max_layer
+            current, rates, budget, self.fraction_lost, now, max_layer=self.max_layer,
+            congested=congested,
         )
         if decision.layer != current:
             self.switch_to(decision.layer)
