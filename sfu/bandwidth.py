@@ -40,21 +40,22 @@ ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
 
 
 class DownlinkEstimate:
-    """What one subscriber's browser says of its downlink (REMB); the loss and
-    round-trip time of its receiver reports are kept per track (DownTrack)."""
+    """One subscriber's downlink: our send-side estimate (transport-cc) or what
+    its browser says (REMB); the loss and round-trip time of its receiver
+    reports are kept per track (DownTrack)."""
 
     __slots__ = ("bitrate", "updated")
 
     def __init__(self) -> None:
-        self.bitrate: int | None = None  # bits per second, from the latest REMB
+        self.bitrate: int | None = None  # bits per second, the latest estimate
         self.updated = 0.0
 
-    def on_remb(self, bitrate: int, now: float) -> None:
+    def update(self, bitrate: int, now: float) -> None:
         self.bitrate = bitrate
         self.updated = now
 
     def current(self, now: float) -> int | None:
-        """The estimate, or None when the subscriber sends no (recent) REMB."""
+        """The estimate, or None when there is no (recent) one."""
         if self.bitrate is None or now - self.updated > ESTIMATE_TIMEOUT:
             return None
         return self.bitrate

@@ -339,7 +339,7 @@ class Session:
     def _on_send_side_estimate(self, bitrate: int, congested: bool) -> None:
         now = time.monotonic()
         previous = self.downlink.current(now)
-        self.downlink.on_remb(bitrate, now)
+        self.downlink.update(bitrate, now)
         if congested or previous is None or bitrate < previous or now - self._adapted_at >= 0.25:
             self._adapt(now, congested=congested)
 
@@ -730,7 +730,7 @@ class Session:
         """The subscriber's REMB (its browser's downlink estimate)."""
         now = time.monotonic()
         previous = self.downlink.current(now)
-        self.downlink.on_remb(bitrate, now)
+        self.downlink.update(bitrate, now)
         if previous is None or bitrate < previous:
             self._adapt(now)
 

@@ -130,7 +130,7 @@ def test_a_link_that_opens_up_is_probed_without_waiting_out_the_gap():
 def test_estimate_expires():
     est = DownlinkEstimate()
     assert est.current(0.0) is None
-    est.on_remb(700_000, 10.0)
+    est.update(700_000, 10.0)
     assert est.current(11.0) == 700_000
     assert est.current(20.0) is None
 
@@ -142,3 +142,47 @@ def test_a_dip_in_a_layers_rate_does_not_let_a_viewer_onto_it():
     policy.decide(1, RATES, budget, 0.0, 0.0)
     chosen, _ = run(policy, 1, budget, RATE_PEAK_WINDOW - 1.0, start=0.5, rates=dipped)
     assert set(chosen) == {1}
+
+
+# -- the send-side estimate (transport-cc) ---------------------------------------------
+
+
+def test_send_side_steps_down_at_once_on_congestion_and_not_without():
+    from sfu.bandwidth import LayerPolicy as Policy
+
+    policy = Policy(send_side=True)
+    # under the layer but no queue: our estimate lags what is delivered, nothing moves
+    assert policy.decide(2, RATES, 1_200_000, 0.0, 0.0).layer == 2
+    assert policy.decide(2, RATES, 1_200_000, 0.0, 5.0).layer == 2
+    # a queue builds: down at once to what fits in HEADROOM of the estimate
+    assert policy.decide(2, RATES, 700_000, 0.0, 5.1, congested=True).layer == 1
+    # not even the lowest fits: paused at once
+    assert policy.decide(1, RATES, 100_000, 0.0, 5.2, congested=True).layer == -1
+
+
+def test_send_side_probe_climbs_by_the_estimate_and_stops_on_congestion():
+    from sfu.bandwidth import SEND_SIDE_PROBE_GAP, SEND_SIDE_UPGRADE_AFTER
+    from sfu.bandwidth import LayerPolicy as Policy
+
+    policy = Policy(send_side=True)
+    d = policy.decide(1, RATES, 600_000, 0.0, 0.0)
+    assert d.layer == 1
+    # padding of at most the estimate again (not the whole way to the top layer at once)
+    assert 0 < d.probe_bps <= 600_000
+    # the probe meets a queue: it stops now, and the next waits out the gap
+    d = policy.decide(1, RATES, 540_000, 0.0, 0.3, congested=True)
+    assert d.layer == 1 and d.probe_bps == 0
+    assert policy.decide(1, RATES, 540_000, 0.0, 0.3 + SEND_SIDE_PROBE_GAP - 0.1).probe_bps == 0
+    d = policy.decide(1, RATES, 540_000, 0.0, 0.3 + SEND_SIDE_PROBE_GAP + 0.1)
+    assert d.probe_bps > 0
+    # the link has room now: the delivered estimate climbs with the probe, and the
+    # layer follows once it has fit for SEND_SIDE_UPGRADE_AFTER
+    t, budget, layer = 3.0, 1_100_000, 1
+    while t < 10.0 and layer == 1:
+        d = policy.decide(layer, RATES, budget, 0.0, t)
+        layer = d.layer
+        budget = min(3_000_000, 500_000 + d.probe_bps) if d.probe_bps else budget
+        t += 0.25
+    assert layer == 2, (t, budget)
+    needed = RATES[2] / HEADROOM
+    assert budget >= needed and t - 3.0 <= 2.5 + SEND_SIDE_UPGRADE_AFTER
