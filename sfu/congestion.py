@@ -138,7 +138,9 @@ class TransportCc:
         self._sent_size = [0] * SENT_SIZE
         # acknowledged packets (arrival s, send s, bytes), oldest first
         self._acked: deque[tuple[float, float, int]] = deque()
+        self._acked_bytes = 0
         self._base: deque[tuple[float, float]] = deque()  # (second, lowest delay in it)
+        self._base_min = 0.0  # the lowest of them
         self._losses: deque[tuple[float, int, int]] = deque()  # (at, lost, reported)
         self._reported: set[int] = set()  # recently reported received (late duplicates)
         self.estimate: int | None = None
@@ -209,7 +211,9 @@ class TransportCc:
             arrival = arrival_us / 1e6
             delay = self._note_delay(arrival - sent, now)
             queue_min = delay if queue_min is None else min(queue_min, delay)
-            acked.append((arrival, sent, self._sent_size[i]))
+            size = self._sent_size[i]
+            acked.append((arrival, sent, size))
+            self._acked_bytes += size
             self._sent_seq[i] = -1  # counted once, whatever later feedback repeats
         if not lost and not received:
             return
@@ -222,7 +226,7 @@ class TransportCc:
             return
         newest = acked[-1][0]
         while acked and newest - acked[0][0] > RATE_WINDOW:
-            acked.popleft()
+            self._acked_bytes -= acked.popleft()[2]
         if queue_min is not None:
             self.queue_delay = queue_min
         self._update(now)
@@ -234,11 +238,13 @@ class TransportCc:
         if base and base[-1][0] == second:
             if delay < base[-1][1]:
                 base[-1] = (second, delay)
+                self._base_min = min(self._base_min, delay)
         else:
             base.append((second, delay))
-            while base and second - base[0][0] > BASE_WINDOW:
+            while second - base[0][0] > BASE_WINDOW:
                 base.popleft()
-        return delay - min(d for _, d in base)
+            self._base_min = min(d for _, d in base)  # once a second
+        return delay - self._base_min
 
     def _rates(self) -> tuple[float, float] | None:
         """(delivery, send) rate in bits/s over the acknowledged window."""
@@ -246,11 +252,11 @@ class TransportCc:
         if len(acked) < 4:
             return None
         arrival_span = acked[-1][0] - acked[0][0]
-        send_span = max(s for _, s, _ in acked) - min(s for _, s, _ in acked)
+        send_span = acked[-1][1] - acked[0][1]  # in arrival order: about send order
         if arrival_span < MIN_RATE_SPAN or send_span <= 0:
             return None
         # bytes after the first packet: the span starts with its arrival
-        bits = 8 * (sum(size for _, _, size in acked) - acked[0][2])
+        bits = 8 * (self._acked_bytes - acked[0][2])
         return bits / arrival_span, bits / send_span
 
     def _update(self, now: float) -> None:
