@@ -3,8 +3,9 @@
 Each party is a python-socketio client (sockets spread over the configured loopback source
 addresses) and, once the call is answered, one sendrecv aiortc peer connection that sends a
 pre-encoded clip (Opus, or Opus and 320x240 VP8 with ``"media": "video"``; nothing is
-encoded per party) for ``media_seconds``, then falls silent: the set-up is measured, and 100
-calls still fit on one load core. The server's renegotiation offers (``call:sdp_offer``
+encoded per party) until ``media_seconds`` after the other party got its first frame, then
+falls silent: the set-up is measured, and 100 calls still fit on one load core (aiortc
+decodes every received frame, in a thread per receiver). The server's renegotiation offers (``call:sdp_offer``
 from the server) are answered with ``call:sdp_answer``.
 
 Started by the controller as ``python -m bench.call_worker``; JSON lines. The first line is its
@@ -27,6 +28,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -50,14 +52,18 @@ def _ms(start: float | None, end: float | None) -> float | None:
 
 
 class BoundedClipTrack(LoopedClipTrack):
-    """A looped pre-encoded clip that falls silent after ``seconds``."""
+    """A looped pre-encoded clip that falls silent ``seconds`` after ``heard()`` (the
+    other party got its first frame of ours) has become a time."""
 
-    def __init__(self, kind: str, frames: list[EncodedFrame], *, fps: float, seconds: float) -> None:
+    def __init__(self, kind: str, frames: list[EncodedFrame], *, fps: float, seconds: float,
+                 heard: Callable[[], float | None]) -> None:
         super().__init__(kind, frames, fps=fps)
         self.seconds = seconds
+        self.heard = heard
 
     async def recv(self) -> Any:
-        if self._start is not None and time.monotonic() - self._start > self.seconds:
+        heard = self.heard()
+        if heard is not None and time.monotonic() - heard > self.seconds:
             await asyncio.Event().wait()  # silence until the peer connection is closed
         return await super().recv()
 
@@ -87,6 +93,7 @@ class CallParty:
         # ack of ours (the event can overtake the ack) waits for it
         self.negotiated = asyncio.Event()
         self.server_offers = 0
+        self.peer: CallParty | None = None  # the other party, in this process
         self._drains: list[asyncio.Task[None]] = []
 
         @self.sio.on("call:incoming")
@@ -134,7 +141,7 @@ class CallParty:
     async def join_media(self) -> None:
         """Publish our clip and receive the other party's, over one sendrecv connection."""
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        for track in self.media.tracks():
+        for track in self.media.tracks(self._peer_heard):
             transceiver = pc.addTransceiver(track, direction="sendrecv")
             if track.kind == "video":
                 caps = RTCRtpSender.getCapabilities("video")
@@ -166,6 +173,9 @@ class CallParty:
         await pc.setRemoteDescription(RTCSessionDescription(ack["sdp"], "answer"))
         self.negotiated.set()
 
+    def _peer_heard(self) -> float | None:
+        return self.peer.t.get("first_frame") if self.peer is not None else None
+
     async def _drain(self, track: MediaStreamTrack) -> None:
         """Consume decoded frames (aiortc always decodes); note the first of the other
         party's media (video when the call has video)."""
@@ -189,7 +199,8 @@ class CallParty:
 
 
 class MediaPlan:
-    """What each party sends: pre-encoded Opus (and VP8 for video calls), for a while."""
+    """What each party sends: pre-encoded Opus (and VP8 for video calls), until
+    ``seconds`` after the other party got its first frame."""
 
     def __init__(self, kind: str, seconds: float) -> None:
         self.kind = kind
@@ -198,16 +209,18 @@ class MediaPlan:
         self.video = video_clip(CALL_VIDEO) if kind == "video" else []
         self.first_kind = kind
 
-    def tracks(self) -> list[MediaStreamTrack]:
+    def tracks(self, heard: Callable[[], float | None]) -> list[MediaStreamTrack]:
         tracks: list[MediaStreamTrack] = []
         if self.kind == "video":
             tracks.append(BoundedClipTrack("video", self.video, fps=CALL_VIDEO.fps,
-                                           seconds=self.seconds))
-        tracks.append(BoundedClipTrack("audio", self.audio, fps=50, seconds=self.seconds))
+                                           seconds=self.seconds, heard=heard))
+        tracks.append(BoundedClipTrack("audio", self.audio, fps=50, seconds=self.seconds,
+                                       heard=heard))
         return tracks
 
 
 async def place_call(caller: CallParty, callee: CallParty, media: str, *, answer: bool) -> None:
+    caller.peer, callee.peer = callee, caller
     caller.t["initiate"] = callee.t["initiate"] = time.monotonic()
     ack = await caller.sio.call("call:initiate", {"to": callee.user_id, "media": media},
                                 timeout=SIGNAL_TIMEOUT)
