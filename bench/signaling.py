@@ -108,12 +108,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # ---- connections
                 new = users[connected:target]
                 shares = [new[i::len(workers)] for i in range(len(workers))]
-                t0 = time.monotonic()
+                t0, before = time.monotonic(), await probe.sample()
                 replies = await asyncio.gather(*(
                     w.request({"op": "connect", "tokens": [u.token for u in share],
                                "concurrency": args.connect_concurrency}, 60 + len(share))
                     for w, share in zip(workers, shares, strict=True)))
                 connect_seconds = time.monotonic() - t0
+                after = await probe.sample()
                 ok = sum(r["ok"] for r in replies)
                 connect_ms = [t for r in replies for t in r["connect_ms"]]
                 connected += ok
@@ -123,6 +124,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "connect_rate_per_s": round(ok / connect_seconds, 1) if connect_seconds else None,
                     "connect_p50_ms": finite(percentile(connect_ms, 50), 1),
                     "connect_p99_ms": finite(percentile(connect_ms, 99), 1),
+                    # server CPU per connect + stream:join: what a connection costs, whatever
+                    # else the machine was doing
+                    "connect_server_cpu_ms": finite(
+                        (after.cpu_seconds - before.cpu_seconds) * 1000 / ok
+                        if ok and after.cpu_seconds is not None and before.cpu_seconds is not None
+                        else None, 2),
                 })
                 # ---- idle
                 await asyncio.sleep(1.0)
@@ -229,7 +236,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 COLUMNS = [
     ("sockets", "sockets"), ("connect_rate_per_s", "conn/s"), ("connect_p50_ms", "conn p50"),
-    ("connect_p99_ms", "conn p99"), ("connect_failures", "conn fail"),
+    ("connect_p99_ms", "conn p99"), ("connect_server_cpu_ms", "conn srv ms"),
+    ("connect_failures", "conn fail"),
     ("idle_cpu_pct", "idle cpu%"), ("rss_kb_per_socket", "KB/sock"),
     ("message_rate_per_s", "msg/s"), ("deliveries_per_s", "deliv/s"),
     ("delivery_p50_ms", "p50"), ("delivery_p95_ms", "p95"), ("delivery_p99_ms", "p99"),
