@@ -28,7 +28,6 @@ from calls.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallService
 from cluster import call_of_room, call_room
 from events.bus import EventBus
 from rooms.errors import DomainError
-from rooms.social import SocialGraph
 from sfu import (
     MAX_SDP_LENGTH,
     SENDING,
@@ -205,7 +204,6 @@ class CallSignaling:
         calls: CallService,
         engine: MediaEngine,
         ice: IceServerProvider,
-        social: SocialGraph,
         bus: EventBus,
         remote_media: RemoteCallMedia,
     ) -> None:
@@ -214,7 +212,6 @@ class CallSignaling:
         self.calls = calls
         self.media = CallMedia(engine)
         self.ice = ice
-        self.social = social
         self.bus = bus
         # sockets of this node in each call's audience: call id -> user id -> sids
         self._members: dict[str, dict[str, set[str]]] = {}
@@ -405,8 +402,8 @@ class CallSignaling:
 
     # ------------------------------------------------- connects and disconnects
     async def connected(self, sid: str, identity: Identity) -> None:
-        """Mark the user seen; a party of a live call on a new socket resumes it."""
-        await self.social.seen(identity)
+        """A party of a live call on a new socket resumes it. (The user was recorded
+        just before by signaling/rooms.py's connect hook, once per connect.)"""
         user_id = identity.user_id
         for call in await self.calls.live_calls_of(user_id):
             await self.calls.party_back(call.id, user_id)
@@ -572,11 +569,10 @@ def register(
     calls: CallService,
     engine: MediaEngine,
     ice: IceServerProvider,
-    social: SocialGraph,
     bus: EventBus,
     remote_media: RemoteCallMedia,
 ) -> CallSignaling:
-    call_signaling = CallSignaling(signaling, calls, engine, ice, social, bus, remote_media)
+    call_signaling = CallSignaling(signaling, calls, engine, ice, bus, remote_media)
     call_signaling.register()
     return call_signaling
 
