@@ -17,6 +17,7 @@ sessions (:class:`CallMedia`), which it closes when the call ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -219,6 +220,7 @@ class CallSignaling:
         self._awaiting_media: dict[str, float] = {}
         # at shutdown this node tells its sockets itself, before they close
         self._shutting_down = False
+        self._releasing: set[asyncio.Task[None]] = set()  # releases of ended calls
         # which node holds a call's media (this one, on one node)
         self.remote_media = remote_media
 
@@ -485,7 +487,10 @@ class CallSignaling:
                            user_room(caller))
             payload = {"callId": call_id, "reason": event["reason"], "duration": event["duration"]}
             await emit("call:ended", payload, parties)
-            await self._release(call_id, caller, callee)
+            # off the bus's path: with Redis the bus delivers one event after another,
+            # and the release's round trips (closing the audience, forgetting the media
+            # node) held back the call:ended of every call that ended at the same time
+            self._spawn_release(call_id, caller, callee)
         elif kind == "call_warning":
             await emit("call:timeout_warning",
                        {"callId": call_id, "remaining": event["remaining"], "endsAt": event["endsAt"]},
@@ -500,6 +505,12 @@ class CallSignaling:
             await emit("call:upgrade_requested", {"callId": call_id, "by": event["by"]}, audience)
         elif kind == "call_upgraded":
             await emit("call:upgraded", {"callId": call_id, "media": event["media"]}, audience)
+
+    def _spawn_release(self, call_id: str, caller: str, callee: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(call_id, caller, callee),
+                                                      name=f"call-release-{call_id}")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _release(self, call_id: str, caller: str, callee: str) -> None:
         self._awaiting_media.pop(call_id, None)
@@ -562,6 +573,7 @@ class CallSignaling:
             payload = {"callId": call.id, "reason": call.end_reason, "duration": call.duration}
             await self.emit("call:ended", payload, [user_room(u) for u in call.parties])
             await self._release(call.id, call.caller_id, call.callee_id)
+        await asyncio.gather(*list(self._releasing), return_exceptions=True)
 
 
 def register(
