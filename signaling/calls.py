@@ -515,7 +515,8 @@ class CallSignaling:
     async def _release(self, call_id: str, caller: str, callee: str) -> None:
         self._awaiting_media.pop(call_id, None)
         self._members.pop(call_id, None)
-        await self.sio.close_room(call_audience(call_id))
+        # every node releases its own sockets' audience (each hears call_ended on the bus)
+        await self.signaling.manager.close_room_here(call_audience(call_id))
         await self.media.close_call(call_id)
         try:
             await self.remote_media.forget(call_id)
