@@ -2,8 +2,8 @@
 the generator's own CPU and event-loop lag, and the rule that makes a step NOT VALID
 when the generator, not the server, was the bottleneck.
 
-Shared by bench.signaling (bench/signaling_worker.py) and bench.calls
-(bench/call_worker.py). A worker reads its configuration as the first line on stdin,
+Shared by bench.signaling (bench/signaling_worker.py), bench.calls (bench/call_worker.py)
+and bench.fanout (bench/viewer_worker.py). A worker reads its configuration as the first line on stdin,
 then one command a line, and answers each with one line on stdout.
 """
 
@@ -30,6 +30,7 @@ class WorkerProcess:
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+        self._lock = asyncio.Lock()  # one request at a time: answers come in order
 
     @property
     def pid(self) -> int:
@@ -37,10 +38,11 @@ class WorkerProcess:
 
     async def request(self, command: dict[str, Any], wait_seconds: float) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write((json.dumps(command) + "\n").encode())
-        await self.process.stdin.drain()
-        async with asyncio.timeout(wait_seconds):
-            line = await self.process.stdout.readline()
+        async with self._lock:
+            self.process.stdin.write((json.dumps(command) + "\n").encode())
+            await self.process.stdin.drain()
+            async with asyncio.timeout(wait_seconds):
+                line = await self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"worker {self.process.pid} exited")
         return json.loads(line)
