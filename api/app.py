@@ -46,7 +46,7 @@ from api.openapi import build_document
 from auth import TokenService
 from cluster import Cluster, node_id_for
 from config import Settings
-from events.bus import InProcessBus, RedisBus
+from events.bus import InProcessBus, RedisBus, redis_client
 from rooms.rate_limit import InProcessTokenBucket, Limit, RateLimiter, RateLimits
 from rooms.redis_state import RedisTokenBucket
 from rooms.social import SocialGraph
@@ -103,8 +103,8 @@ async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Appl
     )
     tokens = TokenService(settings)
     db = await Database.connect(settings)
-    redis_client = aioredis.from_url(settings.redis_url) if settings.redis_url else None
-    limits = rate_limits(settings, redis_client)
+    redis = redis_client(settings.redis_url) if settings.redis_url else None
+    limits = rate_limits(settings, redis)
     signaling = Signaling(settings, tokens, limits)
     airwave = Airwave(
         settings=settings,
@@ -116,11 +116,11 @@ async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Appl
         ice=IceServerProvider(settings),
         social=SocialGraph(db),
         limits=limits,
-        redis=redis_client,
+        redis=redis,
         openapi=build_document([f.routes for f in FEATURES], airwave_version()),
     )
     airwave.node_id = node_id_for(settings.node_id, settings.port)
-    airwave.cluster = Cluster.build(settings, tokens, airwave.media, redis_client, airwave.node_id, airwave.spawn)
+    airwave.cluster = Cluster.build(settings, tokens, airwave.media, redis, airwave.node_id, airwave.spawn)
     app[AIRWAVE] = airwave
     app[SERVE_STUN] = serve_stun
     app[TOKENS_KEY] = tokens

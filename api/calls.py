@@ -243,8 +243,7 @@ def install(airwave: Airwave, app: web.Application) -> None:
         timers = InProcessTimers()
         calls = CallService(airwave.db, airwave.bus, airwave.social, airwave.settings, timers, **webhooks)
     call_signaling = register_call_events(
-        airwave.signaling, calls, airwave.media, airwave.ice, airwave.social, airwave.bus,
-        airwave.cluster.calls,
+        airwave.signaling, calls, airwave.media, airwave.ice, airwave.bus, airwave.cluster.calls,
     )
     airwave.services.calls = calls
     airwave.services.call_timers = timers

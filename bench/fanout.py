@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -45,9 +44,10 @@ from typing import Any
 import aiohttp
 
 from .client_ice import use_host_addresses
+from .load import WorkerProcess, load_cpu_seconds, worker_processes
 from .media_clip import VideoSpec, audio_clip, bitrate, video_clip
 from .report import chart_fanout, finite, format_table, percentile, write_json
-from .server_probe import ServerProbe, ServerSample, proc_cpu_seconds
+from .server_probe import ServerProbe, ServerSample
 from .simulcast_publisher import SimulcastWhipPublisher
 from .whip_publisher import LoopedClipTrack, WhipPublisher
 
@@ -75,69 +75,11 @@ SIMULCAST_COLUMNS = [("layer_mix", "p/q/h/f"), ("switches_per_viewer_min", "sw/m
 # ------------------------------------------------------------------ worker processes
 
 
-class Worker:
-    """One ``bench.viewer_worker`` process, spoken to in JSON lines."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self._lock = asyncio.Lock()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    async def request(self, command: dict[str, Any], wait_seconds: float) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        async with self._lock:
-            self.process.stdin.write((json.dumps(command) + "\n").encode())
-            await self.process.stdin.drain()
-            async with asyncio.timeout(wait_seconds):
-                line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"viewer worker {self.pid} exited")
-        return json.loads(line)
-
-    async def close(self, wait_seconds: float = 30) -> None:
-        process = self.process
-        if process.returncode is None:
-            try:
-                assert process.stdin is not None
-                process.stdin.write(b'{"op": "close"}\n')
-                await process.stdin.drain()
-                process.stdin.close()
-                async with asyncio.timeout(wait_seconds):
-                    await process.wait()
-            except (TimeoutError, ConnectionError, RuntimeError):
-                pass
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-@contextlib.asynccontextmanager
-async def viewer_workers(
+def viewer_workers(
     count: int, url: str, token: str | None, ice_addresses: list[str], lifetime: float
-) -> AsyncIterator[list[Worker]]:
-    workers: list[Worker] = []
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        for _ in range(count):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.viewer_worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                cwd=str(PACKAGE_ROOT), env=env,
-            )
-            worker = Worker(process)
-            workers.append(worker)
-            config = {"url": url, "token": token, "ice_addresses": ice_addresses,
-                      "lifetime": lifetime}
-            assert process.stdin is not None
-            process.stdin.write((json.dumps(config) + "\n").encode())
-            await process.stdin.drain()
-        yield workers
-    finally:
-        await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+) -> contextlib.AbstractAsyncContextManager[list[WorkerProcess]]:
+    return worker_processes("viewer_worker", count, {
+        "url": url, "token": token, "ice_addresses": ice_addresses, "lifetime": lifetime})
 
 
 # ------------------------------------------------------------------------- stepping
@@ -164,14 +106,10 @@ def _sum(snapshots: list[dict[str, Any]], key: str) -> int:
     return sum(s[key] for s in snapshots)
 
 
-async def _snapshot(probe: ServerProbe, workers: list[Worker]) -> Snapshot:
+async def _snapshot(probe: ServerProbe, workers: list[WorkerProcess]) -> Snapshot:
     viewers = await asyncio.gather(*(w.request({"op": "snapshot"}, 30) for w in workers))
     server = await probe.sample()
-    load = proc_cpu_seconds(os.getpid())
-    for w in workers:
-        with contextlib.suppress(OSError):
-            load += proc_cpu_seconds(w.pid)
-    return Snapshot(server, list(viewers), load, time.monotonic())
+    return Snapshot(server, list(viewers), load_cpu_seconds(workers), time.monotonic())
 
 
 def _layer_mix(a: Snapshot, b: Snapshot, layer_bps: list[float]) -> list[int]:

@@ -30,96 +30,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from .load import (
+    add_load_options,
+    contended,
+    load_cores,
+    load_cpu_seconds,
+    load_wait_seconds,
+    not_valid_reasons,
+    worker_processes,
+)
 from .report import finite, format_table, percentile, run_script
-from .server_probe import ServerProbe, proc_cpu_seconds, proc_wait_seconds, tree_wait_seconds
+from .server_probe import ServerProbe, tree_wait_seconds
 from .user_tokens import user_tokens
-
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-
-
-class SocketWorker:
-    """One ``bench.signaling_worker`` process, spoken to in JSON lines."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    async def request(self, command: dict[str, Any], wait_seconds: float) -> dict[str, Any]:
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write((json.dumps(command) + "\n").encode())
-        await self.process.stdin.drain()
-        async with asyncio.timeout(wait_seconds):
-            line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"socket worker {self.process.pid} exited")
-        return json.loads(line)
-
-    async def close(self) -> None:
-        process = self.process
-        if process.returncode is None:
-            try:
-                assert process.stdin is not None
-                process.stdin.write(b'{"op": "close"}\n')
-                await process.stdin.drain()
-                process.stdin.close()
-                async with asyncio.timeout(30):
-                    await process.wait()
-            except (TimeoutError, ConnectionError, RuntimeError):
-                pass
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-@contextlib.asynccontextmanager
-async def socket_workers(count: int, config: dict[str, Any]) -> AsyncIterator[list[SocketWorker]]:
-    workers: list[SocketWorker] = []
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(PACKAGE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        for i in range(count):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bench.signaling_worker",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                cwd=str(PACKAGE_ROOT), env=env, limit=1 << 24,
-            )
-            worker = SocketWorker(process)
-            workers.append(worker)
-            assert process.stdin is not None
-            process.stdin.write((json.dumps({**config, "worker": i}) + "\n").encode())
-            await process.stdin.drain()
-        yield workers
-    finally:
-        await asyncio.gather(*(w.close() for w in workers))
-
-
-def load_cpu_seconds(workers: list[SocketWorker]) -> float:
-    """CPU seconds of the load generator: this process and its socket workers."""
-    total = proc_cpu_seconds(os.getpid())
-    for w in workers:
-        with contextlib.suppress(OSError):
-            total += proc_cpu_seconds(w.process.pid)
-    return total
-
-
-def load_wait_seconds(workers: list[SocketWorker]) -> float:
-    """Seconds the generator's processes waited for a CPU another process held."""
-    total = 0.0
-    for pid in [os.getpid(), *(w.process.pid for w in workers)]:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += proc_wait_seconds(pid)
-    return total
 
 
 def histogram_percentile(histogram: dict[int, int], p: float) -> float | None:
@@ -158,7 +88,7 @@ def parse_steps(text: str) -> list[tuple[int, float]]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     url = args.url.rstrip("/")
     steps = parse_steps(args.steps)
-    load_cores = args.load_cores or len(os.sched_getaffinity(0))
+    cores = load_cores(args)
     sources = [s for s in args.sources.split(",") if s]
     results: list[dict[str, Any]] = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
@@ -170,7 +100,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         config = {"url": url, "room": room, "sources": sources,
                   "lifetime": args.lifetime, "caps": [c for c in args.caps.split(",") if c]}
         baseline = await probe.sample()
-        async with socket_workers(args.workers, config) as workers:
+        async with worker_processes("signaling_worker", args.workers, config) as workers:
             connected = 0
             for index, (target, rate) in enumerate(steps):
                 step: dict[str, Any] = {"step": index, "sockets_asked": target, "rate_asked": rate}
@@ -178,12 +108,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # ---- connections
                 new = users[connected:target]
                 shares = [new[i::len(workers)] for i in range(len(workers))]
-                t0 = time.monotonic()
+                t0, before = time.monotonic(), await probe.sample()
                 replies = await asyncio.gather(*(
                     w.request({"op": "connect", "tokens": [u.token for u in share],
                                "concurrency": args.connect_concurrency}, 60 + len(share))
                     for w, share in zip(workers, shares, strict=True)))
                 connect_seconds = time.monotonic() - t0
+                after = await probe.sample()
                 ok = sum(r["ok"] for r in replies)
                 connect_ms = [t for r in replies for t in r["connect_ms"]]
                 connected += ok
@@ -193,6 +124,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "connect_rate_per_s": round(ok / connect_seconds, 1) if connect_seconds else None,
                     "connect_p50_ms": finite(percentile(connect_ms, 50), 1),
                     "connect_p99_ms": finite(percentile(connect_ms, 99), 1),
+                    # server CPU per connect + stream:join: what a connection costs, whatever
+                    # else the machine was doing
+                    "connect_server_cpu_ms": finite(
+                        (after.cpu_seconds - before.cpu_seconds) * 1000 / ok
+                        if ok and after.cpu_seconds is not None and before.cpu_seconds is not None
+                        else None, 2),
                 })
                 # ---- idle
                 await asyncio.sleep(1.0)
@@ -269,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "server_us_per_delivery": finite(
                             server_cpu / received * 1e6 if server_cpu and received else None, 1),
                         "load_cpu_pct": round(load_pct, 1),
-                        "load_cpu_pct_of_cores": round(load_pct / load_cores, 1),
+                        "load_cpu_pct_of_cores": round(load_pct / cores, 1),
                         "load_lag_p99_ms": lag_p99,
                         "load_lag_max_ms": max(s["lag_max_ms"] for s in snaps),
                         "disconnected": sum(s["disconnected"] for s in snaps),
@@ -278,16 +215,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         "server_cpu_wait_pct": finite(server_wait, 1),
                         "load_cpu_wait_pct": round(load_wait, 1),
                     })
-                    if server_wait is not None and server_wait > args.max_server_wait:
-                        step["contended"] = (f"the server waited {server_wait:.0f}% of the time "
-                                             "for a CPU other processes held: its latencies "
-                                             "include that wait")
-                    reasons = []
-                    if load_pct / load_cores > args.max_load_cpu:
-                        reasons.append(f"generator CPU {load_pct / load_cores:.0f}% of its "
-                                       f"{load_cores} core(s) > {args.max_load_cpu:.0f}%")
-                    if lag_p99 > args.max_lag_ms:
-                        reasons.append(f"generator loop lag p99 {lag_p99} ms > {args.max_lag_ms} ms")
+                    note = contended(args, server_wait)
+                    if note:
+                        step["contended"] = note
+                    reasons = not_valid_reasons(args, load_pct, lag_p99)
                     if reasons:
                         valid = False
                         step["not_valid"] = "; ".join(reasons)
@@ -299,13 +230,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     break
     return {"script": "bench.signaling", "url": url, "room": room, "workers": args.workers,
             "caps": args.caps,
-            "sources": sources, "load_cores": load_cores, "loadavg": os.getloadavg(),
+            "sources": sources, "load_cores": cores, "loadavg": os.getloadavg(),
             "steps": results}
 
 
 COLUMNS = [
     ("sockets", "sockets"), ("connect_rate_per_s", "conn/s"), ("connect_p50_ms", "conn p50"),
-    ("connect_p99_ms", "conn p99"), ("connect_failures", "conn fail"),
+    ("connect_p99_ms", "conn p99"), ("connect_server_cpu_ms", "conn srv ms"),
+    ("connect_failures", "conn fail"),
     ("idle_cpu_pct", "idle cpu%"), ("rss_kb_per_socket", "KB/sock"),
     ("message_rate_per_s", "msg/s"), ("deliveries_per_s", "deliv/s"),
     ("delivery_p50_ms", "p50"), ("delivery_p95_ms", "p95"), ("delivery_p99_ms", "p99"),
@@ -338,13 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "then coalesces chat into batch events, counted message by message)")
     p.add_argument("--connect-concurrency", type=int, default=25, help="per worker")
     p.add_argument("--server-pid", type=int, help="server pid for CPU from /proc (else /metrics)")
-    p.add_argument("--load-cores", type=int, help="cores of the generator (default: its affinity)")
-    p.add_argument("--max-load-cpu", type=float, default=85.0,
-                   help="generator CPU percent of its cores above which a step is not valid")
-    p.add_argument("--max-lag-ms", type=float, default=50.0,
-                   help="generator event-loop lag p99 above which a step is not valid")
-    p.add_argument("--max-server-wait", type=float, default=20.0,
-                   help="server CPU-wait percent above which a step is flagged contended")
+    add_load_options(p)
     p.add_argument("--lifetime", type=float, default=900, help="workers exit after this (s)")
     p.add_argument("--out", default="signaling.json")
     p.add_argument("--chart", help="unused; kept for the common bench options")

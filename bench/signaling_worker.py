@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from .load import LagWatch
+
 MARK = '"clientId":"'
 
 
@@ -141,7 +143,7 @@ class SocketPool:
         self.received = 0
         self.histogram: dict[int, int] = {}
         self.disconnected = 0
-        self.lags: list[float] = []
+        self.lag = LagWatch()
 
     def delivered(self, text: str) -> None:
         """A ``chat:message``, or a ``batch`` of events holding several: each clientId of
@@ -231,22 +233,10 @@ class SocketPool:
         return {"op": "sent", "sent": sent, "refused": refused, "ack_ms": acks}
 
     def snapshot(self) -> dict[str, Any]:
-        lags = sorted(self.lags)
-        self.lags = []
-        p99 = lags[int(0.99 * (len(lags) - 1))] if lags else 0.0
         return {"op": "snapshot", "received": self.received,
                 "histogram": {str(k): v for k, v in self.histogram.items()},
-                "lag_max_ms": round(lags[-1], 1) if lags else 0.0, "lag_p99_ms": round(p99, 1),
-                "disconnected": self.disconnected, "sockets": len(self.sockets)}
-
-    async def watch_lag(self) -> None:
-        """How late this event loop wakes from a 50 ms sleep: a busy generator shows it."""
-        while True:
-            t0 = time.monotonic()
-            await asyncio.sleep(0.05)
-            self.lags.append((time.monotonic() - t0 - 0.05) * 1000)
-            if len(self.lags) > 100_000:
-                del self.lags[:50_000]
+                **self.lag.take(), "disconnected": self.disconnected,
+                "sockets": len(self.sockets)}
 
     async def close(self) -> None:
         gate = asyncio.Semaphore(64)
@@ -277,7 +267,7 @@ async def serve() -> None:
     config = json.loads(await reader.readline())
     pool = SocketPool(config["url"], config["room"], config.get("sources") or ["127.0.0.1"],
                       int(config.get("worker", 0)), list(config.get("caps") or []))
-    lag_task = asyncio.get_running_loop().create_task(pool.watch_lag())
+    lag_task = asyncio.get_running_loop().create_task(pool.lag.watch())
     sending: asyncio.Task[dict[str, Any]] | None = None
     try:
         async with asyncio.timeout(float(config.get("lifetime", 900))):

@@ -437,7 +437,7 @@ class CallService:
         if not isinstance(reason, str) or not 0 < len(reason) <= MAX_REJECT_REASON:
             raise CallError("bad_request", f"'reason' must be a string of 1-{MAX_REJECT_REASON} characters")
         self._check_not_over(call, "ringing", "already_answered", "an answered call ends with call:end")
-        ended = await self._end_from(call, "ringing", "rejected", reject_reason=reason)
+        ended = await self._end_from(call.id, "ringing", "rejected", reject_reason=reason)
         if ended is None:
             raise CallError("call_ended", "the call has ended")
         return ended
@@ -450,9 +450,9 @@ class CallService:
             if call.status == "ended":
                 raise CallError("call_ended", "the call has ended")
             if call.status == "ringing" and user_id == call.callee_id:
-                ended = await self._end_from(call, "ringing", "rejected", reject_reason="declined")
+                ended = await self._end_from(call.id, "ringing", "rejected", reject_reason="declined")
             else:
-                ended = await self._end_from(call, call.status, "hangup")
+                ended = await self._end_from(call.id, call.status, "hangup")
             if ended is not None:
                 return ended
             call = await self.require(call.id, user_id)  # it changed under us: look again
@@ -559,7 +559,7 @@ class CallService:
             call = await self.get(call_id)
             if call is None or not call.live:
                 return None
-            ended = await self._end_from(call, call.status, reason)
+            ended = await self._end_from(call.id, call.status, reason)
             if ended is not None:
                 return ended
         return None
@@ -580,20 +580,21 @@ class CallService:
     # ------------------------------------------------------------------ timers
     async def timer_fired(self, event: TimerEvent) -> None:
         kind = event.get("type")
+        if kind == "ring_timeout":
+            # the conditional UPDATE of the end is the check: no read before it
+            await self._end_from(str(event.get("callId")), "ringing", "missed")
+            return
         call = await self.get(event.get("callId"))
         if call is None or not call.live:
             return
-        if kind == "ring_timeout":
-            if call.status == "ringing":
-                await self._end_from(call, "ringing", "missed")
-        elif kind == "call_warning":
+        if kind == "call_warning":
             if call.status == "active" and call.extensions == event.get("extensions") and call.ends_at:
                 remaining = round(max(0.0, call.ends_at - self.clock()), 3)
                 await self._publish("call_warning", call, remaining=remaining, endsAt=call.ends_at)
         elif kind == "call_timeout":
             if call.status == "active" and call.extensions == event.get("extensions") and call.ends_at:
                 ended_at = min(self.clock(), call.ends_at)
-                await self._end_from(call, "active", "timeout", ended_at=ended_at, extensions=call.extensions)
+                await self._end_from(call.id, "active", "timeout", ended_at=ended_at, extensions=call.extensions)
         elif kind == "reconnect_grace":
             await self.end(call.id, "disconnected")
         else:
@@ -629,7 +630,7 @@ class CallService:
 
     async def _end_from(
         self,
-        call: Call,
+        call_id: str,
         status: str,
         reason: str,
         *,
@@ -641,20 +642,19 @@ class CallService:
         (and at deadline version ``extensions`` when given)."""
         at = self.clock() if ended_at is None else ended_at
         if extensions is None:
-            ended_call = await self._write("call.ended", _END_SQL + " RETURNING *", call.id, status, reason, at)
+            ended_call = await self._write("call.ended", _END_SQL + " RETURNING *", call_id, status, reason, at)
         else:
             ended_call = await self._write(
-                "call.ended", _END_SQL + " AND extensions = $5 RETURNING *", call.id, status, reason, at,
+                "call.ended", _END_SQL + " AND extensions = $5 RETURNING *", call_id, status, reason, at,
                 extensions,
             )
         if ended_call is None:
             return None
-        ended = ended_call
+        call = ended = ended_call
         await self.locks.release(call.id, call.caller_id, call.callee_id)
         await self.party_sockets.clear(call.id, call.caller_id, call.callee_id)
-        for key in (_ring_key(call.id), _warning_key(call.id), _timeout_key(call.id),
-                    _grace_key(call.id, call.caller_id), _grace_key(call.id, call.callee_id)):
-            await self.timers.cancel(key)
+        await self.timers.cancel(_ring_key(call.id), _warning_key(call.id), _timeout_key(call.id),
+                                 _grace_key(call.id, call.caller_id), _grace_key(call.id, call.callee_id))
         CALLS_ENDED.labels(reason).inc()
         if status == "active":
             CALLS_ACTIVE.dec()

@@ -27,6 +27,21 @@ Event = dict[str, Any]
 Handler = Callable[[Event], Awaitable[None]]
 
 
+REDIS_MAX_CONNECTIONS = 100  # per client, i.e. per process
+REDIS_POOL_WAIT = 10.0  # seconds a command waits for a free connection before it fails
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """The node's Redis client: at most ``REDIS_MAX_CONNECTIONS`` connections, and a
+    command that finds them all busy waits for one. redis-py's default pool instead
+    fails it at once (``MaxConnectionsError``): 400 sockets closing together made the
+    disconnect hooks, the heartbeat and the timers' poll fail."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 def node_key(prefix: str, node_id: str) -> str:
     """The Redis key of a node's heartbeat: while it exists, the node is alive
     (``node_key(prefix, "")`` is the prefix of them all)."""
@@ -86,7 +101,7 @@ class RedisBus(InProcessBus):
         super().__init__()
         self._url = url
         self._prefix = f"{prefix}:bus:"
-        self._redis: aioredis.Redis = aioredis.from_url(url)
+        self._redis: aioredis.Redis = redis_client(url)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 

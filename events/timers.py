@@ -2,7 +2,7 @@
 
 The interface is deliberately small so that a Redis-backed implementation
 (the multi-node issue) can slot in: ``schedule(key, at_epoch, event)`` sets or
-replaces the timer named ``key``; ``cancel(key)`` removes it; when it fires,
+replaces the timer named ``key``; ``cancel(*keys)`` removes them; when it fires,
 the handler given to ``on_fire`` receives the event dict. Times are epoch
 seconds, so a timer set by one process can be fired by another.
 
@@ -56,8 +56,9 @@ class TimerService(Protocol):
         """Fire ``event`` at ``at_epoch`` (now if past); replaces a timer with the same key."""
         ...
 
-    async def cancel(self, key: str) -> bool:
-        """Forget the timer ``key``; True when one was pending."""
+    async def cancel(self, *keys: str) -> bool:
+        """Forget the timers ``keys`` (in one round trip with Redis); True when any
+        was pending."""
         ...
 
     async def close(self) -> None:
@@ -87,8 +88,8 @@ class InProcessTimers:
         delay = max(0.0, at_epoch - self._clock())
         self._pending[key] = loop.call_at(loop.time() + delay, self._fire, key, dict(event))
 
-    async def cancel(self, key: str) -> bool:
-        return self._drop(key)
+    async def cancel(self, *keys: str) -> bool:
+        return any([self._drop(key) for key in keys])
 
     def pending(self) -> list[str]:
         """Keys of the timers still waiting (for tests and debugging)."""
@@ -165,12 +166,13 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
 
-# KEYS: due zset, events hash, in-flight zset, in-flight hash. ARGV: key.
+# KEYS: due zset, events hash, in-flight zset, in-flight hash. ARGV: the keys.
+# Returns how many were pending.
 _CANCEL = """
-local pending = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
+local pending = redis.call('ZREM', KEYS[1], unpack(ARGV))
+redis.call('HDEL', KEYS[2], unpack(ARGV))
+redis.call('ZREM', KEYS[3], unpack(ARGV))
+redis.call('HDEL', KEYS[4], unpack(ARGV))
 return pending
 """
 
@@ -248,8 +250,10 @@ class RedisTimers:
         if self._wake is not None and not self._closed:
             self._wake.set()
 
-    async def cancel(self, key: str) -> bool:
-        return bool(await self._cancel(keys=self.keys, args=[key]))
+    async def cancel(self, *keys: str) -> bool:
+        if not keys:
+            return False
+        return bool(await self._cancel(keys=self.keys, args=list(keys)))
 
     async def pending(self) -> list[str]:
         """Keys of the timers still waiting (for tests and debugging)."""

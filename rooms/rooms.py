@@ -35,7 +35,7 @@ from config import Settings
 from events.bus import Event, EventBus
 from events.timers import InProcessTimers, TimerEvent, TimerService
 from rooms.errors import DomainError
-from rooms.social import SocialGraph
+from rooms.social import SocialGraph, blocked_between
 from store import Database
 from store.database import Row
 
@@ -257,6 +257,57 @@ class ViewerCountAnnouncer:
 # --------------------------------------------------------------------- registry
 
 
+@dataclass(frozen=True)
+class AudienceFacts:
+    """What the audience rule reads of the database about one user and one room."""
+
+    banned: bool  # kicked, and the ban still runs
+    blocked: bool  # a block either way with the room's owner
+    member: bool
+
+    @classmethod
+    def from_row(cls, row: Row) -> AudienceFacts:
+        return cls(bool(row["banned"]), bool(row["blocked"]), bool(row["member"]))
+
+
+def _audience_facts(room_id: str, owner_id: str) -> str:
+    """The columns of :class:`AudienceFacts` for the user ``$2`` at time ``$3``, given the
+    room's id and owner as SQL expressions."""
+    return (
+        f"EXISTS (SELECT 1 FROM room_bans WHERE room_id = {room_id} AND user_id = $2 "
+        f"AND banned_until > $3) AS banned, "
+        f"{blocked_between(owner_id, '$2')} AS blocked, "
+        f"EXISTS (SELECT 1 FROM room_members WHERE room_id = {room_id} AND user_id = $2) AS member"
+    )
+
+
+def _always_admitted(room: RoomRecord, identity: Identity) -> bool:
+    return identity.is_admin or (room.owner_id is not None and room.owner_id == identity.user_id)
+
+
+def audience_rule(room: RoomRecord, identity: Identity | None, facts: AudienceFacts | None) -> RoomError | None:
+    """An admin and the owner always; nobody while kicked (banned) or across a block
+    with the owner; then anyone for a public live room, members for the rest.
+    Anonymous viewers (``identity`` None) only in a public live room. ``facts`` are
+    needed for every other user."""
+    if identity is None:
+        if room.type == "live" and room.public:
+            return None
+        return RoomError("forbidden", "not_member", "this room is private")
+    if _always_admitted(room, identity):
+        return None
+    assert facts is not None
+    if facts.banned:
+        return RoomError("forbidden", "banned", "you were removed from this room and cannot rejoin yet")
+    if room.owner_id is not None and facts.blocked:
+        return RoomError("forbidden", "blocked", "you cannot join this room")
+    if room.type == "live" and room.public:
+        return None
+    if facts.member:
+        return None
+    return RoomError("forbidden", "not_member", "only the room's members may be in it")
+
+
 class RoomRegistry:
     def __init__(
         self,
@@ -302,33 +353,36 @@ class RoomRegistry:
         participants, WHEP, ``sfu:subscribe``, ``stream:join``, chat history, send and
         typing, gifts, leaderboards, and so edge pulls, which serve the viewers the edge
         admitted): None when ``identity`` (None: anonymous) may be in the room, else why not.
-
-        An admin and the owner always; nobody while kicked (banned) or across a block
-        with the owner; then anyone for a public live room, members for the rest.
-        """
-        if identity is None:
-            if room.type == "live" and room.public:
-                return None
-            return RoomError("forbidden", "not_member", "this room is private")
-        if identity.is_admin or (room.owner_id is not None and room.owner_id == identity.user_id):
-            return None
-        if await self.banned_until(room.id, identity.user_id) is not None:
-            return RoomError("forbidden", "banned", "you were removed from this room and cannot rejoin yet")
-        if room.owner_id is not None and await self.social.is_blocked(room.owner_id, identity.user_id):
-            return RoomError("forbidden", "blocked", "you cannot join this room")
-        if room.type == "live" and room.public:
-            return None
-        if await self.is_member(room.id, identity.user_id):
-            return None
-        return RoomError("forbidden", "not_member", "only the room's members may be in it")
+        What the rule reads of the database (a ban, a block with the owner, membership)
+        is one query (:func:`audience_rule`)."""
+        facts = None
+        if identity is not None and not _always_admitted(room, identity):
+            row = await self.db.fetchrow(
+                f"SELECT {_audience_facts('$1', '$4')}", room.id, identity.user_id, time.time(),
+                room.owner_id,
+            )
+            assert row is not None
+            facts = AudienceFacts.from_row(row)
+        return audience_rule(room, identity, facts)
 
     async def may_view(self, room: RoomRecord, identity: Identity | None) -> bool:
         return await self.audience_refusal(room, identity) is None
 
     async def admit(self, room_id: str, identity: Identity | None) -> RoomRecord:
-        """The room, if ``identity`` is in its audience; RoomError (not_found too) otherwise."""
-        room = await self.require(room_id)
-        refusal = await self.audience_refusal(room, identity)
+        """The room, if ``identity`` is in its audience; RoomError (not_found too) otherwise.
+        One database round trip: the room and the facts of its audience rule together."""
+        if identity is None:
+            room = await self.require(room_id)
+            facts = None
+        else:
+            row = await self.db.fetchrow(
+                f"SELECT r.*, {_audience_facts('r.id', 'r.owner_id')} FROM rooms r WHERE r.id = $1",
+                room_id, identity.user_id, time.time(),
+            )
+            if row is None:
+                raise room_not_found(room_id)
+            room, facts = RoomRecord.from_row(row), AudienceFacts.from_row(row)
+        refusal = audience_rule(room, identity, facts)
         if refusal is not None:
             raise refusal
         return room

@@ -8,6 +8,14 @@ from auth import Identity
 from store import Database
 
 
+def blocked_between(a: str, b: str) -> str:
+    """SQL that is true when either of two users (SQL expressions: placeholders or
+    columns) has blocked the other; one rule for :meth:`SocialGraph.is_blocked` and for
+    queries that check a block along with other facts (``RoomRegistry.admit``)."""
+    return (f"EXISTS (SELECT 1 FROM blocks WHERE (blocker_id = {a} AND blocked_id = {b}) "
+            f"OR (blocker_id = {b} AND blocked_id = {a}))")
+
+
 def ordered_pair(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
@@ -49,15 +57,7 @@ class SocialGraph:
 
     async def is_blocked(self, a: str, b: str) -> bool:
         """True when either of the two has blocked the other."""
-        return (
-            await self.db.fetchval(
-                "SELECT 1 FROM blocks WHERE (blocker_id = $1 AND blocked_id = $2) "
-                "OR (blocker_id = $2 AND blocked_id = $1)",
-                a,
-                b,
-            )
-            is not None
-        )
+        return bool(await self.db.fetchval(f"SELECT {blocked_between('$1', '$2')}", a, b))
 
     async def match(self, a: str, b: str) -> bool:
         """Register a match; True when it is new."""

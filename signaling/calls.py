@@ -17,6 +17,7 @@ sessions (:class:`CallMedia`), which it closes when the call ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,6 @@ from calls.calls import CALL_SETUP_SECONDS, CALLS_CHANNEL, Call, CallService
 from cluster import call_of_room, call_room
 from events.bus import EventBus
 from rooms.errors import DomainError
-from rooms.social import SocialGraph
 from sfu import (
     MAX_SDP_LENGTH,
     SENDING,
@@ -205,7 +205,6 @@ class CallSignaling:
         calls: CallService,
         engine: MediaEngine,
         ice: IceServerProvider,
-        social: SocialGraph,
         bus: EventBus,
         remote_media: RemoteCallMedia,
     ) -> None:
@@ -214,7 +213,6 @@ class CallSignaling:
         self.calls = calls
         self.media = CallMedia(engine)
         self.ice = ice
-        self.social = social
         self.bus = bus
         # sockets of this node in each call's audience: call id -> user id -> sids
         self._members: dict[str, dict[str, set[str]]] = {}
@@ -222,6 +220,7 @@ class CallSignaling:
         self._awaiting_media: dict[str, float] = {}
         # at shutdown this node tells its sockets itself, before they close
         self._shutting_down = False
+        self._releasing: set[asyncio.Task[None]] = set()  # releases of ended calls
         # which node holds a call's media (this one, on one node)
         self.remote_media = remote_media
 
@@ -405,8 +404,8 @@ class CallSignaling:
 
     # ------------------------------------------------- connects and disconnects
     async def connected(self, sid: str, identity: Identity) -> None:
-        """Mark the user seen; a party of a live call on a new socket resumes it."""
-        await self.social.seen(identity)
+        """A party of a live call on a new socket resumes it. (The user was recorded
+        just before by signaling/rooms.py's connect hook, once per connect.)"""
         user_id = identity.user_id
         for call in await self.calls.live_calls_of(user_id):
             await self.calls.party_back(call.id, user_id)
@@ -488,7 +487,10 @@ class CallSignaling:
                            user_room(caller))
             payload = {"callId": call_id, "reason": event["reason"], "duration": event["duration"]}
             await emit("call:ended", payload, parties)
-            await self._release(call_id, caller, callee)
+            # off the bus's path: with Redis the bus delivers one event after another,
+            # and the release's round trips (closing the audience, forgetting the media
+            # node) held back the call:ended of every call that ended at the same time
+            self._spawn_release(call_id, caller, callee)
         elif kind == "call_warning":
             await emit("call:timeout_warning",
                        {"callId": call_id, "remaining": event["remaining"], "endsAt": event["endsAt"]},
@@ -504,10 +506,17 @@ class CallSignaling:
         elif kind == "call_upgraded":
             await emit("call:upgraded", {"callId": call_id, "media": event["media"]}, audience)
 
+    def _spawn_release(self, call_id: str, caller: str, callee: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(call_id, caller, callee),
+                                                      name=f"call-release-{call_id}")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
     async def _release(self, call_id: str, caller: str, callee: str) -> None:
         self._awaiting_media.pop(call_id, None)
         self._members.pop(call_id, None)
-        await self.sio.close_room(call_audience(call_id))
+        # every node releases its own sockets' audience (each hears call_ended on the bus)
+        await self.signaling.manager.close_room_here(call_audience(call_id))
         await self.media.close_call(call_id)
         try:
             await self.remote_media.forget(call_id)
@@ -565,6 +574,7 @@ class CallSignaling:
             payload = {"callId": call.id, "reason": call.end_reason, "duration": call.duration}
             await self.emit("call:ended", payload, [user_room(u) for u in call.parties])
             await self._release(call.id, call.caller_id, call.callee_id)
+        await asyncio.gather(*list(self._releasing), return_exceptions=True)
 
 
 def register(
@@ -572,11 +582,10 @@ def register(
     calls: CallService,
     engine: MediaEngine,
     ice: IceServerProvider,
-    social: SocialGraph,
     bus: EventBus,
     remote_media: RemoteCallMedia,
 ) -> CallSignaling:
-    call_signaling = CallSignaling(signaling, calls, engine, ice, social, bus, remote_media)
+    call_signaling = CallSignaling(signaling, calls, engine, ice, bus, remote_media)
     call_signaling.register()
     return call_signaling
 

@@ -192,6 +192,11 @@ class FanoutManager(socketio.AsyncManager):
         if rooms is not None:
             rooms.discard(room)
 
+    async def close_room_here(self, room: str, namespace: str = "/") -> None:
+        """Close ``room`` on this node only, for a fact every node hears itself on the bus
+        (a call ended): through the pub/sub manager each of N nodes would tell all N."""
+        await socketio.AsyncManager.close_room(self, room, namespace)
+
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         """Leave the socket's own rooms only (the rest as python-socketio does)."""
         self.batch_capable.discard(sid)

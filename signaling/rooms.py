@@ -116,6 +116,8 @@ class RoomSignals:
     # -- connections ---------------------------------------------------------------------
 
     async def connected(self, sid: str, identity: Identity) -> None:
+        """Record the user (the one ``seen`` of a connect: rooms is installed before every
+        other feature with a connect hook) and tell their contacts they are online."""
         await self.social.seen(identity)
         if await self.presence.connected(identity.user_id):
             await self._tell_contacts(identity.user_id, "presence:online", {"userId": identity.user_id})

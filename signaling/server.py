@@ -116,6 +116,7 @@ class Signaling:
         manager.large_room = settings.socketio_large_room
         manager.batch_interval = settings.socketio_batch_interval
         manager.chat_delivery_rate = settings.chat_delivery_rate
+        self.manager = manager
         cors: Any = list(settings.cors_origins)
         if cors == ["*"]:
             cors = "*"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .conftest import CALL_DURATION, PG_URL, WEBHOOK_SECRET, BenchServer, run_bench
+from .conftest import CALL_DURATION, PG_URL, RING_TIMEOUT, WEBHOOK_SECRET, BenchServer, run_bench
 
 
 def test_signaling_delivers_every_message_to_every_socket(
@@ -73,24 +73,53 @@ def test_gifts_on_postgresql_keep_the_books(
                       "wallets_off_ledger": 0, "ok": True}
 
 
-def test_calls_set_up_media_both_ways_and_time_out_on_time(
+def test_calls_report_every_set_up_phase_and_time_out_on_time(
     production_like_server: BenchServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "calls.json"
-    run_bench(
+    result = run_bench(
         "calls", "--url", production_like_server.url, "--calls", "2", "--ring-calls", "2",
-        "--duration", str(CALL_DURATION + 6), "--out", str(out), timeout=60,
+        "--workers", "2", "--duration", str(CALL_DURATION + 6), "--media-seconds", "2",
+        "--server-pid", str(production_like_server.pid), "--max-load-cpu", "101",
+        "--max-lag-ms", "100000", "--out", str(out), timeout=60,
     )
     data = json.loads(out.read_text())
-    assert data["errors"] == []
-    # media through the SFU; not asserted both ways: when both parties join at
-    # once, a race in the server's join_call can leave one side (or both) without
-    # the other's tracks (bench/RESULTS.md), which is what this bench measures
-    assert data["parties_with_video"] >= 1
-    assert 0 < data["first_frame_one_way_p50_ms"] < 5000
-    assert data["ring_timeouts"] == 2 and data["call_timeouts"] == 2
+    assert data["errors"] == [] and data["valid"] and data["workers"] == 2
+    # every phase of the set-up, measured at every party that reached it
+    phases = data["phases"]
+    for name in ("initiate_ack", "ringing"):
+        assert phases[name]["n"] == 4
+    for name in ("answer_ack", "answered_at_caller"):
+        assert phases[name]["n"] == 2
+    for name in ("offer_ack", "ice", "dtls"):
+        assert phases[name]["n"] == 4, name
+    for name, values in phases.items():
+        if values["n"]:
+            assert 0 <= values["p50_ms"] <= values["p95_ms"] <= values["p99_ms"] < 10_000, name
+    # media through the SFU, both ways: each party got a first frame of the other's
+    assert phases["first_frame"]["n"] == 4 and data["calls_with_media_both_ways"] == 2
+    assert phases["setup"]["n"] == 2 and data["slowest_phase_p95"] is not None
     assert data["ended_reasons"] == {"missed": 2, "timeout": 2}
     # timers fire after their deadline, and not long after
-    assert -50 < data["ring_timeout_late_p50_ms"] <= data["ring_timeout_late_p99_ms"] < 1500
-    assert -50 < data["call_timeout_late_p50_ms"] <= data["call_timeout_late_p99_ms"] < 1500
+    ring, call = data["ring_timeout_late"], data["call_timeout_late"]
+    assert ring["n"] == 2 and call["n"] == 2
+    assert -50 < ring["p50_ms"] <= ring["p99_ms"] < 1500
+    assert -50 < call["p50_ms"] <= call["p99_ms"] < 1500
     assert data["hung_up_at_end"] == 0
+    assert data["server_cpu_pct"] is not None and data["load_cpu_pct"] >= 0
+    assert "first_frame" in result.stdout and "NOT VALID" not in result.stdout
+
+
+def test_calls_mark_a_saturated_generator_not_valid(
+    production_like_server: BenchServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "calls.json"
+    # any generator CPU is above -1 % (see the bench.signaling test)
+    result = run_bench(
+        "calls", "--url", production_like_server.url, "--calls", "0", "--ring-calls", "1",
+        "--workers", "1", "--duration", str(RING_TIMEOUT + 3), "--max-load-cpu", "-1",
+        "--out", str(out), timeout=60,
+    )
+    data = json.loads(out.read_text())
+    assert data["valid"] is False and "generator CPU" in data["not_valid"]
+    assert "NOT VALID" in result.stdout

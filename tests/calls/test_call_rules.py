@@ -43,8 +43,8 @@ class ClockTimers:
     async def schedule(self, key: str, at_epoch: float, event: TimerEvent) -> None:
         self.pending[key] = (at_epoch, event)
 
-    async def cancel(self, key: str) -> bool:
-        return self.pending.pop(key, None) is not None
+    async def cancel(self, *keys: str) -> bool:
+        return any([self.pending.pop(key, None) is not None for key in keys])
 
     async def close(self) -> None:
         self.pending.clear()

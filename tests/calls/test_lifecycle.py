@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
+from api.components import AIRWAVE
+from signaling.server import call_audience
 from tests.conftest import RunningApp
 
 from .call_clients import Parties, answered, record, rest, ring
@@ -30,6 +33,13 @@ async def test_answer_then_hangup(call_app: RunningApp, parties: Parties) -> Non
     for party in (alice, bob):
         got = await party.wait("call:ended", ack["callId"])
         assert got["reason"] == "hangup" and 0 < got["duration"] < 3
+    # the node released the call: its audience (both parties' sockets) is closed here
+    rooms = call_app.app[AIRWAVE].signaling.manager.rooms.get("/", {})
+    for _ in range(100):
+        if call_audience(ack["callId"]) not in rooms:
+            break
+        await asyncio.sleep(0.02)
+    assert call_audience(ack["callId"]) not in rooms
 
     rec = await record(call_app, ack["callId"], "bob")
     assert rec["callerId"] == "alice" and rec["calleeId"] == "bob" and rec["media"] == "video"

@@ -61,3 +61,20 @@ async def test_redis_bus_reaches_every_node_and_local_stays_local(backend: str) 
     finally:
         await a.close()
         await b.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_the_redis_client_waits_for_a_connection_rather_than_failing(backend: str) -> None:
+    """More commands at once than the pool has connections: each waits for one (redis-py's
+    default pool failed them with MaxConnectionsError past 100)."""
+    from events.bus import REDIS_MAX_CONNECTIONS, redis_client
+
+    await _require_services()
+    client = redis_client(REDIS_URL)
+    key = f"test:pool:{id(object())}"
+    try:
+        await asyncio.gather(*(client.incr(key) for _ in range(3 * REDIS_MAX_CONNECTIONS)))
+        assert int(await client.get(key)) == 3 * REDIS_MAX_CONNECTIONS
+    finally:
+        await client.delete(key)
+        await client.aclose()

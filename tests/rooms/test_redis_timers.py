@@ -66,3 +66,22 @@ async def test_another_node_claims_it_by_polling() -> None:
     finally:
         await other.close()
         await client.aclose()
+
+
+async def test_cancel_forgets_several_timers_in_one_call() -> None:
+    await _require_services()
+    client = aioredis.from_url(redis_url())
+    prefix = f"test-{uuid.uuid4().hex[:8]}"
+    timers, fired = await _timers(client, prefix, poll_interval=0.05)
+    try:
+        at = time.time() + 0.2
+        for n in range(4):
+            await timers.schedule(f"call:{n}", at, {"type": "end", "n": n})
+        assert await timers.cancel("call:0", "call:1", "call:never-set")
+        assert not await timers.cancel("call:0", "call:never-set")  # none of these pending
+        await asyncio.sleep(0.6)
+        assert sorted(e["n"] for e in fired) == [2, 3]
+        assert await timers.pending() == []
+    finally:
+        await timers.close()
+        await client.aclose()
