@@ -259,7 +259,8 @@ def call_report(caller: CallParty, callee: CallParty, answered: bool) -> dict[st
     to its ack), ``answered`` (call:answer to call:answered at the caller), per party
     ``offer_ack``, ``ice``, ``dtls``, ``first_frame`` (see :func:`media_phases`), and
     ``setup`` (call:initiate to the first frame of the other party at both sides; None when
-    either never got one); the timers' lateness (``call:ended`` minus its deadline)."""
+    either never got one) and ``answer_to_media`` (call:answer to the same: issue 22's
+    call set-up, without the ringing); the timers' lateness (``call:ended`` minus its deadline)."""
     report: dict[str, Any] = {
         "answered": answered,
         "initiate_ack": _ms(caller.t.get("initiate"), caller.t.get("initiate_acked")),
@@ -275,6 +276,7 @@ def call_report(caller: CallParty, callee: CallParty, answered: bool) -> dict[st
             "first_frame_one_way": [_ms(p.t.get("initiate"), p.t.get("first_frame"))
                                     for p in (caller, callee)],
             "setup": None if None in firsts else _ms(caller.t["initiate"], max(firsts)),  # type: ignore[type-var]
+            "answer_to_media": None if None in firsts else _ms(callee.t["answer"], max(firsts)),  # type: ignore[type-var]
             "server_offers": caller.server_offers + callee.server_offers,
         })
         if report["reason"] == "timeout" and callee.ends_at and caller.ended_at:

@@ -93,6 +93,7 @@ def phases(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[name] = summary([p[name] for c in answered for p in c["parties"]])
     out["first_frame_one_way"] = summary([v for c in answered for v in c["first_frame_one_way"]])
     out["setup"] = summary([c["setup"] for c in answered])
+    out["answer_to_media"] = summary([c["answer_to_media"] for c in answered])
     return out
 
 
@@ -179,6 +180,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "setup_p50_ms": table["setup"]["p50_ms"],
         "setup_p95_ms": table["setup"]["p95_ms"],
         "setup_p99_ms": table["setup"]["p99_ms"],
+        "answer_to_media_p95_ms": table["answer_to_media"]["p95_ms"],
         "ring_timeouts": len(ring_late),
         "ring_timeout_late": summary(ring_late),
         "call_timeouts": len(call_late),

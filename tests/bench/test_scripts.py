@@ -99,6 +99,9 @@ def test_calls_report_every_set_up_phase_and_time_out_on_time(
     # media through the SFU, both ways: each party got a first frame of the other's
     assert phases["first_frame"]["n"] == 4 and data["calls_with_media_both_ways"] == 2
     assert phases["setup"]["n"] == 2 and data["slowest_phase_p95"] is not None
+    # answered after it rang: the answer-to-media part of each set-up is shorter than all of it
+    assert phases["answer_to_media"]["n"] == 2
+    assert phases["answer_to_media"]["p50_ms"] < phases["setup"]["p50_ms"]
     assert data["ended_reasons"] == {"missed": 2, "timeout": 2}
     # timers fire after their deadline, and not long after
     ring, call = data["ring_timeout_late"], data["call_timeout_late"]
