@@ -107,8 +107,11 @@ class Supervisor:
 
     def environment(self, worker: Worker) -> dict[str, str]:
         """A worker's environment: its node id, its internal URL, its UDP slice; the RTMP
-        port for worker 0 only."""
+        port for worker 0 only; development mode when the supervisor has it (`serve --dev`
+        is a flag of the supervisor's command line, not of the workers')."""
         env = dict(os.environ)
+        if self.settings.dev:
+            env["AIRWAVE_DEV"] = "true"
         base = self.settings.node_id or f"{socket.gethostname()}:{self.settings.port}"
         env["AIRWAVE_NODE_ID"] = f"{base}/{worker.index}"
         if worker.internal is not None:

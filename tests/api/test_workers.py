@@ -166,6 +166,15 @@ def test_only_worker_0_runs_the_rtmp_ingest() -> None:
     assert envs[2]["AIRWAVE_UDP_PORTS"] == "40666-40998"
 
 
+def test_workers_of_a_dev_supervisor_are_in_dev_mode_and_others_not(monkeypatch) -> None:
+    """`serve --dev --workers N`: the workers answer the demo sign-in too (they missed it)."""
+    from api.workers import Supervisor, Worker
+
+    monkeypatch.delenv("AIRWAVE_DEV", raising=False)
+    assert Supervisor(Settings(dev=True), 2, None).environment(Worker(1))["AIRWAVE_DEV"] == "true"
+    assert "AIRWAVE_DEV" not in Supervisor(Settings(), 2, None).environment(Worker(1))
+
+
 def test_every_worker_gets_its_own_internal_url() -> None:
     """Other nodes must reach one worker, not the shared port the supervisor hands out by address."""
     from api.workers import Supervisor
