@@ -9,7 +9,10 @@ feedback (RTPFB FMT 15, draft-holmer-rmcat-transport-wide-cc-extensions-01)
 saying when each one arrived, or that it did not. From that:
 
 * **delivery rate** over the last half second of acknowledged packets (by
-  arrival time) against the **send rate** of the same packets;
+  arrival time) against the **send rate** of the same packets, and what the
+  link held over the last 1.5 s (the lower of the two rates there: a token
+  bucket lets a burst through at line rate, a draining queue squeezes
+  arrivals together);
 * **queueing delay**: each packet's one-way delay (arrival minus send time,
   two clocks, so only differences count) less the lowest of the last ten
   seconds, taken as the smallest within one feedback (a standing queue, not
@@ -21,8 +24,8 @@ with packets arriving slower than they were sent (``DELIVERY_SHORTFALL``):
 a bottleneck that fills, which a jitter spike or a paused receiver is not.
 Then the estimate drops at once to ``BACKOFF`` times the delivery rate, the
 link's measured capacity. Loss over ``HIGH_LOSS`` cuts it in proportion.
-Otherwise, while no queue stands, the estimate is at least what was
-delivered: it rises with what we send, padding probes included, so a probe
+Otherwise, while no queue stands, the estimate is at least what the link
+held: it rises with what we send, padding probes included, so a probe
 that goes through raises it within a feedback window or two and one that
 fills a queue is seen within a couple of feedback intervals (about 100 ms
 in Chromium), long before a 300 ms router queue overflows. That is why the
@@ -42,7 +45,11 @@ FMT_TRANSPORT_CC = 15
 
 SENT_SIZE = 8192  # packets remembered for matching feedback (power of two)
 _SENT_MASK = SENT_SIZE - 1
-RATE_WINDOW = 0.5  # seconds of acknowledged packets the delivery and send rates are measured on
+RATE_WINDOW = 0.5  # seconds of acknowledged packets the congestion test compares rates over
+# seconds of them the estimate may rise to: a router's token bucket lets a burst through at
+# line rate (tbf's 16 kB is 256 kbit/s more over half a second), so what a link holds is
+# taken over a longer stretch, and never above what was sent in it
+CAPACITY_WINDOW = 1.5
 MIN_RATE_SPAN = 0.2  # seconds those packets must span for a rate to count
 BASE_WINDOW = 10.0  # seconds over which the lowest one-way delay is the base
 QUEUE_CONGESTED = 0.040  # seconds of standing queue that, with a shortfall, is congestion
@@ -137,8 +144,8 @@ class TransportCc:
         self._sent_at = [0.0] * SENT_SIZE
         self._sent_size = [0] * SENT_SIZE
         # acknowledged packets (arrival s, send s, bytes), oldest first
-        self._acked: deque[tuple[float, float, int]] = deque()
-        self._acked_bytes = 0
+        self._short = _Window(RATE_WINDOW, MIN_RATE_SPAN)  # acknowledged packets: congestion
+        self._long = _Window(CAPACITY_WINDOW, CAPACITY_WINDOW * 2 / 3)  # what the link holds
         self._base: deque[tuple[float, float]] = deque()  # (second, lowest delay in it)
         self._base_min = 0.0  # the lowest of them
         self._losses: deque[tuple[float, int, int]] = deque()  # (at, lost, reported)
@@ -198,7 +205,7 @@ class TransportCc:
         self.feedbacks += 1
         lost = received = 0
         queue_min: float | None = None
-        acked = self._acked
+        acked = False
         for seq, arrival_us in statuses:
             i = seq & _SENT_MASK
             if self._sent_seq[i] != seq:
@@ -212,8 +219,9 @@ class TransportCc:
             delay = self._note_delay(arrival - sent, now)
             queue_min = delay if queue_min is None else min(queue_min, delay)
             size = self._sent_size[i]
-            acked.append((arrival, sent, size))
-            self._acked_bytes += size
+            self._short.add(arrival, sent, size)
+            self._long.add(arrival, sent, size)
+            acked = True
             self._sent_seq[i] = -1  # counted once, whatever later feedback repeats
         if not lost and not received:
             return
@@ -224,9 +232,6 @@ class TransportCc:
         self.loss = sum(n for _, n, _ in self._losses) / reported if reported else 0.0
         if not acked:
             return
-        newest = acked[-1][0]
-        while acked and newest - acked[0][0] > RATE_WINDOW:
-            self._acked_bytes -= acked.popleft()[2]
         if queue_min is not None:
             self.queue_delay = queue_min
         self._update(now)
@@ -246,25 +251,17 @@ class TransportCc:
             self._base_min = min(d for _, d in base)  # once a second
         return delay - self._base_min
 
-    def _rates(self) -> tuple[float, float] | None:
-        """(delivery, send) rate in bits/s over the acknowledged window."""
-        acked = self._acked
-        if len(acked) < 4:
-            return None
-        arrival_span = acked[-1][0] - acked[0][0]
-        send_span = acked[-1][1] - acked[0][1]  # in arrival order: about send order
-        if arrival_span < MIN_RATE_SPAN or send_span <= 0:
-            return None
-        # bytes after the first packet: the span starts with its arrival
-        bits = 8 * (self._acked_bytes - acked[0][2])
-        return bits / arrival_span, bits / send_span
-
     def _update(self, now: float) -> None:
-        rates = self._rates()
+        rates = self._short.rates()
         if rates is None:
             return
         delivery, send = rates
         self.delivery_bps = int(delivery)
+        held = self._long.rates()
+        # what the link carried without a queue: not more than was sent (arrivals squeezed
+        # together by a draining queue or a token bucket are not capacity), and nothing
+        # until a full second of it (the first frames come through the bucket at line rate)
+        capacity = int(min(held)) if held is not None else None
         estimate = self.estimate
         self.congested = False
         if self.queue_delay > QUEUE_CONGESTED and delivery < DELIVERY_SHORTFALL * send:
@@ -277,14 +274,47 @@ class TransportCc:
                 self._cut_at = now
                 estimate = int(min(estimate or delivery, delivery) * (1 - 0.5 * self.loss))
                 self.congested = True
-        elif self.queue_delay < QUEUE_CLEAR and now - self._cut_at >= BACKOFF_HOLD:
-            estimate = int(max(estimate or 0, delivery))
-        elif estimate is None:
-            estimate = int(delivery)
+        elif capacity is not None and self.queue_delay < QUEUE_CLEAR and now - self._cut_at >= BACKOFF_HOLD:
+            estimate = max(estimate or 0, capacity)
+        elif estimate is None and capacity is not None:
+            estimate = capacity
         estimate = min(estimate, MAX_ESTIMATE) if estimate is not None else None
         self.estimate = estimate
         if estimate is not None:
             self._on_estimate(estimate, self.congested)
+
+
+class _Window:
+    """Acknowledged packets (arrival s, send s, bytes) of the last ``seconds`` of
+    arrivals, with their byte count kept as they come and go."""
+
+    __slots__ = ("seconds", "min_span", "_packets", "_bytes")
+
+    def __init__(self, seconds: float, min_span: float) -> None:
+        self.seconds = seconds
+        self.min_span = min_span
+        self._packets: deque[tuple[float, float, int]] = deque()
+        self._bytes = 0
+
+    def add(self, arrival: float, sent: float, size: int) -> None:
+        packets = self._packets
+        packets.append((arrival, sent, size))
+        self._bytes += size
+        while arrival - packets[0][0] > self.seconds:
+            self._bytes -= packets.popleft()[2]
+
+    def rates(self) -> tuple[float, float] | None:
+        """(delivery, send) rate in bits/s, or None over too short a stretch."""
+        packets = self._packets
+        if len(packets) < 4:
+            return None
+        arrival_span = packets[-1][0] - packets[0][0]
+        send_span = packets[-1][1] - packets[0][1]  # in arrival order: about send order
+        if arrival_span < self.min_span or send_span <= 0:
+            return None
+        # bytes after the first packet: the spans start with it
+        bits = 8 * (self._bytes - packets[0][2])
+        return bits / arrival_span, bits / send_span
 
 
 __all__ = [
