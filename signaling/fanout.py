@@ -17,7 +17,9 @@ broadcast. ``websocket_driver`` returns the driver class with compression as con
 (``socketio_ws_compression``, off by default: chat frames are small). It also gives the
 socket's writer a cheaper ``poll``: Engine.IO's wraps every wait for the next packet in
 ``asyncio.wait_for``, which starts a task per wake-up (a quarter of a broadcast's CPU in a
-profile); this one awaits the queue under ``asyncio.timeout`` and only when it is empty.
+profile); this one awaits the queue under ``asyncio.timeout`` and only when it is empty. And a
+socket's own packets (acks) go out as a frame written at once when nothing is ahead of them
+(``direct_sender``), as broadcasts do.
 
 The python-socketio and python-engineio internals this relies on (``AsyncManager`` and
 ``AsyncPubSubManager.emit``/``get_participants``, ``eio.sockets``, ``AsyncSocket.queue``,
@@ -131,6 +133,26 @@ def queue_poller(eio_socket: Any, most: int = 0) -> Callable[[], Awaitable[list[
     return poll
 
 
+def direct_sender(eio_socket: Any) -> Callable[[eio_packet.Packet], Awaitable[None]]:
+    """``AsyncSocket.send`` that writes a text packet straight to the transport, as one
+    WebSocket frame, when nothing is ahead of it (the writer idle, its queue empty, nothing
+    buffered: the order is kept), instead of waking the socket's writer task for it; else
+    Engine.IO's own ``send`` queues it. A connect's CONNECT and ``stream:join`` acks each
+    cost a writer wake-up, a poll and aiohttp's frame writer without it."""
+    queued_send = eio_socket.send
+
+    async def send(pkt: eio_packet.Packet) -> None:
+        transport = eio_socket.airwave_transport
+        if (not pkt.binary and eio_socket.airwave_writer_idle and eio_socket.queue.empty()
+                and not transport.is_closing() and not transport.get_write_buffer_size()):
+            if await eio_socket.check_ping_timeout():
+                transport.write(_text_frame(pkt.encode().encode("utf-8")))
+            return
+        await queued_send(pkt)
+
+    return send
+
+
 def websocket_driver(compression: bool) -> type[EngineIOWebSocket]:
     """Engine.IO's aiohttp WebSocket wrapper with permessage-deflate as asked, which also
     remembers the TCP transport on the Engine.IO socket (to cut off a slow consumer) and
@@ -151,6 +173,8 @@ def websocket_driver(compression: bool) -> type[EngineIOWebSocket]:
                 owner.airwave_raw_frames = not compression
                 owner.airwave_writer_idle = False
                 owner.poll = queue_poller(owner)
+                if not compression:
+                    owner.send = direct_sender(owner)
             await self.handler(self)
             return self._sock
 

@@ -44,6 +44,7 @@ SOCKET_CONNECTIONS = Gauge("airwave_socketio_connections", "Socket.IO connection
 SOCKET_CONNECTS = Counter(
     "airwave_socketio_connects_total", "Socket.IO connection attempts by result", ["result"]
 )
+CONNECTS_ACCEPTED = SOCKET_CONNECTS.labels("accepted")  # looked up once, not per connect
 
 EventHandler = Callable[[str, Identity, Any], Awaitable[Any]]
 LifecycleHook = Callable[[str, Identity], Awaitable[None]]
@@ -85,19 +86,33 @@ def contains_nul(value: Any) -> bool:
     return False
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 class StrictJson:
-    """The JSON python-socketio writes and reads: no NaN or Infinity either way."""
+    """The JSON python-socketio writes and reads: no NaN or Infinity either way. The
+    encoders and the decoder are made once (``json.dumps``/``loads`` with options build a
+    new one per call); python-socketio passes ``separators`` only."""
+
+    _encoders: dict[tuple[str, str] | None, json.JSONEncoder] = {}
+    _decoder = json.JSONDecoder(parse_constant=_refuse_constant)
 
     @staticmethod
-    def dumps(value: Any, **options: Any) -> str:
-        return json.dumps(value, allow_nan=False, **options)
+    def dumps(value: Any, separators: tuple[str, str] | None = None, **options: Any) -> str:
+        if options:
+            return json.dumps(value, allow_nan=False, separators=separators, **options)
+        encoder = StrictJson._encoders.get(separators)
+        if encoder is None:
+            encoder = StrictJson._encoders[separators] = json.JSONEncoder(
+                allow_nan=False, separators=separators)
+        return encoder.encode(value)
 
     @staticmethod
     def loads(text: str | bytes, **options: Any) -> Any:
-        def refuse(name: str) -> Any:
-            raise ValueError(f"{name} is not JSON")
-
-        return json.loads(text, parse_constant=refuse, **options)
+        if options or not isinstance(text, str):
+            return json.loads(text, parse_constant=_refuse_constant, **options)
+        return StrictJson._decoder.decode(text)
 
 
 class Signaling:
@@ -202,7 +217,7 @@ class Signaling:
                 manager.batch_capable.add(sid)
         self._expire_at(sid, identity)
         await self.sio.enter_room(sid, user_room(identity.user_id))
-        SOCKET_CONNECTS.labels("accepted").inc()
+        CONNECTS_ACCEPTED.inc()
         SOCKET_CONNECTIONS.inc()
         for hook in self._on_connect:
             try:

@@ -8,11 +8,17 @@ back as plain dicts.
 SQLite is the embedded single-process default: one connection in WAL mode,
 every statement and transaction serialised by one asyncio lock, so a
 transaction is never interleaved with another coroutine's statements.
+aiosqlite runs the connection on a thread of its own, and every await on it is a
+hop there and back (a future, a wake-up of the event loop): a statement is one hop
+(run, fetch every row, close the cursor, all on that thread), and a statement outside
+``transaction()`` runs in SQLite's own implicit transaction, without the two hops of an
+explicit ``BEGIN IMMEDIATE`` ... ``COMMIT`` (a connect made 5 hops of each read and write).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -120,6 +126,16 @@ class Database:
 # --------------------------------------------------------------------------- SQLite
 
 
+def _statement(conn: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+    """On aiosqlite's thread: run one statement to its end (every row fetched, so a
+    ``RETURNING`` statement completes) and close its cursor; its rows and rowcount."""
+    cursor = conn._conn.execute(sql, args)
+    try:
+        return cursor.fetchall(), cursor.rowcount
+    finally:
+        cursor.close()
+
+
 class _SqliteQueries:
     dialect = "sqlite"
 
@@ -127,23 +143,23 @@ class _SqliteQueries:
         self._conn = conn
 
     @staticmethod
+    @functools.lru_cache(maxsize=1024)
     def _sql(sql: str) -> str:
+        # the statements are the code's constants: translated once each, not per run (7 us)
         return _PLACEHOLDER.sub(r"?\1", sql)
 
-    async def execute(self, sql: str, *args: Any) -> int:
+    async def _run(self, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+        # aiosqlite's _execute queues a function for its thread (its execute, fetchall and
+        # close are a hop each); pinned by tests/store/test_database.py
         with _driver_errors():
-            cursor = await self._conn.execute(self._sql(sql), args)
-            # Exhaust the cursor so RETURNING statements complete.
-            await cursor.fetchall()
-        count = cursor.rowcount
-        await cursor.close()
+            return await self._conn._execute(_statement, self._conn, self._sql(sql), args)
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        _, count = await self._run(sql, args)
         return count
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        with _driver_errors():
-            cursor = await self._conn.execute(self._sql(sql), args)
-            rows = await cursor.fetchall()
-        await cursor.close()
+        rows, _ = await self._run(sql, args)
         return [dict(r) for r in rows]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
@@ -180,6 +196,23 @@ class SqliteDatabase(Database):
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute("PRAGMA busy_timeout=5000")
         return cls(conn, path)
+
+    # one statement: SQLite's implicit transaction, under the lock (never inside another's)
+    async def execute(self, sql: str, *args: Any) -> int:
+        async with self._lock:
+            return await _SqliteQueries(self._conn).execute(sql, *args)
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        async with self._lock:
+            return await _SqliteQueries(self._conn).fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: Any) -> Row | None:
+        async with self._lock:
+            return await _SqliteQueries(self._conn).fetchrow(sql, *args)
+
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        async with self._lock:
+            return await _SqliteQueries(self._conn).fetchval(sql, *args)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteQueries]:

@@ -84,3 +84,21 @@ async def test_shutdown_disconnects_sockets_at_once(settings) -> None:
     # The server says goodbye: no waiting out the 25 s ping interval.
     await asyncio.wait_for(gone.wait(), 10)
     await client.disconnect()
+
+
+def test_socketio_json_refuses_nan_and_infinity_both_ways() -> None:
+    """StrictJson (one encoder per separators, one decoder, made once) writes what
+    json.dumps writes and refuses NaN/Infinity in and out."""
+    from signaling.server import StrictJson
+
+    value = ["chat:message", {"text": "é", "n": [1, 2.5, None, True]}]
+    compact = (",", ":")
+    assert StrictJson.dumps(value, separators=compact) == __import__("json").dumps(value, separators=compact)
+    assert StrictJson.loads(StrictJson.dumps(value)) == value
+    assert StrictJson.loads(b'{"a": 1}') == {"a": 1}
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError):
+            StrictJson.dumps({"x": bad}, separators=compact)
+    for text in ('{"x": NaN}', '[Infinity]', '[-Infinity]', b'[NaN]'):
+        with pytest.raises(ValueError):
+            StrictJson.loads(text)

@@ -331,3 +331,36 @@ async def test_a_large_room_samples_chat_beyond_its_rate_but_stores_it(make_sett
         for listener in listeners:
             await listener.close()
         await app.server.close()
+
+
+async def test_a_sockets_acks_are_written_at_once_when_nothing_is_ahead(running: RunningApp) -> None:
+    """direct_sender: the CONNECT and stream:join acks go out as frames written at once (no
+    trip through the writer's queue), and behind a queued broadcast they wait their turn."""
+    room_id = await _live_room(running)
+    sio = running.app[AIRWAVE].signaling.sio
+    raw = await StalledSocket.open(running.url)
+    queued: list[str] = []
+    try:
+        here = raw.writer.get_extra_info("sockname")
+        eio_socket = next(s for s in sio.eio.sockets.values()
+                          if s.airwave_transport.get_extra_info("peername") == here)
+        put = eio_socket.queue.put_nowait
+
+        def counted(pkt: Any) -> None:
+            queued.append(pkt.encode() if pkt is not None else "")
+            put(pkt)
+
+        eio_socket.queue.put_nowait = counted
+        eio_socket.queue.put = lambda pkt: asyncio.sleep(0, counted(pkt))  # type: ignore[method-assign]
+        sid = await raw.join(running.token("acked"), room_id)
+        assert sid and queued == [], queued  # CONNECT and the join ack: straight to the transport
+        # a packet already queued: the next one queues behind it, and arrives after it
+        from engineio import packet as eio_packet
+
+        eio_socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, '2["first"]'))
+        await eio_socket.send(eio_packet.Packet(eio_packet.MESSAGE, '2["second"]'))
+        assert queued == ['42["first"]', '42["second"]'], queued
+        assert await raw.expect('42["first"]') == '42["first"]'  # then the second: order kept
+        assert await raw.expect('42["second"]') == '42["second"]'
+    finally:
+        raw.close()

@@ -148,3 +148,43 @@ async def test_a_transaction_cancelled_at_any_await_leaves_the_connection_usable
         async with db.transaction() as tx:  # would fail "within a transaction" if one leaked
             await tx.execute("INSERT INTO users (id, name, created_at) VALUES ($1, '', 0)", f"ok{delay_steps}")
     assert await db.fetchval("SELECT count(*) FROM users WHERE id LIKE 'ok%'") == 6
+
+
+async def test_a_sqlite_statement_is_one_hop_to_aiosqlites_thread(tmp_path: Path) -> None:
+    """Outside a transaction a statement is one trip to aiosqlite's thread (no BEGIN/COMMIT,
+    no separate fetch and close), runs to its end (RETURNING, rowcount), maps a duplicate key
+    and is never interleaved into another coroutine's open transaction."""
+    from store import UniqueViolation
+    from store.database import SqliteDatabase
+
+    db = await SqliteDatabase.open(tmp_path / "hops.db")
+    try:
+        await migrate(db)
+        hops = 0
+        queue = db._conn._execute  # aiosqlite's: every await on its thread goes through it
+
+        async def counted(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            nonlocal hops
+            hops += 1
+            return await queue(fn, *args, **kwargs)
+
+        db._conn._execute = counted  # type: ignore[method-assign]
+        insert = "INSERT INTO users (id, name, created_at) VALUES ($1, $2, 0)"
+        assert await db.execute(insert, "h1", "a") == 1
+        assert await db.fetchval("UPDATE users SET name = 'b' WHERE id = $1 RETURNING name", "h1") == "b"
+        assert hops == 2
+        with pytest.raises(UniqueViolation):
+            await db.execute(insert, "h1", "again")
+
+        async def slow_transaction() -> None:
+            async with db.transaction() as tx:
+                await tx.execute(insert, "h2", "in")
+                await asyncio.sleep(0.05)
+                await tx.execute("DELETE FROM users WHERE id = $1", "h2")
+
+        task = asyncio.create_task(slow_transaction())
+        await asyncio.sleep(0.01)
+        assert await db.fetchval("SELECT count(*) FROM users WHERE id = $1", "h2") == 0
+        await task
+    finally:
+        await db.close()
