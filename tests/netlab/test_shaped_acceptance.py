@@ -204,8 +204,11 @@ async def test_a_shaped_viewer_costs_a_single_layer_room_nothing(
 
     assert alone["fps"] > 0
     assert together["fps"] >= (1 - FPS_TOLERANCE) * alone["fps"], figures
-    # keyframes: as many per second as without the shaped viewer (one more for rounding)
-    assert together["keyframes"] <= alone["keyframesPerS"] * together["seconds"] + 1, figures
+    # keyframes: as many per second as without the shaped viewer. A publisher with a fixed
+    # GOP (FFmpeg: one a second) shows 14-16 in a 15 s window, so each window's count may be
+    # one off: the bound takes one more in the window alone and one more in the window together
+    alone_rate = (alone["keyframes"] + 1) / alone["seconds"]
+    assert together["keyframes"] <= alone_rate * together["seconds"] + 1, figures
 
 
 CALL_LIMIT_KBIT = 500
