@@ -25,8 +25,6 @@ configuration ``{"url", "sources", "ice_addresses", "media", "media_seconds", "l
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +35,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSession
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .client_ice import use_host_addresses
-from .load import LagWatch
+from .load import LagWatch, read_config, reply, serve_commands
 from .media_clip import EncodedFrame, VideoSpec, audio_clip, video_clip
 from .whip_publisher import LoopedClipTrack
 
@@ -358,45 +356,27 @@ class CallPool:
             await session.close()
 
 
-async def _stdin_lines() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-def _send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 async def serve() -> None:
-    reader = await _stdin_lines()
-    config = json.loads(await reader.readline())
+    reader, config = await read_config()
     use_host_addresses(list(config.get("ice_addresses") or ["127.0.0.1"]))
     pool = CallPool(config)
     lag_task = asyncio.get_running_loop().create_task(pool.lag.watch())
+
+    async def handle(command: dict[str, Any]) -> dict[str, Any] | None:
+        op = command.get("op")
+        if op == "connect":
+            return await pool.connect(list(command["users"]))
+        if op == "run":
+            return await pool.run(list(command["pairs"]), float(command["start_at"]),
+                                  float(command.get("rate", 0)), float(command["until"]))
+        return None
+
     try:
-        async with asyncio.timeout(float(config.get("lifetime", 900))):
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                command = json.loads(line)
-                op = command.get("op")
-                if op == "connect":
-                    _send(await pool.connect(list(command["users"])))
-                elif op == "run":
-                    _send(await pool.run(list(command["pairs"]), float(command["start_at"]),
-                                         float(command.get("rate", 0)), float(command["until"])))
-                elif op == "close":
-                    break
-    except TimeoutError:
-        pass
+        await serve_commands(reader, float(config.get("lifetime", 900)), handle)
     finally:
         lag_task.cancel()
         await pool.close()
-    _send({"op": "closed"})
+    reply({"op": "closed"})
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""The load generator's side of a bench: worker processes spoken to in JSON lines,
-the generator's own CPU and event-loop lag, and the rule that makes a step NOT VALID
-when the generator, not the server, was the bottleneck.
+"""The load generator of a bench: worker processes spoken to in JSON lines (both
+sides of that exchange), the generator's own CPU and event-loop lag, and the rule that
+makes a step NOT VALID when the generator, not the server, was the bottleneck.
 
 Shared by bench.signaling (bench/signaling_worker.py), bench.calls (bench/call_worker.py)
 and bench.fanout (bench/viewer_worker.py). A worker reads its configuration as the first line on stdin,
@@ -16,13 +16,48 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from .server_probe import proc_cpu_seconds, proc_wait_seconds
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- the worker's side --------------------------------------------------------------------
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+async def read_config() -> tuple[asyncio.StreamReader, dict[str, Any]]:
+    """A worker's stdin, and its configuration (the first line)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader, json.loads(await reader.readline())
+
+
+def reply(message: dict[str, Any]) -> None:
+    """One answer line on stdout."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def serve_commands(reader: asyncio.StreamReader, lifetime: float, handle: Handler) -> None:
+    """Hand each command line to ``handle`` and write what it returns, until ``close``,
+    the end of stdin or ``lifetime`` seconds; the worker then closes and says ``closed``."""
+    try:
+        async with asyncio.timeout(lifetime):
+            while line := await reader.readline():
+                command = json.loads(line)
+                if command.get("op") == "close":
+                    break
+                answer = await handle(command)
+                if answer is not None:
+                    reply(answer)
+    except TimeoutError:
+        pass
 
 
 class WorkerProcess:

@@ -28,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sys
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from .load import LagWatch
+from .load import LagWatch, read_config, reply, serve_commands
 
 MARK = '"clientId":"'
 
@@ -250,56 +249,39 @@ class SocketPool:
             await session.close()
 
 
-async def _stdin_lines() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-def _send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 async def serve() -> None:
-    reader = await _stdin_lines()
-    config = json.loads(await reader.readline())
+    reader, config = await read_config()
     pool = SocketPool(config["url"], config["room"], config.get("sources") or ["127.0.0.1"],
                       int(config.get("worker", 0)), list(config.get("caps") or []))
     lag_task = asyncio.get_running_loop().create_task(pool.lag.watch())
     sending: asyncio.Task[dict[str, Any]] | None = None
+
+    async def handle(command: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal sending
+        op = command.get("op")
+        if op == "connect":
+            return await pool.connect(list(command["tokens"]), int(command.get("concurrency", 20)))
+        if op == "send":
+            sending = asyncio.get_running_loop().create_task(pool.send(
+                int(command["step"]), int(command["senders"]), float(command["rate"]),
+                float(command["start_at"]), float(command["duration"])))
+            return {"op": "sending"}
+        if op == "sent":
+            done = await sending if sending is not None else {"op": "sent", "sent": 0}
+            sending = None
+            return done
+        if op == "snapshot":
+            return pool.snapshot()
+        return None
+
     try:
-        async with asyncio.timeout(float(config.get("lifetime", 900))):
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                command = json.loads(line)
-                op = command.get("op")
-                if op == "connect":
-                    _send(await pool.connect(list(command["tokens"]),
-                                             int(command.get("concurrency", 20))))
-                elif op == "send":
-                    sending = asyncio.get_running_loop().create_task(pool.send(
-                        int(command["step"]), int(command["senders"]), float(command["rate"]),
-                        float(command["start_at"]), float(command["duration"])))
-                    _send({"op": "sending"})
-                elif op == "sent":
-                    _send(await sending if sending is not None else {"op": "sent", "sent": 0})
-                    sending = None
-                elif op == "snapshot":
-                    _send(pool.snapshot())
-                elif op == "close":
-                    break
-    except TimeoutError:
-        pass
+        await serve_commands(reader, float(config.get("lifetime", 900)), handle)
     finally:
         lag_task.cancel()
         if sending is not None:
             sending.cancel()
         await pool.close()
-    _send({"op": "closed"})
+    reply({"op": "closed"})
 
 
 def main() -> None:

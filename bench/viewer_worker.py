@@ -17,14 +17,13 @@ when its lifetime (seconds) runs out.
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from typing import Any
 
 import aiohttp
 from aiortc.rtcdtlstransport import RTCCertificate
 
 from .client_ice import use_host_addresses
+from .load import read_config, reply, serve_commands
 from .whep_viewer import CheapViewer
 
 
@@ -118,47 +117,27 @@ class ViewerPool:
             await http.close()
 
 
-async def _stdin_lines() -> asyncio.StreamReader:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    return reader
-
-
-def _send(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
 async def serve() -> None:
-    reader = await _stdin_lines()
-    config = json.loads(await reader.readline())
+    reader, config = await read_config()
     use_host_addresses(config.get("ice_addresses") or ["127.0.0.1"])
     pool = ViewerPool(config["url"], config.get("token"))
     await pool.open()
-    lifetime = float(config.get("lifetime", 3600))
+
+    async def handle(command: dict[str, Any]) -> dict[str, Any] | None:
+        op = command.get("op")
+        if op == "join":
+            return await pool.join(int(command["count"]), int(command.get("concurrency", 8)),
+                                   int(command.get("step", 0)), float(command.get("rate", 0)),
+                                   float(command.get("low_share", 0)), int(command.get("low_bps", 0)))
+        if op == "snapshot":
+            return pool.snapshot()
+        return None
+
     try:
-        async with asyncio.timeout(lifetime):
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                command = json.loads(line)
-                op = command.get("op")
-                if op == "join":
-                    _send(await pool.join(int(command["count"]), int(command.get("concurrency", 8)),
-                                          int(command.get("step", 0)), float(command.get("rate", 0)),
-                                          float(command.get("low_share", 0)),
-                                          int(command.get("low_bps", 0))))
-                elif op == "snapshot":
-                    _send(pool.snapshot())
-                elif op == "close":
-                    break
-    except TimeoutError:
-        pass
+        await serve_commands(reader, float(config.get("lifetime", 3600)), handle)
     finally:
         await pool.close()
-    _send({"op": "closed"})
+    reply({"op": "closed"})
 
 
 def main() -> None:
