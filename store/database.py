@@ -1,18 +1,29 @@
-"""One query layer over PostgreSQL (asyncpg, pooled) and SQLite (aiosqlite).
+"""One query layer over PostgreSQL (asyncpg, pooled) and SQLite (the standard library).
 
 Queries are written once, in PostgreSQL's placeholder style (``$1``, ``$2``),
 in the SQL both engines share: TEXT, BIGINT, DOUBLE PRECISION, ``RETURNING``,
 ``ON CONFLICT``. For SQLite the placeholders become ``?1``, ``?2``. Rows come
 back as plain dicts.
 
-SQLite is the embedded single-process default: one connection in WAL mode,
-every statement and transaction serialised by one asyncio lock, so a
-transaction is never interleaved with another coroutine's statements.
-aiosqlite runs the connection on a thread of its own, and every await on it is a
-hop there and back (a future, a wake-up of the event loop): a statement is one hop
-(run, fetch every row, close the cursor, all on that thread), and a statement outside
-``transaction()`` runs in SQLite's own implicit transaction, without the two hops of an
-explicit ``BEGIN IMMEDIATE`` ... ``COMMIT`` (a connect made 5 hops of each read and write).
+SQLite is the embedded single-process default: one connection in WAL mode whose
+statements run on the event loop itself. Its statements are point reads and small
+writes that take microseconds (a commit in WAL mode with ``synchronous=NORMAL`` writes
+the log without an fsync), far less than a trip to a worker thread and back, which
+cost 60 us of CPU and a contended GIL each (a third of a connection's set-up went
+there when aiosqlite ran the connection on its own thread). The two things that could
+block the loop are kept off it:
+
+- waiting for another process's write lock: ``busy_timeout`` is 0, and a statement
+  that finds the database locked is retried after an ``asyncio.sleep`` that doubles,
+  up to ``BUSY_WAIT`` seconds, then fails as SQLite would;
+- the checkpoint's fsync: automatic checkpoints are off on the loop's connection, and
+  a second connection checkpoints the log on a worker thread every
+  ``CHECKPOINT_INTERVAL`` seconds (PASSIVE: writers go on meanwhile), and a last
+  time (TRUNCATE) at close.
+
+Every transaction holds one asyncio lock, so a transaction is never interleaved with
+another coroutine's statements; a statement outside ``transaction()`` runs in SQLite's
+own implicit transaction, at once when no transaction is open and after it otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +39,6 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiosqlite
 import asyncpg
 
 from config import Settings
@@ -126,21 +136,22 @@ class Database:
 # --------------------------------------------------------------------------- SQLite
 
 
-def _statement(conn: aiosqlite.Connection, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
-    """On aiosqlite's thread: run one statement to its end (every row fetched, so a
-    ``RETURNING`` statement completes) and close its cursor; its rows and rowcount."""
-    cursor = conn._conn.execute(sql, args)
-    try:
-        return cursor.fetchall(), cursor.rowcount
-    finally:
-        cursor.close()
+BUSY_WAIT = 5.0  # seconds a statement waits for another process's write lock
+CHECKPOINT_INTERVAL = 5.0  # seconds between the checkpointer's PASSIVE checkpoints
+_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in _BUSY_CODES
 
 
 class _SqliteQueries:
+    """The statements of one transaction, or one statement on its own."""
+
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
 
     @staticmethod
     @functools.lru_cache(maxsize=1024)
@@ -149,10 +160,7 @@ class _SqliteQueries:
         return _PLACEHOLDER.sub(r"?\1", sql)
 
     async def _run(self, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
-        # aiosqlite's _execute queues a function for its thread (its execute, fetchall and
-        # close are a hop each); pinned by tests/store/test_database.py
-        with _driver_errors():
-            return await self._conn._execute(_statement, self._conn, self._sql(sql), args)
+        return await self._db._until_not_busy(self._sql(sql), args)
 
     async def execute(self, sql: str, *args: Any) -> int:
         _, count = await self._run(sql, args)
@@ -174,10 +182,11 @@ class _SqliteQueries:
 class SqliteDatabase(Database):
     dialect = "sqlite"
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
         self.path = path
+        self._checkpointer = asyncio.create_task(self._checkpoint_every(CHECKPOINT_INTERVAL))
 
     @classmethod
     async def open(cls, path: Path) -> SqliteDatabase:
@@ -187,53 +196,83 @@ class SqliteDatabase(Database):
             # files the database file's mode.
             os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
             os.chmod(path, 0o600)
-            conn = await aiosqlite.connect(str(path), isolation_level=None)
-        except Exception as exc:  # sqlite3.OperationalError and friends
+            conn = sqlite3.connect(str(path), isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=0")  # waiting for a lock is _until_not_busy's
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer's, off the loop
+        except sqlite3.Error as exc:
             raise DatabaseUnavailable(f"cannot open SQLite database {path}: {exc}") from exc
-        conn.row_factory = aiosqlite.Row
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=NORMAL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute("PRAGMA busy_timeout=5000")
         return cls(conn, path)
 
-    # one statement: SQLite's implicit transaction, under the lock (never inside another's)
-    async def execute(self, sql: str, *args: Any) -> int:
+    def _statement(self, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+        """Run one statement to its end (every row fetched, so a ``RETURNING`` statement
+        completes) and close its cursor; its rows and rowcount."""
+        with _driver_errors():
+            cursor = self._conn.execute(sql, args)
+            try:
+                return cursor.fetchall(), cursor.rowcount
+            finally:
+                cursor.close()
+
+    async def _until_not_busy(self, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+        """The statement, retried while another process holds the write lock."""
+        delay, waited = 0.001, 0.0
+        while True:
+            try:
+                return self._statement(sql, args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or waited >= BUSY_WAIT:
+                    raise
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.1)
+
+    async def _standalone(self, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+        if not self._lock.locked():
+            # nothing open, and the statement runs without an await: it cannot land in
+            # another coroutine's transaction (only its busy retries wait, under the lock)
+            try:
+                return self._statement(_SqliteQueries._sql(sql), args)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
         async with self._lock:
-            return await _SqliteQueries(self._conn).execute(sql, *args)
+            return await _SqliteQueries(self)._run(sql, args)
+
+    # one statement: SQLite's implicit transaction, never inside another's
+    async def execute(self, sql: str, *args: Any) -> int:
+        _, count = await self._standalone(sql, args)
+        return count
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        async with self._lock:
-            return await _SqliteQueries(self._conn).fetch(sql, *args)
+        rows, _ = await self._standalone(sql, args)
+        return [dict(r) for r in rows]
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        async with self._lock:
-            return await _SqliteQueries(self._conn).fetchrow(sql, *args)
+        rows = await self.fetch(sql, *args)
+        return rows[0] if rows else None
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        async with self._lock:
-            return await _SqliteQueries(self._conn).fetchval(sql, *args)
+        row = await self.fetchrow(sql, *args)
+        return next(iter(row.values())) if row else None
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteQueries]:
         async with self._lock:
+            await self._until_not_busy("BEGIN IMMEDIATE", ())
             try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                yield _SqliteQueries(self._conn)
-                await self._conn.execute("COMMIT")
+                yield _SqliteQueries(self)
+                await self._until_not_busy("COMMIT", ())
             except BaseException:
-                # aiosqlite runs statements in order on its own thread, and a
-                # cancelled await does not stop them: a BEGIN (or COMMIT) whose
-                # waiter was cancelled still runs. Always queue a ROLLBACK behind
-                # it, shielded, so the one connection never stays in a transaction.
-                await self._rollback()
+                # cancelled or failed at any await (the COMMIT's included): the statements
+                # run on the loop, so none is still running; undo what ran and free the
+                # one connection
+                if self._conn.in_transaction:
+                    self._conn.rollback()
                 raise
-
-    async def _rollback(self) -> None:
-        try:
-            await asyncio.shield(self._conn.execute("ROLLBACK"))
-        except sqlite3.OperationalError:
-            pass  # no transaction was open
 
     @asynccontextmanager
     async def migration_lock(self) -> AsyncIterator[None]:
@@ -241,20 +280,47 @@ class SqliteDatabase(Database):
         yield
 
     async def ping(self) -> None:
-        async with self._lock:
-            await self._conn.execute("SELECT 1")
+        await self.execute("SELECT 1")
+
+    async def checkpoint(self) -> tuple[int, int]:
+        """Copy the write-ahead log into the database file from a second connection on a
+        worker thread (PASSIVE: the loop's connection goes on reading and writing); the
+        log's frames and how many of them are now in the file."""
+
+        def run() -> tuple[int, int]:
+            conn = sqlite3.connect(str(self.path), isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout=1000")
+                _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return log, done
+            finally:
+                conn.close()
+
+        return await asyncio.to_thread(run)
+
+    async def _checkpoint_every(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.checkpoint()
+            except sqlite3.Error as exc:
+                log.warning("SQLite checkpoint failed: %s", exc)
 
     async def close(self) -> None:
-        """Flush the WAL into the database file and close, whatever state the
+        """Flush the write-ahead log into the database file and close, whatever state the
         connection is in."""
+        self._checkpointer.cancel()
+        await asyncio.gather(self._checkpointer, return_exceptions=True)
         async with self._lock:
             try:
-                await self._rollback()
-                await self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                self._conn.execute("PRAGMA busy_timeout=5000")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:
                 log.warning("SQLite checkpoint at close failed: %s", exc)
             finally:
-                await self._conn.close()
+                self._conn.close()
 
 
 # ----------------------------------------------------------------------- PostgreSQL

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -150,29 +152,21 @@ async def test_a_transaction_cancelled_at_any_await_leaves_the_connection_usable
     assert await db.fetchval("SELECT count(*) FROM users WHERE id LIKE 'ok%'") == 6
 
 
-async def test_a_sqlite_statement_is_one_hop_to_aiosqlites_thread(tmp_path: Path) -> None:
-    """Outside a transaction a statement is one trip to aiosqlite's thread (no BEGIN/COMMIT,
-    no separate fetch and close), runs to its end (RETURNING, rowcount), maps a duplicate key
-    and is never interleaved into another coroutine's open transaction."""
+async def test_a_sqlite_statement_runs_on_the_loop_without_a_thread(tmp_path: Path) -> None:
+    """Outside a transaction a statement runs at once on the loop (no thread, no BEGIN/COMMIT),
+    runs to its end (RETURNING, rowcount), maps a duplicate key and is never interleaved into
+    another coroutine's open transaction."""
     from store import UniqueViolation
     from store.database import SqliteDatabase
 
-    db = await SqliteDatabase.open(tmp_path / "hops.db")
+    db = await SqliteDatabase.open(tmp_path / "inline.db")
     try:
         await migrate(db)
-        hops = 0
-        queue = db._conn._execute  # aiosqlite's: every await on its thread goes through it
-
-        async def counted(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-            nonlocal hops
-            hops += 1
-            return await queue(fn, *args, **kwargs)
-
-        db._conn._execute = counted  # type: ignore[method-assign]
+        threads = threading.active_count()
         insert = "INSERT INTO users (id, name, created_at) VALUES ($1, $2, 0)"
         assert await db.execute(insert, "h1", "a") == 1
         assert await db.fetchval("UPDATE users SET name = 'b' WHERE id = $1 RETURNING name", "h1") == "b"
-        assert hops == 2
+        assert threading.active_count() == threads
         with pytest.raises(UniqueViolation):
             await db.execute(insert, "h1", "again")
 
@@ -188,3 +182,62 @@ async def test_a_sqlite_statement_is_one_hop_to_aiosqlites_thread(tmp_path: Path
         await task
     finally:
         await db.close()
+
+
+async def test_a_sqlite_write_waits_for_another_process_lock_without_blocking_the_loop(
+    tmp_path: Path,
+) -> None:
+    """Another connection holds the write lock: our write waits (the loop goes on), then
+    lands once the lock is free; past BUSY_WAIT it fails as SQLite's busy timeout would."""
+    from store.database import SqliteDatabase
+
+    db = await SqliteDatabase.open(tmp_path / "busy.db")
+    other = sqlite3.connect(str(tmp_path / "busy.db"), isolation_level=None)
+    try:
+        await migrate(db)
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(db.execute("INSERT INTO users (id, name, created_at) VALUES ('w', '', 0)"))
+        await asyncio.sleep(0.1)
+        assert not write.done()  # waiting, asleep: a loop blocked in SQLite's busy handler
+        # would have failed it (the lock is still held) or not let this sleep end first
+        other.execute("COMMIT")
+        assert await asyncio.wait_for(write, 2) == 1
+        assert await db.fetchval("SELECT name FROM users WHERE id = 'w'") == ""
+
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("store.database.BUSY_WAIT", 0.05)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                await db.execute("INSERT INTO users (id, name, created_at) VALUES ('x', '', 0)")
+        other.execute("ROLLBACK")
+        async with db.transaction() as tx:  # the lock and the connection are free again
+            await tx.execute("INSERT INTO users (id, name, created_at) VALUES ('y', '', 0)")
+        assert await db.fetchval("SELECT count(*) FROM users WHERE id IN ('x', 'y')") == 1
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_sqlite_checkpoints_off_the_loop(tmp_path: Path) -> None:
+    """The loop's connection never checkpoints by itself; the checkpointer copies the log
+    into the database file from another connection, and close empties the log."""
+    from store.database import SqliteDatabase
+
+    path = tmp_path / "wal.db"
+    db = await SqliteDatabase.open(path)
+    try:
+        await migrate(db)
+        assert await db.fetchval("PRAGMA wal_autocheckpoint") == 0
+        for n in range(50):
+            await db.execute("INSERT INTO users (id, name, created_at) VALUES ($1, '', 0)", f"c{n}")
+        log, done = await db.checkpoint()
+        assert log > 0 and done == log
+    finally:
+        await db.close()
+    wal = path.with_name(path.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    check = sqlite3.connect(str(path))
+    try:
+        assert check.execute("SELECT count(*) FROM users WHERE id LIKE 'c%'").fetchone()[0] == 50
+    finally:
+        check.close()
