@@ -108,13 +108,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 # ---- connections
                 new = users[connected:target]
                 shares = [new[i::len(workers)] for i in range(len(workers))]
-                t0, before = time.monotonic(), await probe.sample()
+                before = await probe.sample()
+                t0, load_before = time.monotonic(), load_cpu_seconds(workers)
                 replies = await asyncio.gather(*(
                     w.request({"op": "connect", "tokens": [u.token for u in share],
                                "concurrency": args.connect_concurrency}, 60 + len(share))
                     for w, share in zip(workers, shares, strict=True)))
                 connect_seconds = time.monotonic() - t0
+                connect_load_pct = (load_cpu_seconds(workers) - load_before) / connect_seconds * 100
                 after = await probe.sample()
+                connect_server_cpu = (None if after.cpu_seconds is None or before.cpu_seconds is None
+                                      else after.cpu_seconds - before.cpu_seconds)
                 ok = sum(r["ok"] for r in replies)
                 connect_ms = [t for r in replies for t in r["connect_ms"]]
                 connected += ok
@@ -127,10 +131,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     # server CPU per connect + stream:join: what a connection costs, whatever
                     # else the machine was doing
                     "connect_server_cpu_ms": finite(
-                        (after.cpu_seconds - before.cpu_seconds) * 1000 / ok
-                        if ok and after.cpu_seconds is not None and before.cpu_seconds is not None
+                        connect_server_cpu * 1000 / ok if ok and connect_server_cpu is not None
                         else None, 2),
+                    # which side held the rate back: a connection rate is the server's only
+                    # while the generator has CPU to spare
+                    "connect_server_cpu_pct": finite(
+                        connect_server_cpu / connect_seconds * 100
+                        if connect_server_cpu is not None and connect_seconds else None, 1),
+                    "connect_load_cpu_pct_of_cores": round(connect_load_pct / cores, 1),
                 })
+                if connect_load_pct / cores > args.max_load_cpu:
+                    step["connect_rate_bound_by"] = (
+                        f"the generator: its CPU {connect_load_pct / cores:.0f}% of its {cores} "
+                        f"core(s) > {args.max_load_cpu:.0f}%; the server's rate is at least this")
                 # ---- idle
                 await asyncio.sleep(1.0)
                 idle_start = await probe.sample()
@@ -237,6 +250,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 COLUMNS = [
     ("sockets", "sockets"), ("connect_rate_per_s", "conn/s"), ("connect_p50_ms", "conn p50"),
     ("connect_p99_ms", "conn p99"), ("connect_server_cpu_ms", "conn srv ms"),
+    ("connect_server_cpu_pct", "conn srv%"), ("connect_load_cpu_pct_of_cores", "conn load%"),
     ("connect_failures", "conn fail"),
     ("idle_cpu_pct", "idle cpu%"), ("rss_kb_per_socket", "KB/sock"),
     ("message_rate_per_s", "msg/s"), ("deliveries_per_s", "deliv/s"),
@@ -293,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step['step']} refused: {step['messages_refused']}")
         if not step["valid"]:
             print(f"step {step['step']} NOT VALID: {step['not_valid']}")
+        if step.get("connect_rate_bound_by"):
+            print(f"step {step['step']} connection rate bound by {step['connect_rate_bound_by']}")
         if step.get("contended"):
             print(f"step {step['step']} contended: {step['contended']}")
     print(f"JSON: {args.out}")
