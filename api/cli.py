@@ -62,7 +62,7 @@ async def _serve(settings: Settings, worker_fd: int | None = None, internal_fd: 
     from aiohttp import web
 
     from api.app import airwave_version, create_app
-    from api.workers import adopt_connections
+    from api.workers import LISTEN_BACKLOG, adopt_connections
 
     # Signals first: a SIGTERM that arrives during start-up still stops us cleanly.
     stop = asyncio.Event()
@@ -87,7 +87,8 @@ async def _serve(settings: Settings, worker_fd: int | None = None, internal_fd: 
     shown_host = "localhost" if settings.host in ("0.0.0.0", "::", "") else settings.host
     adopting: asyncio.Task[None] | None = None
     if worker_fd is None:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True,
+                           backlog=LISTEN_BACKLOG)
         try:
             await site.start()
         except OSError as exc:

@@ -45,6 +45,10 @@ from turn import StunServer
 log = logging.getLogger("airwave.workers")
 
 RESTART_DELAY = 1.0
+# Connections the kernel holds for a node before it accepts them (capped by
+# net.core.somaxconn): a burst of reconnects (a node restarted, a network back) past
+# the queue has its SYNs dropped, and each such client waits a second to try again.
+LISTEN_BACKLOG = 1024
 STOP_TIMEOUT = 30.0
 
 
@@ -94,7 +98,7 @@ class Supervisor:
             listener = socket.socket(family, socket.SOCK_STREAM)
             try:
                 listener.bind((self.internal_host, 0))
-                listener.listen(1024)
+                listener.listen(LISTEN_BACKLOG)
             except OSError:
                 listener.close()
                 raise
@@ -184,7 +188,7 @@ class Supervisor:
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((self.settings.host, self.settings.port))
-        listener.listen(1024)
+        listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)
         try:
             self.open_internal_listeners()

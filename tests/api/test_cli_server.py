@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from api.workers import LISTEN_BACKLOG
 from tests.conftest import free_port
 
 
@@ -54,6 +55,11 @@ def test_serve_with_no_config_answers_and_exits_0_on_sigterm(tmp_path: Path) -> 
         assert status == 200 and json.loads(body)["checks"]["database"] == "ok"
         status, body = _get(url + "/metrics")
         assert status == 200 and b"process_cpu_seconds_total" in body and b"airwave_http_requests_total" in body
+        # a listening socket's Send-Q is its accept backlog: a reconnect burst is queued,
+        # not dropped (aiohttp's own default is 128)
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True,
+                                   text=True, check=True).stdout.split()
+        assert listening[0] == "LISTEN" and int(listening[2]) == LISTEN_BACKLOG >= 1024
         assert _post_json(url + "/api/v1/dev/token", {"name": "Eve"})[0] == 404  # no dev mode unasked
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
