@@ -43,6 +43,7 @@ from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
 from auth import Identity
+from cluster import is_call_room
 from cluster.nodes import internal_url
 from recording import LocalDirectoryStorage, Recorder, RecordingResult
 from recording.container import container_format
@@ -392,6 +393,8 @@ class RecordingService:
         if event.get("type") != "publisher_started":
             return
         room_id = str(event.get("roomId") or "")
+        if is_call_room(room_id):  # a call's media is not recorded: no record_all to look up
+            return
         active = self.active.get(room_id)
         if active is not None and active.subscriber is None and not active.ending:
             await self._resume(active)

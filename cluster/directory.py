@@ -21,6 +21,12 @@ from events.bus import node_key
 CALL_MEDIA_TTL = 24 * 3600
 # Delete KEYS[1] only while it still holds ARGV[1]: our own claim, not a newer one.
 _DELETE_IF_OURS = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+# Claim KEYS[1] for ARGV[1] (expiring in ARGV[2] s) unless it is held: nil when this
+# call claimed it, else the holder. One round trip for every media request of a call.
+_CLAIM_UNLESS_HELD = (
+    "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return false end "
+    "return redis.call('GET', KEYS[1])"
+)
 
 
 class MediaDirectory(Protocol):
@@ -107,8 +113,10 @@ class RedisMediaDirectory:
 
     async def call_media_node(self, call_id: str) -> NodeAddress:
         key = self._call_key(call_id)
-        await self.redis.set(key, self._encode(), nx=True, ex=CALL_MEDIA_TTL)
-        address = await self._alive(await self.redis.get(key))
+        held = await self.redis.eval(_CLAIM_UNLESS_HELD, 1, key, self._encode(), CALL_MEDIA_TTL)
+        if held is None:  # claimed now
+            return self.me
+        address = await self._alive(held)
         if address is None:  # its node died: this one takes the call's media over
             await self.redis.set(key, self._encode(), ex=CALL_MEDIA_TTL)
             return self.me

@@ -11,6 +11,7 @@ media sessions' events), which it then turns into cluster-wide state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -18,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -37,9 +39,18 @@ def redis_client(url: str) -> aioredis.Redis:
     fails it at once (``MaxConnectionsError``): 400 sockets closing together made the
     disconnect hooks, the heartbeat and the timers' poll fail."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT
+        url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_POOL_WAIT, driver_info=_driver_info()
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+@functools.cache
+def _driver_info() -> DriverInfo:
+    """What each connection tells Redis of its client (CLIENT SETINFO), made
+    once: redis-py otherwise makes one per new connection, reading its own
+    version from the package metadata each time (0.35 ms: 100 connections
+    opened in a burst of calls cost 35 ms of the node's CPU)."""
+    return DriverInfo()
 
 
 def node_key(prefix: str, node_id: str) -> str:

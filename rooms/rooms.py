@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from auth import Identity
+from auth import ROOM_ID, Identity
 from config import Settings
 from events.bus import Event, EventBus
 from events.timers import InProcessTimers, TimerEvent, TimerService
@@ -563,7 +563,10 @@ class RoomRegistry:
         kind = event.get("type")
         room_id = str(event.get("roomId") or "")
         user_id = str(event.get("userId") or "")
-        if not room_id:
+        if not ROOM_ID.fullmatch(room_id):
+            # media of no room of ours: a call's SFU room (``call/{callId}``) made
+            # every call a public live room with a stream, for four database and
+            # two Redis round trips per party in the call's set-up
             return
         if kind == "publisher_started":
             await self.publisher_started(room_id, user_id)

@@ -138,17 +138,24 @@ class MediaEngine:
 
     async def join_call(self, room: str, offer_sdp: str, *, owner: str = "") -> Session:
         """A call party's sendrecv offer: publish its tracks into ``room`` and
-        receive the other party's. At most two parties per room. When the
-        other party joins later, ``on_renegotiation_needed(session)`` asks the
-        app to send ``session.create_offer()`` and pass the answer to
-        ``session.accept_answer``."""
+        receive the other party's. At most two parties per room.
+
+        The answer announces a track on every section the party receives on
+        that no track of the other party fills yet (``Session.announce``).
+        When the other party joins later, each of its tracks whose codec the
+        party offered under the announced payload type takes the announced
+        SSRC and is sent there as soon as both are connected: no new offer.
+        Only a track that fits no announcement makes
+        ``on_renegotiation_needed(session)`` ask the app to send
+        ``session.create_offer()`` and pass the answer to ``session.accept_answer``."""
         offer = parse_offer(offer_sdp)
         r = self._rooms.get(room)
         others = list(r.publishers.values()) if r is not None else []
         if len(others) >= 2 or any(o.role != "peer" for o in others):
             raise PublisherExists(f"room {room!r} already has its parties")
         publish = _publish_plan(offer)
-        theirs = [u for o in others for u in o.uptracks if not u.closed]
+        # the other party's tracks, also while it is still gathering (its lines)
+        theirs = [line.up for o in others for line in o.lines if line.up is not None and not line.up.closed]
         receive = _subscribe_plan(offer, theirs)
         if not any(c is not None for _, c in publish) and not any(
             u is not None for _, u, _ in receive
@@ -162,9 +169,15 @@ class MediaEngine:
         for (media, codec), (_, up, peer_codec) in zip(publish, receive, strict=True):
             line = MediaLine(media)
             if codec is not None:
-                line.up = session.new_uptrack(media, codec)
+                # the other party's answer announced a track of this kind: take its SSRC
+                announced = next((a for o in others if (a := o.claimable(media.kind, codec)) is not None), None)
+                line.up = session.new_uptrack(media, codec, out_ssrc=announced.ssrc if announced else None)
+                if announced is not None:
+                    announced.up = line.up
             if up is not None:
                 _send_on(line, session, up, peer_codec)
+            else:
+                session.announce(line)
             lines.append(line)
         await self._set_up(session, session.start(offer, lines))
         # Both parties may have offered at once: whoever finishes setting up

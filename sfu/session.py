@@ -42,7 +42,7 @@ from . import aiortc_seam as seam
 from . import metrics, rtx
 from .bandwidth import DownlinkEstimate, LayerPolicy
 from .candidates import CandidatePolicy
-from .codecs import answer_codec, match_rtx, match_subscriber_codec, rtx_codec
+from .codecs import answer_codec, choose_publish_codec, match_rtx, match_subscriber_codec, rtx_codec
 from .congestion import EXT_TRANSPORT_CC, TransportCc, split_feedback
 from .errors import AtCapacity, IceRestartRefused, RestartTooSoon, SdpError, SessionNotFound
 from .sdp import (
@@ -68,6 +68,7 @@ Role = Literal["publisher", "subscriber", "peer"]
 RTCP_INTERVAL = 1.0
 REMB_INTERVAL = 1.0  # seconds between two REMBs to a publisher when nothing changed
 RESTART_SPACING = 1.0  # seconds between two ICE restarts of a session
+RECEIVING = ("recvonly", "sendrecv")
 
 
 class SessionHost(Protocol):
@@ -103,8 +104,11 @@ class Session:
     """A publisher, subscriber or call peer session. Created by :class:`MediaEngine`.
 
     A peer both publishes its own tracks and receives the other party's on
-    one sendrecv connection; tracks that appear later are offered by the
-    server (:meth:`create_offer` / :meth:`accept_answer`)."""
+    one sendrecv connection. Its answer announces a track on each section it
+    may receive on and nobody sends on yet (:meth:`announce`); when the other
+    party's track of that kind arrives with that codec it takes the announced
+    SSRC and is sent there without a new offer. Other tracks that appear
+    later are offered by the server (:meth:`create_offer` / :meth:`accept_answer`)."""
 
     def __init__(self, engine: SessionHost, role: Role, room: str, owner: str) -> None:
         self.id = uuid.uuid4().hex
@@ -135,6 +139,7 @@ class Session:
         self.consent = None
         self.lines: list[MediaLine] = []
         self._offer_pending = False
+        self._announced_stream = uuid.uuid4().hex  # the msid stream of announced tracks
         # pulled from a remote origin (we offered, the origin answered): an
         # edge's local copy of a room, not a publisher of its own
         self.pulled = False
@@ -278,7 +283,10 @@ class Session:
 
     async def start(self, offer: Offer, lines: list[MediaLine]) -> None:
         """Gather, then answer ``offer`` with ``lines`` (one per media section:
-        what we receive on it, what we send on it)."""
+        what we receive on it, what we send on it). The lines are the
+        session's while it gathers: a call's other party, joining meanwhile,
+        receives their up tracks and claims their announced tracks."""
+        self.lines = lines
         await self._prepare(offer)
         self._take(lines)
         self.answer_sdp = self._write([line.section() for line in lines])
@@ -370,7 +378,9 @@ class Session:
         self._take(lines)
         self._begin()
 
-    def new_uptrack(self, media: OfferedMedia, codec: RTCRtpCodecParameters) -> UpTrack:
+    def new_uptrack(
+        self, media: OfferedMedia, codec: RTCRtpCodecParameters, *, out_ssrc: int | None = None
+    ) -> UpTrack:
         fbs = {(fb.type, fb.parameter) for fb in codec.rtcpFeedback}
         rtx_ssrcs = {r for _, r in media.fid}
         ssrcs = [s for s in media.ssrcs if s not in rtx_ssrcs]
@@ -393,7 +403,7 @@ class Session:
             mid=media.mid,
             codec=answer_codec(codec, codec),
             ssrcs=ssrcs,
-            out_ssrc=random_ssrc(),
+            out_ssrc=out_ssrc if out_ssrc is not None else random_ssrc(),
             fir_only=("nack", "pli") not in fbs and ("ccm", "fir") in fbs,
             rids=rids,
             rid_order_known=known,
@@ -425,14 +435,90 @@ class Session:
         repair = match_rtx(peer_codec, offered) if peer_codec is not None else None
         down.use_rtx(repair.payloadType if repair is not None else None, random_ssrc())
 
+    # -- announced tracks (calls: the other party's tracks in the first answer) -------------
+
+    def announce(self, line: MediaLine) -> None:
+        """Announce on ``line`` (a section the peer receives on, with nothing
+        to send on it yet) a track of its kind in the peer's own preferred
+        codec: an SSRC, an msid and RTX when offered. Nothing is sent until an
+        up track claims it (:meth:`claimable`) and is bound to it
+        (:meth:`offer_tracks`)."""
+        m = line.media
+        if line.down is not None or line.rejected or m.direction not in RECEIVING or not m.rtcp_mux:
+            return
+        peer = choose_publish_codec(m.codecs)
+        if peer is None:
+            return
+        repair = match_rtx(peer, m.codecs)
+        ssrc = random_ssrc()
+        line.announced = Announced(
+            peer_codec=peer,
+            codec=answer_codec(peer, peer),
+            ssrc=ssrc,
+            rtx_payload_type=repair.payloadType if repair is not None else None,
+            rtx_ssrc=random_ssrc(),
+            msid=f"{self._announced_stream} {m.kind}-{ssrc:08x}",
+        )
+
+    def claimable(self, kind: str, codec: RTCRtpCodecParameters) -> Announced | None:
+        """An announced ``kind`` track that an up track of ``codec`` can be
+        sent as (same payload type at the peer), not claimed by a live up
+        track nor used before. The claimer sets ``up`` and uses its SSRC."""
+        if self._closing:
+            return None
+        for line in self.lines:
+            announced = line.announced
+            if announced is None or announced.bound or line.down is not None or line.media.kind != kind:
+                continue
+            if announced.up is not None and not announced.up.closed:
+                continue
+            peer = match_subscriber_codec(codec, line.media.codecs)
+            if peer is not None and peer.payloadType == announced.peer_codec.payloadType:
+                return announced
+        return None
+
+    def _bind_announced(self, line: MediaLine, up: UpTrack) -> None:
+        """Send ``up`` on the line that announced it (its out SSRC is the
+        announced one): the peer already knows the track, no offer needed."""
+        announced = line.announced
+        assert announced is not None and up.out_ssrc == announced.ssrc
+        announced.bound = True
+        line.down = DownTrack(
+            self,
+            up,
+            mid=line.media.mid,
+            payload_type=announced.peer_codec.payloadType,
+            abs_send_time_id=line.media.extensions.get(EXT_ABS_SEND_TIME, 0),
+        )
+        line.down_codec = announced.peer_codec
+        line.down.use_rtx(announced.rtx_payload_type, announced.rtx_ssrc)
+        self.downtracks.append(line.down)
+        if self.state == "connected":
+            self._start_down(line.down)
+
     # -- renegotiation (calls: the server offers the other party's tracks) ------------------
 
     def offer_tracks(self, uptracks: list[UpTrack]) -> bool:
-        """Plan to send ``uptracks`` too; True when an offer (``create_offer``)
-        is needed to tell the peer."""
+        """Plan to send ``uptracks`` too: at once on the lines that announced
+        them, else on a line the peer is offered; True when an offer
+        (``create_offer``) is needed to tell the peer."""
         added = False
         for up in uptracks:
             if up.closed or any(d.up is up for d in self.downtracks):
+                continue
+            announced = next(
+                (
+                    line
+                    for line in self.lines
+                    if line.announced is not None
+                    and line.announced.up is up
+                    and not line.announced.bound
+                    and line.down is None
+                ),
+                None,
+            )
+            if announced is not None:
+                self._bind_announced(announced, up)
                 continue
             line, peer_codec = self._line_for(up)
             if line is None or peer_codec is None:
@@ -446,6 +532,7 @@ class Session:
             )
             line.down_codec = peer_codec
             line.pending = True
+            line.announced = None  # the offer tells the peer the track's own SSRC and msid
             self._use_rtx(line.down, peer_codec, line.media.codecs)
             self.downtracks.append(line.down)
             added = True
@@ -457,8 +544,9 @@ class Session:
             if (
                 m.kind == up.kind
                 and line.down is None
-                and m.direction in ("recvonly", "sendrecv")
+                and m.direction in RECEIVING
                 and not line.rejected
+                and (line.announced is None or line.announced.up is None or line.announced.up.closed)
             ):
                 peer = match_subscriber_codec(up.codec, m.codecs)
                 if peer is not None:
@@ -498,6 +586,7 @@ class Session:
                 line.down = None
                 line.down_codec = None
                 line.pending = False
+                line.announced = None  # its SSRC carried that track: a new one is offered anew
 
     def create_offer(self) -> str:
         """An offer for the current media sections (ICE and DTLS unchanged)."""
@@ -543,6 +632,7 @@ class Session:
         line.down = None
         line.down_codec = None
         line.pending = False
+        line.announced = None
 
     def _start_down(self, down: DownTrack) -> None:
         seam.register_rtcp_sink(self.dtls, down.ssrc, down)
@@ -981,6 +1071,34 @@ class Session:
         return f"Session({self.role} {self.id[:8]} room={self.room!r} {self.state})"
 
 
+class Announced:
+    """A track announced on a call party's section before the other party
+    sends it: what the section says we send (codec under the party's payload
+    type, SSRC, RTX, msid), the up track that claimed it, and whether it was
+    bound (once bound and dropped, a new track is offered anew)."""
+
+    __slots__ = ("bound", "codec", "msid", "peer_codec", "rtx_payload_type", "rtx_ssrc", "ssrc", "up")
+
+    def __init__(
+        self,
+        *,
+        peer_codec: RTCRtpCodecParameters,
+        codec: RTCRtpCodecParameters,
+        ssrc: int,
+        rtx_payload_type: int | None,
+        rtx_ssrc: int,
+        msid: str,
+    ) -> None:
+        self.peer_codec = peer_codec  # the party's own codec entry
+        self.codec = codec  # as the section writes it
+        self.ssrc = ssrc
+        self.rtx_payload_type = rtx_payload_type
+        self.rtx_ssrc = rtx_ssrc
+        self.msid = msid
+        self.up: UpTrack | None = None  # the other party's track that will be sent here
+        self.bound = False
+
+
 class MediaLine:
     """One media section: the peer's offer for it, what we receive on it (an
     up track) and what we send on it (a down track)."""
@@ -992,6 +1110,10 @@ class MediaLine:
         self.down_codec: RTCRtpCodecParameters | None = None
         self.pending = False  # down offered by us, not yet answered
         self.transport_cc = False  # we stamp what we send on it (the session estimates)
+        # a track announced in the answer before it exists (calls), bound to
+        # ``down`` once the other party's track claims it; the section keeps
+        # describing it as announced
+        self.announced: Announced | None = None
 
     @property
     def rejected(self) -> bool:
@@ -999,10 +1121,13 @@ class MediaLine:
 
     def section(self) -> AnswerSection:
         m = self.media
-        if self.up is None and self.down is None:
+        announced = self.announced
+        down = self.down
+        sending = down is not None or announced is not None
+        if self.up is None and not sending:
             return _unused_section(m)
         wanted = set()
-        if self.down is not None:
+        if sending:
             wanted = {EXT_TRANSPORT_CC} if self.transport_cc else set(SUBSCRIBER_EXTENSIONS)
         if self.up is not None:
             wanted.update(PUBLISHER_EXTENSIONS)
@@ -1010,16 +1135,25 @@ class MediaLine:
         codecs = []
         if self.up is not None:
             codecs.append(self.up.codec)
-        if self.down is not None and self.down_codec is not None:
-            send = answer_codec(self.down.up.codec, self.down_codec, transport_cc=self.transport_cc)
-            if not codecs or send.payloadType != codecs[0].payloadType:
-                codecs.append(send)
+        send = None
+        if announced is not None:
+            send = announced.codec
+        elif down is not None and self.down_codec is not None:
+            send = answer_codec(down.up.codec, self.down_codec, transport_cc=self.transport_cc)
+        if send is not None and (not codecs or send.payloadType != codecs[0].payloadType):
+            codecs.append(send)
         repairs = []
         if self.up is not None and self.up.rtx_payload_type is not None:
             repairs.append(rtx_codec(self.up.rtx_payload_type, self.up.codec))
-        if self.down is not None and self.down_codec is not None:
-            if self.down.rtx_payload_type is not None:
-                repairs.append(rtx_codec(self.down.rtx_payload_type, self.down_codec))
+        rtx_ssrc = None
+        if announced is not None:
+            if announced.rtx_payload_type is not None:
+                repairs.append(rtx_codec(announced.rtx_payload_type, announced.peer_codec))
+                rtx_ssrc = announced.rtx_ssrc
+        elif down is not None and self.down_codec is not None:
+            if down.rtx_payload_type is not None:
+                repairs.append(rtx_codec(down.rtx_payload_type, self.down_codec))
+                rtx_ssrc = down.rtx_ssrc
         for repair in repairs:
             if all(c.payloadType != repair.payloadType for c in codecs):
                 codecs.append(repair)
@@ -1027,17 +1161,21 @@ class MediaLine:
             (True, True): "sendrecv",
             (True, False): "recvonly",
             (False, True): "sendonly",
-        }[(self.up is not None, self.down is not None)]
-        down = self.down
-        rtx_ssrc = down.rtx_ssrc if down is not None and down.rtx_payload_type is not None else None
+        }[(self.up is not None, sending)]
+        if announced is not None:
+            ssrc: int | None = announced.ssrc
+            msid: str | None = announced.msid
+        else:
+            ssrc = down.ssrc if down is not None else None
+            msid = f"{down.up.publisher.id} {down.up.track_id}" if down is not None else None
         return AnswerSection(
             kind=m.kind,
             mid=m.mid,
             protocol=m.protocol,
             direction=direction,
             codecs=codecs,
-            ssrc=down.ssrc if down is not None else None,
-            msid=f"{down.up.publisher.id} {down.up.track_id}" if down is not None else None,
+            ssrc=ssrc,
+            msid=msid,
             extensions=extensions,
             recv_rids=[r for r in m.rids if self.up.layer_by_rid(r)]
             if self.up is not None and self.up.simulcast

@@ -123,6 +123,11 @@ class CallMedia:
         session = self.session_of(call, user_id)
         return session is not None and session.state == "connected"
 
+    def all_connected(self, call_id: str) -> bool:
+        """Both parties of the call have a connected media session here."""
+        sessions = [self.engine.session(s) for s in self._sessions.get(call_id, {}).values()]
+        return len(sessions) == 2 and all(s is not None and s.state == "connected" for s in sessions)
+
     def forget(self, session_id: str) -> None:
         for sessions in self._sessions.values():
             for user_id, value in list(sessions.items()):
@@ -533,10 +538,9 @@ class CallSignaling:
         if kind == "publisher_ended":
             self.media.forget(str(event.get("sessionId", "")))
         elif kind == "publisher_started" and call_id in self._awaiting_media:
-            call = await self.calls.get(call_id)
-            if call is None or call.status != "active":
-                return
-            if all(self.media.connected(call, u) for u in call.parties):
+            # both parties' sessions connected (no database read: an ended call's
+            # entry is gone, _release pops it)
+            if self.media.all_connected(call_id):
                 answered = self._awaiting_media.pop(call_id, None)
                 if answered is not None:
                     CALL_SETUP_SECONDS.observe(max(0.0, time.time() - answered))

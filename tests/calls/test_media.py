@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from api.components import AIRWAVE
 from tests.conftest import RunningApp
 from tests.sfu.sfu_media import encoded_vp8
 from tests.sfu.sfu_peers import wait_for
 
-from .call_clients import Parties, answered
+from .call_clients import Parties, answered, rest
 from .call_media import CallPeer
 
 
@@ -44,13 +45,24 @@ async def test_answered_call_carries_media_both_ways(
     call_id = await answered(alice_party, bob_party)
     alice, bob = CallPeer(alice_party, call_id, alice_frames), CallPeer(bob_party, call_id, bob_frames)
     try:
+        setups = REGISTRY.get_sample_value("airwave_calls_setup_seconds_count") or 0.0
         first = await alice.join()
-        assert "a=recvonly" in first["sdp"]  # nobody to receive from yet
+        # nobody to receive from yet: the answer announces the track alice will get
+        assert "a=sendrecv" in first["sdp"] and "a=ssrc:" in first["sdp"]
+        assert "a=recvonly" not in first["sdp"]
         second = await bob.join()
         assert "a=sendrecv" in second["sdp"]  # alice's video at once
-        await wait_for(lambda: alice.offers_answered == 1, 5)  # the server renegotiated with alice
         await _media_both_ways(alice, bob)
+        assert alice.offers_answered == 0 and bob.offers_answered == 0  # no renegotiation
         assert engine.session_count == 2
+        # the set-up is timed once, when both parties' media is connected
+        await wait_for(lambda: REGISTRY.get_sample_value("airwave_calls_setup_seconds_count") == setups + 1, 5)
+        # the call's SFU room is no room: no room row, no stream, no room.started
+        # (every call was a public live room while it lasted)
+        db = app.app[AIRWAVE].db
+        assert await db.fetchval("SELECT count(*) FROM rooms WHERE id LIKE 'call/%'") == 0
+        status, live = await rest(app, "GET", "/api/v1/rooms?status=live", "alice")
+        assert status == 200 and "call/" not in str(live), live
 
         await alice_party.call("call:end", {"callId": call_id})
         await wait_for(lambda: engine.session_count == 0, 5)
@@ -84,8 +96,8 @@ async def test_audio_call_sends_video_only_after_upgrade(
         alice = CallPeer(alice_party, call_id, alice_frames)
         await alice.join()
         await bob.join()
-        await wait_for(lambda: alice.offers_answered == 1, 5)
         await _media_both_ways(alice, bob)
+        assert alice.offers_answered == 0
     finally:
         await alice.close()
         await bob.close()

@@ -39,6 +39,8 @@ async def test_redis_directory_shares_origins_and_call_nodes(backend: str) -> No
         assert await b.origin_of("r1") is None
 
         assert await a.call_media_node("c1") == A
+        assert await a.call_media_node("c1") == A  # its own claim, again
+        assert 0 < await redis.ttl(f"{prefix}:call:media:c1") <= 24 * 3600
         assert await b.call_media_node("c1") == A  # the first node to ask holds it
         await redis.delete(node_key(prefix, A.node))  # node a died
         assert await b.call_media_node("c1") == B

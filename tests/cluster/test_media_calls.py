@@ -37,8 +37,8 @@ async def test_call_between_nodes_carries_media_both_ways() -> None:
             await alice.join()  # the first to negotiate: node A holds the call's media
             second = await bob.join()  # node B forwards bob's offer to node A
             assert "a=sendrecv" in second["sdp"]
-            await wait_for(lambda: alice.offers_answered == 1, 5)
             await wait_for(lambda: len(alice.frames) >= 10 and len(bob.frames) >= 10, 15)
+            assert alice.offers_answered == 0  # alice's answer announced bob's track
             assert set(bob.frames) <= set(alice.track.sent)
             assert set(alice.frames) <= set(bob.track.sent)
             assert not set(alice.frames) & set(bob.frames)
@@ -70,8 +70,9 @@ async def test_call_between_nodes_carries_media_both_ways() -> None:
 
 async def test_server_offer_reaches_a_party_whose_socket_moved_to_another_node() -> None:
     """Alice negotiates first through node A (the media node), then her socket
-    moves to node B; bob's tracks are offered to her by A through Socket.IO's
-    Redis manager, and her answer goes back through B to A."""
+    moves to node B; bob's tracks from a new connection of his are offered to
+    her by A through Socket.IO's Redis manager, and her answer goes back
+    through B to A."""
     async with Cluster(2, ring_timeout=5, call_duration=30, reconnect_grace=10) as cluster:
         a, b = cluster.nodes
         on_a, on_b = Parties(NodeApp(cluster, a)), Parties(NodeApp(cluster, b))  # type: ignore[arg-type]
@@ -79,18 +80,25 @@ async def test_server_offer_reaches_a_party_whose_socket_moved_to_another_node()
         call_id = await answered(alice_party, bob_party)
         alice = CallPeer(alice_party, call_id, encoded_vp8(60, seed=1))
         bob = CallPeer(bob_party, call_id, encoded_vp8(60, seed=2))
+        again = None
         try:
             await alice.join()
+            await bob.join()  # announced in alice's answer: no offer to her
+            await wait_for(lambda: len(alice.frames) >= 5, 15)
             moved = await on_b("alice")
             moved.client.on("call:sdp_offer", alice._server_offer)
             await moved.wait("call:resumed", call_id)
             await alice_party.close()
             alice.party = moved
-            await bob.join()
+            # bob offers from a new connection: his new track is offered to alice
+            again = CallPeer(bob_party, call_id, encoded_vp8(60, seed=3))
+            await again.join()
             await wait_for(lambda: alice.offers_answered == 1, 5)
-            await wait_for(lambda: len(alice.frames) >= 10 and len(bob.frames) >= 10, 15)
-            assert set(alice.frames) <= set(bob.track.sent)
-            assert set(bob.frames) <= set(alice.track.sent)
+            seen = len(alice.frames)
+            await wait_for(lambda: len(alice.frames) >= seen + 10 and len(again.frames) >= 10, 15)
+            assert set(alice.frames[seen:]) <= set(bob.track.sent) | set(again.track.sent)
+            assert set(alice.frames[-3:]) <= set(again.track.sent)
+            assert set(again.frames) <= set(alice.track.sent)
             assert [e for e, _ in alice_party.events].count("call:sdp_offer") == 0
         except BaseException:
             print(cluster.logs())
@@ -98,6 +106,8 @@ async def test_server_offer_reaches_a_party_whose_socket_moved_to_another_node()
         finally:
             await alice.close()
             await bob.close()
+            if again is not None:
+                await again.close()
             await on_a.close()
             await on_b.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis.utils
 
 from events.bus import InProcessBus, RedisBus
 from tests.conftest import REDIS_URL, _require_services
@@ -64,7 +65,9 @@ async def test_redis_bus_reaches_every_node_and_local_stays_local(backend: str) 
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-async def test_the_redis_client_waits_for_a_connection_rather_than_failing(backend: str) -> None:
+async def test_the_redis_client_waits_for_a_connection_rather_than_failing(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """More commands at once than the pool has connections: each waits for one (redis-py's
     default pool failed them with MaxConnectionsError past 100)."""
     from events.bus import REDIS_MAX_CONNECTIONS, redis_client
@@ -72,9 +75,21 @@ async def test_the_redis_client_waits_for_a_connection_rather_than_failing(backe
     await _require_services()
     client = redis_client(REDIS_URL)
     key = f"test:pool:{id(object())}"
+    versions = []
+    get_lib_version = redis.utils.get_lib_version
+
+    def counted() -> str:
+        versions.append(1)
+        return get_lib_version()
+
+    monkeypatch.setattr(redis.utils, "get_lib_version", counted)
     try:
         await asyncio.gather(*(client.incr(key) for _ in range(3 * REDIS_MAX_CONNECTIONS)))
         assert int(await client.get(key)) == 3 * REDIS_MAX_CONNECTIONS
+        # its connections share one DriverInfo: redis-py read its version from the
+        # package metadata for each new connection
+        assert len(client.connection_pool._available_connections) > 1  # (redis-py internal, just a check)
+        assert versions == []
     finally:
         await client.delete(key)
         await client.aclose()

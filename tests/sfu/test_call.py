@@ -1,5 +1,6 @@
-"""The call shape: two parties, one sendrecv connection each; the server offers
-the second party's tracks to the first by renegotiation."""
+"""The call shape: two parties, one sendrecv connection each; the first party's
+answer announces the second party's tracks, which are sent there once the
+second joins; a track that fits no announcement is offered by renegotiation."""
 
 from __future__ import annotations
 
@@ -48,13 +49,20 @@ class CallParty:
         return [f for _, f in self.tap.frames["video"]]
 
 
-async def test_two_party_call_with_renegotiation(engine, vp8_frames):
+def _ssrcs(sdp: str) -> set[int]:
+    return {int(line.split()[0][len("a=ssrc:"):]) for line in sdp.splitlines() if line.startswith("a=ssrc:")}
+
+
+async def test_two_party_call_with_announced_tracks(engine, vp8_frames):
     renegotiate: list = []
     engine.on_renegotiation_needed = renegotiate.append
 
     alice = CallParty(vp8_frames)
     a = await engine.join_call("call", await alice.offer(), owner="alice")
-    assert "a=recvonly" in a.answer_sdp  # nobody to receive from yet
+    # nobody to receive from yet, but alice's answer announces the track she will get
+    assert "a=sendrecv" in a.answer_sdp and "a=recvonly" not in a.answer_sdp
+    announced = _ssrcs(a.answer_sdp)
+    assert announced and a.downtracks == []
     await alice.accept(a.answer_sdp)
 
     bob = CallParty(encoded_vp8(45, seed=2))  # other pictures than alice's
@@ -62,11 +70,10 @@ async def test_two_party_call_with_renegotiation(engine, vp8_frames):
     assert "a=sendrecv" in b.answer_sdp  # bob gets alice's video at once
     await bob.accept(b.answer_sdp)
 
-    # alice's session needs an offer with bob's track
-    assert renegotiate == [a]
-    offer = a.create_offer()
-    assert "a=sendrecv" in offer and "a=setup:actpass" in offer
-    await a.accept_answer(await alice.answer(offer))
+    # bob's track took the SSRC announced to alice: no server offer
+    assert renegotiate == []
+    assert [d.ssrc for d in a.downtracks] == [b.uptracks[0].out_ssrc]
+    assert b.uptracks[0].out_ssrc in announced
 
     await wait_for(lambda: len(alice.frames) >= 15 and len(bob.frames) >= 15, 10)
     assert set(bob.frames) <= set(alice.track.sent)
@@ -83,6 +90,23 @@ async def test_two_party_call_with_renegotiation(engine, vp8_frames):
     await bob.pc.close()
     await wait_for(lambda: b.closed, 5)
     assert a.state == "connected" and a.downtracks == []
+
+    # bob comes back on a new connection: the announced SSRC carried his old
+    # track, so alice is offered the new one by renegotiation
+    carol = CallParty(encoded_vp8(45, seed=3))
+    c = await engine.join_call("call", await carol.offer(), owner="bob")
+    await carol.accept(c.answer_sdp)
+    assert renegotiate == [a]
+    assert c.uptracks[0].out_ssrc not in announced
+    offer = a.create_offer()
+    assert "a=sendrecv" in offer and "a=setup:actpass" in offer
+    assert _ssrcs(offer) == {c.uptracks[0].out_ssrc, a.downtracks[0].rtx_ssrc} - {None}
+    await a.accept_answer(await alice.answer(offer))
+    seen = len(alice.frames)
+    await wait_for(lambda: len(alice.frames) >= seen + 15, 10)
+    assert set(alice.frames[seen:]) <= set(carol.track.sent) | set(bob.track.sent)
+    assert set(alice.frames[-5:]) <= set(carol.track.sent)
+    await carol.pc.close()
     await alice.pc.close()
     await wait_for(lambda: engine.session_count == 0, 5)
 
@@ -108,11 +132,9 @@ async def test_both_parties_offering_at_once_get_each_others_media(engine, vp8_f
     )
     await alice.accept(a.answer_sdp)
     await bob.accept(b.answer_sdp)
-    # Whoever could not be given the other's track in its answer is offered it now.
-    for session, party in ((a, alice), (b, bob)):
-        if session in renegotiate:
-            await session.accept_answer(await party.answer(session.create_offer()))
-    assert renegotiate, "one of the two needed a server offer"
+    # whoever could not be given the other's track in its answer had it announced there
+    assert renegotiate == []
+    assert "a=recvonly" not in a.answer_sdp and "a=recvonly" not in b.answer_sdp
     await wait_for(lambda: len(alice.frames) >= 10 and len(bob.frames) >= 10, 10)
     assert set(alice.frames) <= set(bob.track.sent)
     assert set(bob.frames) <= set(alice.track.sent)

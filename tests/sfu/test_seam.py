@@ -28,6 +28,9 @@ def _source(obj) -> str:
     return inspect.getsource(obj)
 
 
+_aioice_listing = aioice.ice.get_host_addresses  # before tests/conftest.py's loopback patch
+
+
 def test_versions_are_the_pinned_ones():
     import aioice
     import aiortc
@@ -146,6 +149,52 @@ async def test_restricted_gathering_binds_configured_address_and_ports():
     assert len(ice._connection._protocols) == 1
     await ice.stop()
     assert ice._connection._protocols == []
+
+
+def test_gathering_internals():
+    # what the replacement of gather_candidates for configured addresses does
+    # in aioice's place (its listing aside); aiortc calls the instance attribute
+    conn = aioice.ice.Connection(ice_controlling=False)
+    assert conn._local_candidates_start is False and conn._local_candidates_end is False
+    assert conn._local_candidates == [] and list(conn._components) == [1]
+    source = _source(aioice.ice.Connection.gather_candidates)
+    for step in (
+        "if not self._local_candidates_start:",
+        "self._local_candidates_start = True",
+        "addresses = get_host_addresses(",
+        "for component in self._components",
+        "self._local_candidates += candidates",
+        "self._local_candidates_end = True",
+    ):
+        assert step in source, step
+    assert "await self._connection.gather_candidates()" in _source(RTCIceGatherer.gather)
+
+
+async def test_configured_addresses_gather_without_listing_interfaces(monkeypatch):
+    listings = []
+    get_adapters = aioice.ice.ifaddr.get_adapters
+
+    def counted(*args, **kwargs):
+        listings.append(1)
+        return get_adapters(*args, **kwargs)
+
+    monkeypatch.setattr(aioice.ice.ifaddr, "get_adapters", counted)
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", _aioice_listing)
+    # aioice's own gathering lists the interfaces
+    gatherer, ice, _ = _transports()
+    await gatherer.gather()
+    await ice.stop()
+    assert listings == [1]
+    # configured addresses: no listing, the configured address only, gathered once
+    gatherer, ice, _ = _transports()
+    seam.restrict_gathering(ice, ("127.0.0.1",), None)
+    await gatherer.gather()
+    await gatherer.gather()
+    assert [(c.ip, c.component) for c in gatherer.getLocalCandidates()] == [("127.0.0.1", 1)]
+    assert ice._connection._local_candidates_end
+    assert len(ice._connection._protocols) == 1
+    await ice.stop()
+    assert listings == [1]
 
 
 async def test_consent_replacement_counts_inbound_traffic():

@@ -2,7 +2,8 @@
 //
 //  1. We offer: our camera and microphone as sendrecv, call:sdp_offer {callId, sdp}; the ack
 //     {callId, sessionId, sdp} is the server's answer.
-//  2. When the other party's tracks reach the server after our offer, the server offers them to us:
+//  2. The answer announces the other party's tracks even before they reach the server (their media
+//     flows there later, no new offer). A track that fits no announcement is offered to us instead:
 //     call:sdp_offer {callId, sessionId, sdp} from the server; we answer with call:sdp_answer {callId, sdp}.
 //  3. Candidates: the offer carries the ones gathered within whip.js GATHERING_LIMIT_MS; any later one is
 //     trickled with call:ice_candidate {callId, candidate} (null ends them). The server does not trickle.
