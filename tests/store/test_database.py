@@ -241,3 +241,30 @@ async def test_sqlite_checkpoints_off_the_loop(tmp_path: Path) -> None:
         assert check.execute("SELECT count(*) FROM users WHERE id LIKE 'c%'").fetchone()[0] == 50
     finally:
         check.close()
+
+
+async def test_postgres_pool_sends_no_reset_query_and_frees_the_migration_lock() -> None:
+    """A released connection is not reset by a second round trip (asyncpg's default
+    ``... RESET ALL``: a session setting survives into the next use, on a pool of one),
+    and the session-level migration lock is released however its holder ends."""
+    import asyncpg
+
+    from store.database import MIGRATION_LOCK_KEY, PostgresDatabase
+
+    db = await PostgresDatabase.open(PG_URL, pool_size=1)
+    other = await asyncpg.connect(PG_URL)
+    try:
+        await db.fetchval("SELECT set_config('application_name', 'airwave-kept', false)")
+        assert await db.fetchval("SHOW application_name") == "airwave-kept"
+        async with db.transaction() as tx:  # an open transaction is still rolled back
+            await tx.execute("SELECT 1")
+        with pytest.raises(RuntimeError):
+            async with db.migration_lock():
+                assert not await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY)
+                raise RuntimeError("migration failed")
+        assert await other.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        await other.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+        assert await db.fetchval("SELECT 2") == 2  # the pool's one connection is fine
+    finally:
+        await other.close()
+        await db.close()
