@@ -24,6 +24,7 @@ from api.route_limits import RouteLimiter
 from api.routing import ApiRoutes
 from auth import Identity
 from chat.chat import ChatMessage
+from cluster import is_call_room
 from rooms.rooms import RoomRecord
 from store import Queries
 from webhooks.dispatcher import WebhookDispatcher
@@ -175,6 +176,8 @@ class BusFacts:
         if kind not in names:
             return
         room_id, session_id = str(event.get("roomId") or ""), str(event.get("sessionId") or "")
+        if is_call_room(room_id):
+            return  # a call party's media: the call.* events tell the call's story
         data = {"roomId": room_id, "sessionId": session_id, "userId": event.get("userId")}
         if kind == "publisher_ended":
             data["reason"] = event.get("reason")

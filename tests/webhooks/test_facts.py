@@ -13,9 +13,10 @@ from tests.conftest import RunningApp
 from tests.webhooks.receiver import Receiver
 
 
-async def _media(app: RunningApp, kind: str, session: str, user: str, **extra: Any) -> None:
+async def _media(app: RunningApp, kind: str, session: str, user: str, room: str = "stage",
+                 **extra: Any) -> None:
     """What api/media.py announce() puts on the node-local media channel."""
-    event = {"type": kind, "roomId": "stage", "sessionId": session, "userId": user, **extra}
+    event = {"type": kind, "roomId": room, "sessionId": session, "userId": user, **extra}
     await app.app[AIRWAVE].bus.publish("media", event, local=True)
 
 
@@ -54,6 +55,19 @@ async def test_a_live_room_starts_and_ends_with_its_peak_viewers(
     assert ended["duration"] >= 0
     assert receiver.of_type("publisher.left")[0]["data"]["reason"] == "closed"
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+
+
+async def test_a_call_partys_media_is_no_publisher_event(make_hooked_app: Any, receiver: Receiver) -> None:
+    """A call's media room (call/<callId>) is no room of the app's: its parties' media
+    makes no publisher.* webhook (the call.* events tell the call's story)."""
+    app = await make_hooked_app(room_publisher_grace=0)
+    await _media(app, "publisher_started", "party1", "alice", room="call/c1")
+    await _media(app, "publisher_ended", "party1", "alice", room="call/c1", reason="closed")
+    await _media(app, "publisher_started", "pub1", "star")  # a room's, after them
+    await receiver.wait_for(1, "publisher.joined", within=5)
+    await asyncio.sleep(0.2)
+    assert [(e["type"], e["key"]) for e in receiver.events if e["type"].startswith("publisher.")] == [
+        ("publisher.joined", "room:stage")]
 
 
 async def test_a_direct_message_to_a_user_without_a_socket(
