@@ -50,6 +50,9 @@ def test_signaling_marks_a_saturated_generator_not_valid(
     assert len(data["steps"]) == 1  # stepping stopped at the first step that was not valid
     assert data["steps"][0]["valid"] is False and "generator CPU" in data["steps"][0]["not_valid"]
     assert "NOT VALID" in result.stdout
+    # and the connect phase says its rate was the generator's
+    assert data["steps"][0]["connect_rate_bound_by"].startswith("the generator")
+    assert "connection rate bound by the generator" in result.stdout
 
 
 def test_gifts_on_postgresql_keep_the_books(
