@@ -83,6 +83,9 @@ class LayerPolicy:
         self._probe_peak = 0  # the highest estimate during the last probe
         self._last_budget: int | None = None
         self._rate_history: list[tuple[float, list[float]]] = []
+        # when each layer began to flow, as this viewer saw it (None: already flowing at
+        # the viewer's first decision)
+        self._flowing_since: dict[int, float | None] = {}
 
     def decide(
         self,
@@ -116,9 +119,20 @@ class LayerPolicy:
         self._rate_history = [(t, r) for t, r in self._rate_history if now - t < RATE_PEAK_WINDOW]
         self._rate_history.append((now, list(rates)))
         peaks = [max(r[i] for _, r in self._rate_history if len(r) > i) for i in range(len(rates))]
+        first = not self._flowing_since and len(self._rate_history) == 1
+        for i, rate in enumerate(rates):
+            if rate <= 0:
+                self._flowing_since.pop(i, None)
+            elif i not in self._flowing_since:
+                self._flowing_since[i] = None if first else now
         fits = -1
         for i in active:
-            if peaks[i] <= budget * HEADROOM:
+            # a layer that began to flow while this viewer watched is still climbing
+            # (an encoder ramps a new layer up from little): above the current one it is
+            # taken only once its peak covers RATE_PEAK_WINDOW
+            since = self._flowing_since.get(i)
+            settling = i > current and since is not None and now - since < RATE_PEAK_WINDOW
+            if peaks[i] <= budget * HEADROOM and not settling:
                 fits = i
         # a receiver that is not congested reports about what it receives and
         # grows from there: while the estimate rises, a layer above it (the

@@ -186,3 +186,23 @@ def test_send_side_probe_climbs_by_the_estimate_and_stops_on_congestion():
     assert layer == 2, (t, budget)
     needed = RATES[2] / HEADROOM
     assert budget >= needed and t - 3.0 <= 2.5 + SEND_SIDE_UPGRADE_AFTER
+
+
+def test_a_layer_that_starts_while_watched_is_taken_only_once_it_has_settled():
+    """The publisher's encoder starts its top layer at a fraction of its rate and ramps
+    it up: taken at once, it outgrows the viewer's link a few seconds later (a step down
+    and a freeze). A layer already flowing when the viewer came is judged at once."""
+    budget = 1_000_000  # holds layer 2 while it starts at 400k, not at its 1.5M
+    ramping = [RATES[0], RATES[1], 0.0]
+    for send_side in (False, True):
+        policy = LayerPolicy(send_side=send_side)
+        run(policy, 1, budget, 2.0, rates=ramping)  # the top layer not yet sent
+        started = [RATES[0], RATES[1], 400_000.0]
+        chosen, _ = run(policy, 1, budget, RATE_PEAK_WINDOW - 1.0, start=2.5, rates=started)
+        assert set(chosen) == {1}, (send_side, chosen)
+        # still at its first rate once it has run the window: now it is judged by it
+        chosen, _ = run(policy, 1, budget, 4.0, start=2.5 + RATE_PEAK_WINDOW, rates=started)
+        assert chosen[-1] == 2, (send_side, chosen)
+    # a viewer that arrives with the layer already flowing takes it as soon as it fits
+    chosen, _ = run(LayerPolicy(), 1, budget, UPGRADE_AFTER + 1.0, rates=[RATES[0], RATES[1], 400_000.0])
+    assert chosen[-1] == 2
