@@ -9,7 +9,9 @@ and appends startup/cleanup hooks to the app.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
@@ -134,7 +136,33 @@ async def create_app(settings: Settings, *, serve_stun: bool = True) -> web.Appl
             install(airwave, app)
     app.on_shutdown.append(_shutdown)
     app.on_cleanup.append(_cleanup)
+    for hooks in (app.on_shutdown, app.on_cleanup):
+        hooks[:] = [bounded_step(hook) for hook in hooks]
     return app
+
+
+# A shutdown or cleanup step that has not finished by then is left behind (and named
+# in the log): a node told to stop stops, whatever one of its parts waits for.
+SHUTDOWN_STEP_TIMEOUT = 20.0
+
+
+def bounded_step(step: Callable[[web.Application], Awaitable[None]]) -> Callable[[web.Application], Awaitable[None]]:
+    """``step`` as a shutdown or cleanup hook that returns after SHUTDOWN_STEP_TIMEOUT
+    at the latest; a step's own error is raised as before."""
+    name = getattr(step, "__qualname__", repr(step))
+
+    @functools.wraps(step)
+    async def run(app: web.Application) -> None:
+        task = asyncio.ensure_future(step(app))
+        done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_TIMEOUT)
+        if not done:
+            task.cancel()
+            log.error("shutdown step %s did not finish within %.0f s; the node stops without it",
+                      name, SHUTDOWN_STEP_TIMEOUT)
+            return
+        task.result()
+
+    return run
 
 
 def rate_limits(settings: Settings, redis_client: aioredis.Redis | None) -> RateLimits:

@@ -3,12 +3,15 @@ media engine's observers set once."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import fields
 
 import pytest
 
+from api import app as app_module
 from api import calls, gifts, rooms, webhook_events
-from api.app import FEATURES, check_features
+from api.app import FEATURES, bounded_step, check_features
 from api.components import AIRWAVE, Services
 from tests.conftest import RunningApp
 
@@ -42,3 +45,27 @@ async def test_every_service_is_built_and_the_engine_observers_fan_out(running: 
     assert len(observers.publisher_started) == 1 and len(observers.renegotiation_needed) == 1
     engine = airwave.media
     assert engine.on_session_closed is not None and engine.on_session_closed.__qualname__.startswith("_fan_out")
+
+
+async def test_every_shutdown_and_cleanup_step_is_bounded(running: RunningApp) -> None:
+    app = running.app
+    for hooks in (app.on_shutdown, app.on_cleanup):
+        assert hooks and all(getattr(hook, "__wrapped__", None) for hook in hooks), list(hooks)
+
+
+async def test_a_shutdown_step_that_hangs_is_left_behind_and_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(app_module, "SHUTDOWN_STEP_TIMEOUT", 0.2)
+
+    async def waits_for_ever(app: object) -> None:
+        await asyncio.Event().wait()
+
+    async def fails(app: object) -> None:
+        raise RuntimeError("a step's own error")
+
+    with caplog.at_level(logging.ERROR, logger="airwave"):
+        await asyncio.wait_for(bounded_step(waits_for_ever)(None), 5)  # type: ignore[arg-type]
+    assert "waits_for_ever did not finish within" in caplog.text
+    with pytest.raises(RuntimeError, match="own error"):
+        await bounded_step(fails)(None)  # type: ignore[arg-type]
