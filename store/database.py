@@ -142,7 +142,7 @@ _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF in _BUSY_CODES
+    return ((getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF) in _BUSY_CODES
 
 
 class _SqliteQueries:
@@ -179,12 +179,20 @@ class _SqliteQueries:
         return next(iter(row.values())) if row else None
 
 
+class _SqliteStatement(_SqliteQueries):
+    """One statement on its own: SQLite's implicit transaction, never inside another's."""
+
+    async def _run(self, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+        return await self._db._standalone(sql, args)
+
+
 class SqliteDatabase(Database):
     dialect = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self._lock = asyncio.Lock()
+        self._alone = _SqliteStatement(self)
         self.path = path
         self._checkpointer = asyncio.create_task(self._checkpoint_every(CHECKPOINT_INTERVAL))
 
@@ -231,33 +239,29 @@ class SqliteDatabase(Database):
             delay = min(delay * 2, 0.1)
 
     async def _standalone(self, sql: str, args: tuple[Any, ...]) -> tuple[list[Any], int]:
+        sql = _SqliteQueries._sql(sql)
         if not self._lock.locked():
             # nothing open, and the statement runs without an await: it cannot land in
             # another coroutine's transaction (only its busy retries wait, under the lock)
             try:
-                return self._statement(_SqliteQueries._sql(sql), args)
+                return self._statement(sql, args)
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise
         async with self._lock:
-            return await _SqliteQueries(self)._run(sql, args)
+            return await self._until_not_busy(sql, args)
 
-    # one statement: SQLite's implicit transaction, never inside another's
     async def execute(self, sql: str, *args: Any) -> int:
-        _, count = await self._standalone(sql, args)
-        return count
+        return await self._alone.execute(sql, *args)
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
-        rows, _ = await self._standalone(sql, args)
-        return [dict(r) for r in rows]
+        return await self._alone.fetch(sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any) -> Row | None:
-        rows = await self.fetch(sql, *args)
-        return rows[0] if rows else None
+        return await self._alone.fetchrow(sql, *args)
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
-        row = await self.fetchrow(sql, *args)
-        return next(iter(row.values())) if row else None
+        return await self._alone.fetchval(sql, *args)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SqliteQueries]:
