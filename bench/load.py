@@ -185,15 +185,23 @@ def load_cores(args: argparse.Namespace) -> int:
     return args.load_cores or len(os.sched_getaffinity(0))
 
 
+def generator_saturated(args: argparse.Namespace, load_pct: float) -> str | None:
+    """Why the generator was the bottleneck by its CPU (``load_pct`` of one core, summed
+    over its processes, above ``--max-load-cpu`` of its cores), or None."""
+    cores = load_cores(args)
+    if load_pct / cores > args.max_load_cpu:
+        return f"generator CPU {load_pct / cores:.0f}% of its {cores} core(s) > {args.max_load_cpu:.0f}%"
+    return None
+
+
 def not_valid_reasons(args: argparse.Namespace, load_pct: float, lag_p99_ms: float) -> list[str]:
     """Why a step's latencies would be the generator's rather than the server's:
     its CPU (``load_pct`` of one core, summed over its processes) above
     ``--max-load-cpu`` of its cores, or its loops' lag p99 above ``--max-lag-ms``."""
-    cores = load_cores(args)
     reasons = []
-    if load_pct / cores > args.max_load_cpu:
-        reasons.append(f"generator CPU {load_pct / cores:.0f}% of its "
-                       f"{cores} core(s) > {args.max_load_cpu:.0f}%")
+    saturated = generator_saturated(args, load_pct)
+    if saturated:
+        reasons.append(saturated)
     if lag_p99_ms > args.max_lag_ms:
         reasons.append(f"generator loop lag p99 {lag_p99_ms} ms > {args.max_lag_ms} ms")
     return reasons

@@ -41,6 +41,7 @@ import aiohttp
 from .load import (
     add_load_options,
     contended,
+    generator_saturated,
     load_cores,
     load_cpu_seconds,
     load_wait_seconds,
@@ -140,10 +141,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         if connect_server_cpu is not None and connect_seconds else None, 1),
                     "connect_load_cpu_pct_of_cores": round(connect_load_pct / cores, 1),
                 })
-                if connect_load_pct / cores > args.max_load_cpu:
+                saturated = generator_saturated(args, connect_load_pct)
+                if saturated:
                     step["connect_rate_bound_by"] = (
-                        f"the generator: its CPU {connect_load_pct / cores:.0f}% of its {cores} "
-                        f"core(s) > {args.max_load_cpu:.0f}%; the server's rate is at least this")
+                        f"the generator ({saturated}): the server's rate is at least this")
                 # ---- idle
                 await asyncio.sleep(1.0)
                 idle_start = await probe.sample()
