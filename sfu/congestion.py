@@ -140,23 +140,30 @@ class TransportCc:
         self.ext_id = ext_id
         self._on_estimate = on_estimate
         self._next = 0
-        self._sent_seq = [-1] * SENT_SIZE
+        self._sent_seq = [-1] * SENT_SIZE  # wrap() holds these three lists
         self._sent_at = [0.0] * SENT_SIZE
         self._sent_size = [0] * SENT_SIZE
+        self.feedbacks = 0
+        self.new_path()
+
+    def new_path(self) -> None:
+        """The packets go another way from now on (an ICE restart): what the old
+        path delivered, delayed or lost says nothing of the new one, and the
+        packets sent into the old path while it was dying are not losses of the
+        new. The estimate starts over; the sequence numbers go on."""
+        self._sent_seq[:] = [-1] * SENT_SIZE
         # acknowledged packets (arrival s, send s, bytes), oldest first
         self._short = _Window(RATE_WINDOW, MIN_RATE_SPAN)  # acknowledged packets: congestion
         self._long = _Window(CAPACITY_WINDOW, CAPACITY_WINDOW * 2 / 3)  # what the link holds
         self._base: deque[tuple[float, float]] = deque()  # (second, lowest delay in it)
         self._base_min = 0.0  # the lowest of them
         self._losses: deque[tuple[float, int, int]] = deque()  # (at, lost, reported)
-        self._reported: set[int] = set()  # recently reported received (late duplicates)
         self.estimate: int | None = None
         self.congested = False
         self.queue_delay = 0.0  # seconds, from the last feedback
         self.delivery_bps = 0
         self.loss = 0.0
         self._cut_at = 0.0
-        self.feedbacks = 0
 
     # -- sending --------------------------------------------------------------------------
 

@@ -1045,10 +1045,17 @@ class Session:
 
     def _on_new_path(self) -> None:
         """Send on the new path now, not at the next RTCP tick, and ask for a
-        keyframe so that pictures resume without waiting for the viewer's PLI."""
+        keyframe so that pictures resume without waiting for the viewer's PLI.
+        The downlink estimate starts over: the old path's outage (its losses,
+        its delays) is no measure of the new one, which is judged as a new
+        viewer's link is (no estimate yet: no limit)."""
         if self.sender is None:
             return
         self.sender.refresh()
+        self.downlink = DownlinkEstimate()
+        if self.transport_cc is not None:
+            self.transport_cc.new_path()
+        self._adapt(time.monotonic())
         target = self._target()
         for down in self.downtracks:
             down.retarget(target)

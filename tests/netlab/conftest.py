@@ -76,7 +76,7 @@ class LabAirwave:
 
     async def stop(self) -> None:
         if self.server is not None:
-            print(f"--- airwave log (last lines) ---\n{self.server.log_tail(20)}")
+            print(f"--- airwave log (last lines) ---\n{self.server.log_tail(60)}")
             await self.server.stop()
 
 

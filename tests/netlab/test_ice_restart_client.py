@@ -33,7 +33,9 @@ async def frames_grow(page: Any, name: str, within: float) -> int:
         now = await frames(page, name)
         if now > start:
             return now
-    raise AssertionError(f"{name} decoded no new frame within {within}s (at {start})")
+    # what the browser saw (packets, keyframes, PLIs sent): whether media came at all
+    latest = await page.evaluate("(n) => window.netlab.latest(n)", name)
+    raise AssertionError(f"{name} decoded no new frame within {within}s (at {start}): {latest}")
 
 
 async def new_sample(page: Any, name: str, after: float) -> dict[str, Any]:

@@ -245,6 +245,48 @@ def test_heavy_loss_cuts_the_estimate() -> None:
     assert tcc.estimate is not None and tcc.estimate < before * 0.95
 
 
+
+def test_a_new_path_starts_the_estimate_over_without_the_old_paths_losses() -> None:
+    """An ICE restart: the old path died with packets in it, and the receiver's
+    first feedback on the new path reports them missing. Counted, they cut the
+    new path's estimate (a CI run paused a viewer on a 1 Gbit/s link so)."""
+    seen: list[tuple[int, bool]] = []
+    tcc = TransportCc(3, lambda bitrate, congested: seen.append((bitrate, congested)))
+    link = Link(tcc, rate=10_000_000)
+    now = drive(link, 1_000_000, 2.0)
+    assert tcc.estimate is not None
+    dead = []
+    for _ in range(60):  # half a second into the dead path
+        link.send(now, 1000)
+        dead.append(link.pending.pop()[0])
+        now += 0.008
+    tcc.new_path()
+    assert tcc.estimate is None and tcc.loss == 0.0 and not tcc.congested
+    seen.clear()
+    # the first feedback on the new path spans the lost packets and new ones
+    link.pending = [(seq, None) for seq in dead]
+    drive(link, 1_000_000, 2.0, start=now)
+    assert tcc.loss == 0.0
+    assert not any(congested for _, congested in seen)
+    assert tcc.estimate is not None and tcc.estimate >= 0.9e6
+    # without the new start, the same feedback is a heavy loss
+    cuts: list[bool] = []
+    control = TransportCc(3, lambda bitrate, congested: cuts.append(congested))
+    link = Link(control, rate=10_000_000)
+    now = drive(link, 1_000_000, 2.0)
+    before = control.estimate
+    dead = []
+    for _ in range(60):
+        link.send(now, 1000)
+        dead.append(link.pending.pop()[0])
+        now += 0.008
+    link.pending = [(seq, None) for seq in dead]
+    cuts.clear()
+    drive(link, 1_000_000, 0.4, start=now)
+    assert control.loss > 0.3 and any(cuts)
+    assert before is not None and control.estimate is not None and control.estimate < before * 0.8
+
+
 TCC_EXT = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 
 
