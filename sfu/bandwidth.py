@@ -35,6 +35,7 @@ SEND_SIDE_PROBE_GAP = 2.0
 SEND_SIDE_MAX_PROBE_GAP = 4.0
 PROBE_STEP = 1.0  # a send-side probe adds at most this share of the estimate
 PROBE_MARGIN = 1.1  # a probe aims this much past what the next layer needs
+PAUSED_PROBE_MIN = 64_000  # bits/s a paused viewer's probe goes at least past its estimate
 RATE_PEAK_WINDOW = 5.0  # a layer is taken only if its highest rate of this many seconds fits
 ESTIMATE_TIMEOUT = 5.0  # seconds after which a REMB no longer counts
 
@@ -129,9 +130,12 @@ class LayerPolicy:
         for i in active:
             # a layer that began to flow while this viewer watched is still climbing
             # (an encoder ramps a new layer up from little): above the current one it is
-            # taken only once its peak covers RATE_PEAK_WINDOW
+            # taken only once its peak covers RATE_PEAK_WINDOW. A paused viewer has no
+            # picture to keep: any layer that fits is better than none (a layer that
+            # flickers off and on would otherwise keep it paused)
             since = self._flowing_since.get(i)
-            settling = i > current and since is not None and now - since < RATE_PEAK_WINDOW
+            settling = (0 <= current < i and since is not None
+                        and now - since < RATE_PEAK_WINDOW)
             if peaks[i] <= budget * HEADROOM and not settling:
                 fits = i
         # a receiver that is not congested reports about what it receives and
@@ -224,11 +228,16 @@ class LayerPolicy:
 
     def _probe_rate(self, current: int, peaks: list[float], nxt: int, budget: int) -> int:
         """Padding that takes the delivery toward what layer ``nxt`` needs, at
-        most PROBE_STEP of the estimate more than the current layer."""
+        most PROBE_STEP of the estimate more than the current layer. Paused, the
+        padding is all the video there is and the estimate is what it delivered:
+        padding of the estimate would only hold it where it is (an estimate
+        taken on audio alone kept a new viewer paused), so it goes past it."""
         target = peaks[nxt] / HEADROOM * PROBE_MARGIN
-        base = peaks[current] if current >= 0 else 0.0
-        rate = min(target - base, budget * PROBE_STEP, MAX_PROBE_BPS)
-        return int(max(0.0, rate))
+        if current >= 0:
+            rate = min(target - peaks[current], budget * PROBE_STEP)
+        else:
+            rate = min(target, budget + max(budget * PROBE_STEP, PAUSED_PROBE_MIN))
+        return int(max(0.0, min(rate, MAX_PROBE_BPS)))
 
     def _end_probe(self, now: float) -> None:
         """A probe that failed (a queue built, or the estimate did not grow): wait

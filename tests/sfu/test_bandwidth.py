@@ -206,3 +206,47 @@ def test_a_layer_that_starts_while_watched_is_taken_only_once_it_has_settled():
     # a viewer that arrives with the layer already flowing takes it as soon as it fits
     chosen, _ = run(LayerPolicy(), 1, budget, UPGRADE_AFTER + 1.0, rates=[RATES[0], RATES[1], 400_000.0])
     assert chosen[-1] == 2
+
+
+def test_a_paused_viewer_on_an_audio_only_estimate_probes_its_way_back():
+    """A viewer's first send-side estimate can come from its audio alone (its video
+    waits for a keyframe of a layer that does not flow): paused, with an estimate of a
+    few kbit/s. Padding of the estimate only delivers the estimate again; the probe
+    must go past it (CI once showed a viewer without a picture for 20 s)."""
+    from sfu.bandwidth import PAUSED_PROBE_MIN
+    from sfu.bandwidth import LayerPolicy as Policy
+
+    rates = [120_000.0, 400_000.0, 0.0]
+    policy = Policy(send_side=True)
+    # waiting on the top layer, which does not flow; nothing fits the estimate: paused
+    d = policy.decide(2, rates, 4_000, 0.0, 0.0)
+    assert d.layer == -1
+    # the link holds all of it: the estimate follows what the padding delivers
+    t, budget, layer = 0.25, 4_000, -1
+    while t < 10.0 and layer == -1:
+        d = policy.decide(layer, rates, budget, 0.0, t)
+        layer = d.layer
+        assert d.probe_bps >= min(PAUSED_PROBE_MIN, rates[0]) or layer >= 0
+        budget = max(budget, d.probe_bps)
+        t += 0.25
+    assert layer == 0, (t, budget)
+    # on a link that holds less than the lowest layer, the probe meets a queue and stops
+    policy = Policy(send_side=True)
+    policy.decide(2, rates, 4_000, 0.0, 0.0)
+    d = policy.decide(-1, rates, 4_000, 0.0, 0.25)
+    assert d.probe_bps > 0
+    d = policy.decide(-1, rates, 60_000, 0.0, 0.5, congested=True)
+    assert d.layer == -1 and d.probe_bps == 0
+
+
+def test_a_paused_viewer_takes_a_layer_that_just_began():
+    """Settling (a layer that began while watched waits RATE_PEAK_WINDOW) is for a
+    viewer with a picture to keep; a paused one takes the lowest layer once it fits."""
+    for send_side in (False, True):
+        policy = LayerPolicy(send_side=send_side)
+        run(policy, -1, 50_000, 1.0, rates=RATES)  # paused, every layer flowing
+        run(policy, -1, 50_000, 1.0, start=1.5, rates=[0.0, RATES[1], RATES[2]])  # layer 0 stops
+        # layer 0 begins again and fits (layer 1 does not): taken well inside RATE_PEAK_WINDOW
+        chosen, _ = run(policy, -1, 400_000, UPGRADE_AFTER + 1.0, start=3.0)
+        assert UPGRADE_AFTER + 1.0 < RATE_PEAK_WINDOW
+        assert chosen[-1] == 0, (send_side, chosen)
