@@ -18,7 +18,9 @@ fails; a lab left by a killed run is swept at the next session's start.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,23 @@ def record(name: str, figures: dict[str, Any]) -> Path:
     path.write_text(json.dumps(figures, indent=2, sort_keys=True))
     print(f"{name}: {json.dumps(figures, sort_keys=True)}")
     return path
+
+
+async def decoded_frames(page: Any, name: str) -> int:
+    """Frames the page's connection ``name`` decoded, from its latest stats sample."""
+    latest = await page.evaluate("(n) => window.netlab.latest(n)", name)
+    return int(((latest or {}).get("inbound") or {}).get("framesDecoded", 0))
+
+
+async def frames_grow(page: Any, name: str, within: float) -> int:
+    """Wait until connection ``name`` decodes a new frame; its count then."""
+    start = await decoded_frames(page, name)
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        now = await decoded_frames(page, name)
+        if now > start:
+            return now
+    # what the browser saw (packets, keyframes, PLIs sent): whether media came at all
+    latest = await page.evaluate("(n) => window.netlab.latest(n)", name)
+    raise AssertionError(f"{name} decoded no new frame within {within}s (at {start}): {latest}")

@@ -6,8 +6,6 @@ the same session and DTLS association, media both ways again within 3 s, the cal
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any
 
 import pytest
 
@@ -15,7 +13,7 @@ from bench.netlab import Netlab
 from bench.shaped import web_app_call
 from tests.webapp.browser import ensure_socket_io_bundle
 
-from .conftest import LabAirwave
+from .conftest import LabAirwave, frames_grow
 
 pytestmark = pytest.mark.netlab
 
@@ -29,21 +27,6 @@ RECONNECT = """async () => {
 CONNECTION = "() => { const c = window.airwave.call.connection; return {sessionId: c.sessionId, closed: c.closed}; }"
 
 
-async def remote_frames(page: Any) -> int:
-    latest = await page.evaluate("() => window.netlab.latest('call')")
-    return int(((latest or {}).get("inbound") or {}).get("framesDecoded", 0))
-
-
-async def frames_grow(page: Any, within: float) -> None:
-    start = await remote_frames(page)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        if await remote_frames(page) > start:
-            return
-    raise AssertionError(f"no new remote frame within {within}s")
-
-
 @pytest.mark.timeout(180)
 async def test_a_call_survives_a_change_of_address_of_one_party(lab: Netlab, airwave: LabAirwave) -> None:
     ensure_socket_io_bundle()
@@ -52,7 +35,7 @@ async def test_a_call_survives_a_change_of_address_of_one_party(lab: Netlab, air
     server = await airwave.start(call_duration=0)
     async with web_app_call(lab, server, caller, callee) as (caller_page, callee_page):
         for page in (caller_page, callee_page):
-            await frames_grow(page, 15)
+            await frames_grow(page, "call", 15)
         before = await caller_page.evaluate(CONNECTION)
         sample = await caller_page.evaluate("() => window.netlab.latest('call')")
         assert sample["pair"]["local"].startswith(f"{caller.address}:")
@@ -65,7 +48,7 @@ async def test_a_call_survives_a_change_of_address_of_one_party(lab: Netlab, air
         after = await caller_page.evaluate(CONNECTION)
         assert after == before  # restarted in place: same session, same connection
         for page in (caller_page, callee_page):
-            await frames_grow(page, 3)
+            await frames_grow(page, "call", 3)
         for _ in range(40):  # a stats sample taken after the restart
             now = await caller_page.evaluate("() => window.netlab.latest('call')")
             if now["t"] > restarted_at:

@@ -6,36 +6,17 @@ another user's token is refused and changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
 
 from bench.netlab import Netlab, http_in, lab_page
 
-from .conftest import LabAirwave
+from .conftest import LabAirwave, frames_grow
 
 pytestmark = pytest.mark.netlab
 ROOM = "restart"
 SDPFRAG = "application/trickle-ice-sdpfrag"
-
-
-async def frames(page: Any, name: str) -> int:
-    latest = await page.evaluate("(n) => window.netlab.latest(n)", name)
-    return int(((latest or {}).get("inbound") or {}).get("framesDecoded", 0))
-
-
-async def frames_grow(page: Any, name: str, within: float) -> int:
-    start = await frames(page, name)
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        now = await frames(page, name)
-        if now > start:
-            return now
-    # what the browser saw (packets, keyframes, PLIs sent): whether media came at all
-    latest = await page.evaluate("(n) => window.netlab.latest(n)", name)
-    raise AssertionError(f"{name} decoded no new frame within {within}s (at {start}): {latest}")
 
 
 async def new_sample(page: Any, name: str, after: float) -> dict[str, Any]:
