@@ -33,6 +33,11 @@ SECRET_FILE = "jwt-secret"
 # A room id, as grants name it and media routes, RTMP and sfu:* events accept it.
 ROOM_ID_PATTERN = r"[A-Za-z0-9_.:-]{1,128}"
 ROOM_ID = re.compile(ROOM_ID_PATTERN)
+LEEWAY = 5  # seconds of clock skew allowed on exp and iat
+# Verified tokens kept by their text (a client that reconnects, or calls the API again,
+# with the same token is not verified again): at most this many, each at most this long.
+VERIFIED_CACHE_SIZE = 10_000
+VERIFIED_CACHE_TOKEN_LENGTH = 2_048
 
 
 class TokenError(Exception):
@@ -125,6 +130,7 @@ class TokenService:
         self.revocations = RevocationList()
         self._signing_key: Any = None
         self._verify_keys: dict[str | None, Any] = {}
+        self._verified: dict[str, Identity] = {}
         if self.algorithm == "HS256":
             secret = settings.jwt_secret or _embedded_secret(Path(settings.data_dir))
             self._signing_key = secret
@@ -140,8 +146,28 @@ class TokenService:
                 self._signing_key = Path(settings.jwt_private_key_file).read_text()
 
     def verify(self, token: Any) -> Identity:
+        """Who ``token`` speaks for; TokenError when it is refused. A token verified
+        before is taken from the cache by its text (the same text: the same signature,
+        the same claims), its expiry and the revocations checked again."""
         if not isinstance(token, str) or not token:
             raise TokenError("missing_token", "an access token is required")
+        identity = self._verified.get(token)
+        if identity is None:
+            identity = self._decode(token)
+            if len(token) <= VERIFIED_CACHE_TOKEN_LENGTH:
+                if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                    del self._verified[next(iter(self._verified))]  # the oldest
+                self._verified[token] = identity
+        elif identity.expires_at + LEEWAY <= time.time():
+            del self._verified[token]
+            raise TokenError("token_expired", "the token has expired")
+        refusal = self.revocations.refusal(identity)
+        if refusal is not None:
+            raise refusal
+        return identity
+
+    def _decode(self, token: str) -> Identity:
+        """The token's signature and claims checked by PyJWT (not the revocations)."""
         if len(self._verify_keys) == 1:
             # one key whatever the token's kid: PyJWT reads the header once, in decode
             # (reading it first as well cost a third of a verification)
@@ -154,7 +180,7 @@ class TokenService:
                 key,
                 algorithms=[self.algorithm],
                 options={"require": ["sub", "exp", "iat"]},
-                leeway=5,
+                leeway=LEEWAY,
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("token_expired", "the token has expired") from None
@@ -172,17 +198,13 @@ class TokenService:
             raise TokenError("invalid_token", "sub must be a non-empty string of at most 128 characters")
         name = claims.get("name", "")
         jti = claims.get("jti", "")
-        identity = Identity(
+        return Identity(
             user_id=sub,
             name=name if isinstance(name, str) else "",
             grants=Grants.from_claim(claims.get("grants")),
             expires_at=float(claims["exp"]),
             token_id=jti if isinstance(jti, str) and len(jti) <= 128 else "",
         )
-        refusal = self.revocations.refusal(identity)
-        if refusal is not None:
-            raise refusal
-        return identity
 
     def _key_for(self, token: str) -> Any:
         """The verification key the token's header names (its kid), of several."""

@@ -61,6 +61,52 @@ def test_tampered_token_is_refused() -> None:
     assert info.value.code == "invalid_token"
 
 
+def test_a_token_verified_before_is_still_refused_once_expired_or_revoked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Verified tokens are kept by their text (reconnects and API calls do not pay PyJWT
+    again); expiry and revocation are checked at every use all the same, and a token
+    that differs by one character is verified on its own."""
+    import auth.tokens as tokens
+
+    service = hs_service()
+    token = service.mint("alice", grants=Grants(room="r1"), ttl=60)
+    decoded: list[str] = []
+    real = service._decode
+    monkeypatch.setattr(service, "_decode", lambda t: decoded.append(t) or real(t))
+    first = service.verify(token)
+    assert service.verify(token) == first and decoded == [token]  # verified once
+    header, payload, sig = token.split(".")
+    with pytest.raises(TokenError):
+        service.verify(f"{header}.{payload}.{sig[:-2]}{'AA' if sig[-2:] != 'AA' else 'BB'}")
+    # revoked after it was verified: refused at its next use
+    service.revocations.revoked_tokens.add(first.token_id)
+    with pytest.raises(TokenError) as info:
+        service.verify(token)
+    assert info.value.code == "token_revoked"
+    service.revocations.revoked_tokens.clear()
+    # past its exp (and the leeway): refused, and out of the cache
+    later = time.time() + 60 + tokens.LEEWAY
+    monkeypatch.setattr(tokens.time, "time", lambda: later)
+    with pytest.raises(TokenError) as info:
+        service.verify(token)
+    assert info.value.code == "token_expired"
+    assert token not in service._verified
+
+
+def test_the_cache_of_verified_tokens_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import auth.tokens as tokens
+
+    monkeypatch.setattr(tokens, "VERIFIED_CACHE_SIZE", 3)
+    service = hs_service()
+    minted = [service.mint(f"u{i}") for i in range(5)]
+    for token in minted:
+        service.verify(token)
+    assert list(service._verified) == minted[2:]  # the oldest went first
+    long = service.mint("x" * 100, name="n" * (tokens.VERIFIED_CACHE_TOKEN_LENGTH + 1))
+    assert service.verify(long).user_id == "x" * 100 and long not in service._verified
+
+
 def test_other_secret_is_refused() -> None:
     other = TokenService(load_settings({"AIRWAVE_JWT_SECRET": "o" * 40}))
     with pytest.raises(TokenError):
