@@ -28,9 +28,11 @@ Internals used:
   and ``request_received`` (wrapped per instance to see inbound traffic),
   ``build_request``, ``close``, ``_query_consent_task``, ``_protocols``;
   module constants ``CONSENT_INTERVAL`` and ``CONSENT_FAILURES``;
-  ``gather_candidates`` (replaced per instance when addresses are configured,
-  so as not to list the machine's interfaces: ``_local_candidates_start``,
-  ``_local_candidates``, ``_local_candidates_end``, ``_components``);
+  ``gather_candidates`` (replaced per instance so as not to list the
+  machine's interfaces at every gathering: ``_local_candidates_start``,
+  ``_local_candidates``, ``_local_candidates_end``, ``_components``,
+  ``_transport_policy``, ``_use_ipv4``, ``_use_ipv6``; module function
+  ``get_host_addresses`` and ``TransportPolicy``);
   ``StunProtocol``; ``aioice.candidate.candidate_foundation`` /
   ``candidate_priority``.
 * ICE restart (:class:`IceRestart`; aioice has none): ``RTCIceTransport._recv``
@@ -49,6 +51,7 @@ import asyncio
 import logging
 import random
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -209,8 +212,7 @@ def _restrict_gathering(
 ) -> None:
     original = connection.get_component_candidates
     configured = addresses
-    if configured:
-        _gather_without_listing(connection)
+    _gather_without_listing(connection, listing=not configured)
 
     async def get_component_candidates(
         component: int,
@@ -243,18 +245,37 @@ def _restrict_gathering(
     connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
 
 
-def _gather_without_listing(connection: aioice_ice.Connection) -> None:
-    """aioice's ``gather_candidates`` without its first step, listing the
-    machine's interfaces (an ifaddr getifaddrs walk, 40 % of the CPU of
-    answering a call party's offer): with configured addresses our
-    ``get_component_candidates`` binds those and ignores the listing."""
+HOST_ADDRESSES_TTL = 5.0  # seconds a listing of the machine's addresses serves gatherings
+_host_addresses: tuple[float, bool, bool, list[str]] | None = None
+
+
+def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """aioice's listing of the machine's addresses (an ifaddr getifaddrs walk: 0.65 ms
+    here, more with many interfaces), taken again at most every HOST_ADDRESSES_TTL."""
+    global _host_addresses
+    now = time.monotonic()
+    cached = _host_addresses
+    if cached is None or now - cached[0] > HOST_ADDRESSES_TTL or cached[1:3] != (use_ipv4, use_ipv6):
+        cached = (now, use_ipv4, use_ipv6, aioice_ice.get_host_addresses(use_ipv4, use_ipv6))
+        _host_addresses = cached
+    return list(cached[3])
+
+
+def _gather_without_listing(connection: aioice_ice.Connection, *, listing: bool) -> None:
+    """aioice's ``gather_candidates`` without listing the machine's interfaces
+    at every gathering (40 % of the CPU of answering a call party's offer):
+    with configured addresses our ``get_component_candidates`` binds those
+    and needs no listing; without, a listing serves for HOST_ADDRESSES_TTL."""
 
     async def gather_candidates() -> None:
         if connection._local_candidates_start:
             return
         connection._local_candidates_start = True
+        addresses: list[str] = []
+        if listing and connection._transport_policy == aioice_ice.TransportPolicy.ALL:
+            addresses = host_addresses(connection._use_ipv4, connection._use_ipv6)
         coros = [
-            connection.get_component_candidates(component=component, addresses=[])
+            connection.get_component_candidates(component=component, addresses=addresses)
             for component in connection._components
         ]
         for candidates in await asyncio.gather(*coros):

@@ -157,6 +157,8 @@ def test_gathering_internals():
     conn = aioice.ice.Connection(ice_controlling=False)
     assert conn._local_candidates_start is False and conn._local_candidates_end is False
     assert conn._local_candidates == [] and list(conn._components) == [1]
+    assert conn._transport_policy == aioice.ice.TransportPolicy.ALL
+    assert conn._use_ipv4 is True and conn._use_ipv6 is True
     source = _source(aioice.ice.Connection.gather_candidates)
     for step in (
         "if not self._local_candidates_start:",
@@ -195,6 +197,31 @@ async def test_configured_addresses_gather_without_listing_interfaces(monkeypatc
     assert len(ice._connection._protocols) == 1
     await ice.stop()
     assert listings == [1]
+
+
+async def test_without_configured_addresses_one_listing_serves_gatherings_for_a_while(monkeypatch):
+    listings = []
+
+    def listing(use_ipv4, use_ipv6):
+        listings.append((use_ipv4, use_ipv6))
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", listing)
+    monkeypatch.setattr(seam, "_host_addresses", None)
+    for _ in range(3):
+        gatherer, ice, _ = _transports()
+        seam.restrict_gathering(ice, (), None)
+        await gatherer.gather()
+        assert [(c.ip, c.type) for c in gatherer.getLocalCandidates()] == [("127.0.0.1", "host")]
+        await ice.stop()
+    assert len(listings) == 1
+    # once the listing is older than HOST_ADDRESSES_TTL, the next gathering lists again
+    monkeypatch.setattr(seam, "HOST_ADDRESSES_TTL", 0.0)
+    gatherer, ice, _ = _transports()
+    seam.restrict_gathering(ice, (), None)
+    await gatherer.gather()
+    await ice.stop()
+    assert len(listings) == 2
 
 
 async def test_consent_replacement_counts_inbound_traffic():
