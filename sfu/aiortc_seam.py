@@ -246,19 +246,18 @@ def _restrict_gathering(
 
 
 HOST_ADDRESSES_TTL = 5.0  # seconds a listing of the machine's addresses serves gatherings
-_host_addresses: tuple[float, bool, bool, list[str]] | None = None
+# (use_ipv4, use_ipv6) -> (when listed, the addresses)
+_listings: dict[tuple[bool, bool], tuple[float, list[str]]] = {}
 
 
 def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     """aioice's listing of the machine's addresses (an ifaddr getifaddrs walk: 0.65 ms
     here, more with many interfaces), taken again at most every HOST_ADDRESSES_TTL."""
-    global _host_addresses
     now = time.monotonic()
-    cached = _host_addresses
-    if cached is None or now - cached[0] > HOST_ADDRESSES_TTL or cached[1:3] != (use_ipv4, use_ipv6):
-        cached = (now, use_ipv4, use_ipv6, aioice_ice.get_host_addresses(use_ipv4, use_ipv6))
-        _host_addresses = cached
-    return list(cached[3])
+    listed = _listings.get((use_ipv4, use_ipv6))
+    if listed is None or now - listed[0] > HOST_ADDRESSES_TTL:
+        listed = _listings[use_ipv4, use_ipv6] = (now, aioice_ice.get_host_addresses(use_ipv4, use_ipv6))
+    return list(listed[1])
 
 
 def _gather_without_listing(connection: aioice_ice.Connection, *, listing: bool) -> None:

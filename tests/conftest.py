@@ -186,7 +186,7 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     127.0.0.1 only (aioice never gathers loopback by itself), and nothing aioice
     sends may leave the loopback interface: such datagrams are dropped and listed."""
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    monkeypatch.setattr(aiortc_seam, "_host_addresses", None)  # no listing of another test's
+    monkeypatch.setattr(aiortc_seam, "_listings", {})  # no listing of another test's
     blocked: list[tuple[str, int]] = []
 
     def allowed(addr: tuple[str, int]) -> bool:

@@ -207,7 +207,7 @@ async def test_without_configured_addresses_one_listing_serves_gatherings_for_a_
         return ["127.0.0.1"]
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", listing)
-    monkeypatch.setattr(seam, "_host_addresses", None)
+    monkeypatch.setattr(seam, "_listings", {})
     for _ in range(3):
         gatherer, ice, _ = _transports()
         seam.restrict_gathering(ice, (), None)
