@@ -100,21 +100,21 @@ def record(name: str, figures: dict[str, Any]) -> Path:
     return path
 
 
-async def decoded_frames(page: Any, name: str) -> int:
-    """Frames the page's connection ``name`` decoded, from its latest stats sample."""
-    latest = await page.evaluate("(n) => window.netlab.latest(n)", name)
-    return int(((latest or {}).get("inbound") or {}).get("framesDecoded", 0))
+def decoded_frames(sample: dict[str, Any] | None) -> int:
+    """Frames decoded, from a stats sample of ``window.netlab.latest``."""
+    return int(((sample or {}).get("inbound") or {}).get("framesDecoded", 0))
 
 
 async def frames_grow(page: Any, name: str, within: float) -> int:
     """Wait until connection ``name`` decodes a new frame; its count then."""
-    start = await decoded_frames(page, name)
+    latest = "(n) => window.netlab.latest(n)"
+    sample = await page.evaluate(latest, name)
+    start = decoded_frames(sample)
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         await asyncio.sleep(0.25)
-        now = await decoded_frames(page, name)
-        if now > start:
-            return now
-    # what the browser saw (packets, keyframes, PLIs sent): whether media came at all
-    latest = await page.evaluate("(n) => window.netlab.latest(n)", name)
-    raise AssertionError(f"{name} decoded no new frame within {within}s (at {start}): {latest}")
+        sample = await page.evaluate(latest, name)
+        if decoded_frames(sample) > start:
+            return decoded_frames(sample)
+    # what the browser saw last (packets, keyframes, PLIs sent): whether media came at all
+    raise AssertionError(f"{name} decoded no new frame within {within}s (at {start}): {sample}")
