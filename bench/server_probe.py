@@ -12,6 +12,9 @@ from dataclasses import dataclass
 import aiohttp
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# /proc and the Prometheus process collector count CPU in whole clock ticks (10 ms at 100 Hz):
+# a figure is a measurement only over many of them
+MEASURABLE_CPU_SECONDS = 10 / CLOCK_TICKS
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 

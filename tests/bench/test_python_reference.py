@@ -36,7 +36,8 @@ def test_bench_signaling_drives_the_python_reference_room(reference_room: tuple[
     url, pid = reference_room
     out = tmp_path / "signaling.json"
     run_bench(
-        "signaling", "--url", url, "--steps", "10:6", "--senders", "3", "--duration", "2",
+        # 200 connections: enough server CPU (at least 10 clock ticks) for a per-connection figure
+        "signaling", "--url", url, "--steps", "200:6", "--senders", "3", "--duration", "2",
         "--idle", "0.5", "--drain", "3", "--workers", "2", "--server-pid", str(pid),
         "--max-load-cpu", "101", "--max-lag-ms", "100000", "--out", str(out),
     )
