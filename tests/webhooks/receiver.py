@@ -87,4 +87,6 @@ class Receiver:
             await asyncio.sleep(0.05)
 
     async def close(self) -> None:
+        if self.hold is not None:
+            self.hold.set()  # a held request would keep aiohttp's shutdown waiting its 60 s
         await self.server.close()
