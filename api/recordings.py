@@ -42,7 +42,7 @@ from api.bodies import json_object
 from api.components import AIRWAVE, Airwave, need
 from api.errors import ApiError, json_response
 from api.routing import ApiRoutes
-from auth import Identity
+from auth import ROOM_ID, Identity
 from cluster import is_call_room
 from cluster.nodes import internal_url
 from recording import LocalDirectoryStorage, Recorder, RecordingResult
@@ -60,7 +60,6 @@ routes = ApiRoutes("recordings")
 PROVIDES: tuple[str, ...] = ("recordings", "recording_changes", "recording_reads")
 NEEDS: tuple[str, ...] = ("rooms",)
 
-ROOM_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 RECORDING_ID = re.compile(r"rec_[a-f0-9]{16}")
 RECORDER_OWNER = "node:recorder"  # not a viewer: api/media.py counts no "node:" subscriber
 CHANGES_PER_SECOND, CHANGES_BURST = 1.0, 5.0  # per user: start, stop, settings, delete
