@@ -104,7 +104,10 @@ class CallMedia:
         return True
 
     def session_of(self, call: Call, user_id: str) -> Session | None:
-        session_id = self._sessions.get(call.id, {}).get(user_id)
+        return self._session(call.id, user_id)
+
+    def _session(self, call_id: str, user_id: str) -> Session | None:
+        session_id = self._sessions.get(call_id, {}).get(user_id)
         return self.engine.session(session_id) if session_id else None
 
     async def accept_answer(self, call: Call, user_id: str, sdp: str) -> None:
@@ -119,14 +122,14 @@ class CallMedia:
             raise SignalError("session_not_found", "no media session: send call:sdp_offer first")
         await self.engine.add_remote_candidate(session.id, candidate)
 
-    def connected(self, call: Call, user_id: str) -> bool:
-        session = self.session_of(call, user_id)
+    def connected(self, call_id: str, user_id: str) -> bool:
+        session = self._session(call_id, user_id)
         return session is not None and session.state == "connected"
 
     def all_connected(self, call_id: str) -> bool:
         """Both parties of the call have a connected media session here."""
-        sessions = [self.engine.session(s) for s in self._sessions.get(call_id, {}).values()]
-        return len(sessions) == 2 and all(s is not None and s.state == "connected" for s in sessions)
+        parties = self._sessions.get(call_id, {})
+        return len(parties) == 2 and all(self.connected(call_id, user_id) for user_id in parties)
 
     def forget(self, session_id: str) -> None:
         for sessions in self._sessions.values():
@@ -427,7 +430,7 @@ class CallSignaling:
                 "endsAt": call.ends_at,
                 "extensions": call.extensions,
                 "iceServers": self.ice_servers(user_id, host),
-                "mediaConnected": self.media.connected(call, user_id),
+                "mediaConnected": self.media.connected(call.id, user_id),
             }
             if call.status == "ringing":
                 resumed["ringsUntil"] = self.calls.rings_until(call)

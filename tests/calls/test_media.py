@@ -57,6 +57,9 @@ async def test_answered_call_carries_media_both_ways(
         assert engine.session_count == 2
         # the set-up is timed once, when both parties' media is connected
         await wait_for(lambda: REGISTRY.get_sample_value("airwave_calls_setup_seconds_count") == setups + 1, 5)
+        # another socket of alice's (a reloaded tab) learns that her media still flows
+        alice_again = await group("alice")
+        assert (await alice_again.wait("call:resumed", call_id))["mediaConnected"] is True
         # the call's SFU room is no room: no room row, no stream, no room.started
         # (every call was a public live room while it lasted)
         db = app.app[AIRWAVE].db

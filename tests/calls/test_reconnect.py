@@ -22,6 +22,7 @@ async def test_a_new_socket_within_grace_resumes_the_call(call_app: RunningApp, 
     resumed = await bob_again.wait("call:resumed", call_id)
     assert resumed["status"] == "active" and resumed["peerId"] == "alice" and resumed["endsAt"] == ends_at
     assert resumed["media"] == "video" and isinstance(resumed["iceServers"], list)
+    assert resumed["mediaConnected"] is False  # no media session was ever made
     await asyncio.sleep(1.0)  # past the grace the first socket had
     assert (await record(call_app, call_id))["status"] == "active"
     assert not alice.seen("call:ended", call_id)
