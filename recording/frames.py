@@ -1,11 +1,16 @@
 """RTP packets of one track back into encoded frames (RFC 7741, RFC 6184, RFC 7587).
 
-Packets arrive in order as a viewer receives them (the SFU forwards them in
-the order the publisher sent them). A frame is every packet of one RTP
-timestamp; it is complete at the marker bit (video) or at once (Opus). A
-frame with a hole in its sequence numbers is dropped, and video then waits
-for the next keyframe (``needs_keyframe`` tells the recorder to ask for one),
-so that the file never holds a frame that refers to a lost one.
+Packets come as a viewer receives them: in the order they reached the SFU,
+which on a publisher's real network is not always the order they were sent,
+and with a lost packet arriving late when the SFU's NACK brought it back over
+RTX. :class:`ReorderBuffer` puts them back in sequence order, holding what
+comes after a hole for up to ``REORDER_WAIT`` for the hole to fill.
+
+A frame is every packet of one RTP timestamp; it is complete at the marker
+bit (video) or at once (Opus). A frame with a hole that never filled is
+dropped, and video then waits for the next keyframe (``needs_keyframe`` tells
+the recorder to ask for one), so that the file never holds a frame that
+refers to a lost one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,12 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 H264_IDR = 5
 H264_SPS = 7
 H264_PPS = 8
+
+# A publisher's repair takes the SFU's NACK and the resend one round trip each
+# way (tens to a few hundred milliseconds on a phone's network); a file is
+# never late, so a hole may wait longer than a live viewer's jitter buffer would.
+REORDER_WAIT = 0.5  # seconds a packet after a hole waits for it
+REORDER_LIMIT = 1024  # packets held at most (2 s of 5 Mbit/s video); past it the hole is given up
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,72 @@ def annexb_units(data: bytes) -> list[bytes]:
         if end > begin:
             units.append(data[begin:end])
     return units
+
+
+class ReorderBuffer:
+    """One track's packets in sequence order. A packet after a hole is held
+    until the hole fills (a reordered packet, or the publisher's RTX repair of
+    a lost one) or until the first packet held has waited ``wait`` seconds;
+    then the hole is given up, and :class:`FrameAssembler` sees a loss."""
+
+    def __init__(self, wait: float = REORDER_WAIT, limit: int = REORDER_LIMIT) -> None:
+        self.wait, self.limit = wait, limit
+        self._next: int | None = None  # the sequence number due next
+        self._held: dict[int, tuple[bytes, float]] = {}  # seq -> (packet, arrival)
+        self._oldest = 0.0  # arrival of the earliest packet held
+
+    def push(self, packet: bytes, now: float) -> list[bytes]:
+        """One packet as it arrived; the packets now due, in sequence order."""
+        if len(packet) < 12:
+            return []
+        seq = (packet[2] << 8) | packet[3]
+        if self._next is None:
+            self._next = seq
+        ahead = (seq - self._next) & 0xFFFF
+        if ahead == 0 and not self._held:  # in order, nothing waiting: the usual case
+            self._next = (seq + 1) & 0xFFFF
+            return [packet]
+        if ahead >= 0x8000:
+            return []  # late or a duplicate: its hole was given up, or it came already
+        out: list[bytes] = []
+        if ahead > self.limit:  # a jump, not a hole: what is held goes out, the count starts over
+            out = self.flush()
+            self._next = seq
+        if not self._held:
+            self._oldest = now
+        self._held.setdefault(seq, (packet, now))
+        out += self._release()
+        while self._held and (now - self._oldest >= self.wait or len(self._held) > self.limit):
+            self._skip()
+            out += self._release()
+        return out
+
+    def flush(self) -> list[bytes]:
+        """Everything held, in order, giving up its holes (the recording ends)."""
+        out: list[bytes] = []
+        while self._held:
+            self._skip()
+            out += self._release()
+        return out
+
+    def reset(self) -> None:
+        self._next, self._held = None, {}
+
+    def _release(self) -> list[bytes]:
+        out: list[bytes] = []
+        assert self._next is not None
+        while self._next in self._held:
+            out.append(self._held.pop(self._next)[0])
+            self._next = (self._next + 1) & 0xFFFF
+        if out and self._held:  # the earliest held went out: the next earliest waits now
+            self._oldest = min(arrival for _, arrival in self._held.values())
+        return out
+
+    def _skip(self) -> None:
+        """Give up the hole before the nearest held packet."""
+        due = self._next
+        assert due is not None
+        self._next = min(self._held, key=lambda seq: (seq - due) & 0xFFFF)
 
 
 class FrameAssembler:

@@ -35,6 +35,7 @@ from recording.container import RecordingFile, VideoFormat, container_format
 from recording.frames import (
     EncodedFrame,
     FrameAssembler,
+    ReorderBuffer,
     h264_dimensions,
     h264_parameter_sets,
     vp8_dimensions,
@@ -129,6 +130,7 @@ class Recorder:
         self.status = "recording"
         self.frames = 0
         self._assemblers = {kind: FrameAssembler(name) for kind, name in self.codecs.items()}
+        self._reorder = {kind: ReorderBuffer() for kind in self.codecs}
         self._times = {
             kind: TrackTimeline(90000 if kind == "video" else 48000) for kind in self.codecs
         }
@@ -146,8 +148,11 @@ class Recorder:
     def attach(self, source: RecorderClock) -> None:
         """Take RTP from ``source`` (again, after the publisher came back)."""
         self.source = source
+        self._drain()
         for assembler in self._assemblers.values():
             assembler.reset()
+        for buffer in self._reorder.values():
+            buffer.reset()
         for track in self._times.values():
             track.reset()
 
@@ -155,9 +160,22 @@ class Recorder:
 
     def on_rtp(self, kind: str, packet: bytes) -> None:
         """One RTP packet of the ``kind`` track, as a viewer receives it."""
-        assembler = self._assemblers.get(kind)
-        if assembler is None or self._stopped or self.error:
+        buffer = self._reorder.get(kind)
+        if buffer is None or self._stopped or self.error:
             return
+        for due in buffer.push(packet, time.monotonic()):
+            self._assemble(kind, due)
+
+    def _drain(self) -> None:
+        """What the reorder buffers hold, into frames (the source changes or the recording ends)."""
+        if self._stopped or self.error:
+            return
+        for kind, buffer in self._reorder.items():
+            for due in buffer.flush():
+                self._assemble(kind, due)
+
+    def _assemble(self, kind: str, packet: bytes) -> None:
+        assembler = self._assemblers[kind]
         wanted = assembler.needs_keyframe
         frame = assembler.push(packet)
         if assembler.needs_keyframe and not wanted and self.source is not None:
@@ -257,6 +275,11 @@ class Recorder:
                 pass
 
     @property
+    def dropped_frames(self) -> int:
+        """Frames not in the file: a packet of theirs (or of a frame they refer to) never came."""
+        return sum(a.dropped_frames for a in self._assemblers.values())
+
+    @property
     def duration(self) -> float:
         ends = [t.last_pts / t.rate for t in self._times.values() if t.last_pts is not None]
         return max(ends, default=0.0)
@@ -264,7 +287,10 @@ class Recorder:
     async def stop(self, status: str = "complete") -> RecordingResult:
         """Finish the file (trailer written) and say how it went. Idempotent."""
         if not self._stopped:
+            self._drain()
             self._stopped = True
+            if self.dropped_frames:
+                log.info("recording %s lacks %d frames lost on the way", self.key, self.dropped_frames)
             if not self.error:
                 self.status = status
             await self._loop.run_in_executor(self._writer, self._close_file)

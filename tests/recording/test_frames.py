@@ -9,7 +9,13 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtp import RtpPacket
 
-from recording.frames import FrameAssembler, annexb_units, h264_dimensions, vp8_dimensions
+from recording.frames import (
+    FrameAssembler,
+    ReorderBuffer,
+    annexb_units,
+    h264_dimensions,
+    vp8_dimensions,
+)
 
 FRAME_TICKS = 3000
 
@@ -53,6 +59,63 @@ def test_a_lost_packet_drops_video_until_the_next_keyframe(vp8_frames) -> None:
     kept = [f.data for f in frames[:lossy]] + [f.data for f in frames[6:]]
     assert [f.data for f in out] == kept
     assert assembler.dropped_frames >= 1
+
+
+def _seqs(packets: list[bytes]) -> list[int]:
+    return [(p[2] << 8) | p[3] for p in packets]
+
+
+def test_reordered_and_repaired_packets_make_every_frame(vp8_frames) -> None:
+    """Swapped neighbours and a lost packet that comes back later (a repair)
+    within the wait: every frame comes out, none dropped."""
+    frames = vp8_frames[:30]
+    packets = _rtp(_vp8_payloads(frames))
+    arrival = list(packets)
+    arrival[4], arrival[5] = arrival[5], arrival[4]
+    arrival[20], arrival[21], arrival[22] = arrival[22], arrival[20], arrival[21]
+    repaired = arrival.pop(10)
+    arrival.insert(40, repaired)  # 30 packets later, as an RTX repair comes
+    buffer, assembler = ReorderBuffer(wait=0.5), FrameAssembler("vp8")
+    out: list[bytes] = []
+    for n, packet in enumerate(arrival):
+        out += buffer.push(packet, now=n * 0.004)  # 250 packets a second
+    assert out == packets
+    frames_out = [f for p in out if (f := assembler.push(p)) is not None]
+    assert [f.data for f in frames_out] == [f.data for f in frames]
+    assert assembler.dropped_frames == 0
+
+
+def test_a_hole_is_given_up_after_the_wait_and_a_late_packet_after_it_is_dropped() -> None:
+    packets = [RtpPacket(payload_type=96, sequence_number=(65530 + i) & 0xFFFF, timestamp=i,
+                         ssrc=1, payload=b"x").serialize() for i in range(12)]
+    buffer = ReorderBuffer(wait=0.5)
+    assert _seqs(buffer.push(packets[0], 0.0)) == [65530]
+    # 65531 is lost: what follows waits for it
+    assert buffer.push(packets[2], 0.1) == [] and buffer.push(packets[3], 0.2) == []
+    assert buffer.push(packets[4], 0.59) == []
+    # the first held packet has waited 0.5 s: the hole is given up
+    assert _seqs(buffer.push(packets[5], 0.6)) == [65532, 65533, 65534, 65535]
+    assert buffer.push(packets[1], 0.7) == []  # too late: the assembler never sees it
+    assert _seqs(buffer.push(packets[6], 0.8)) == [0]
+    # a second hole at 1 (across the wrap); the end of the recording gives up holes
+    assert buffer.push(packets[8], 0.9) == [] and buffer.push(packets[10], 0.95) == []
+    assert _seqs(buffer.flush()) == [2, 4]
+    assert buffer.flush() == []
+
+
+def test_a_jump_beyond_the_limit_starts_the_count_over() -> None:
+    def packet(seq: int) -> bytes:
+        return RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq, ssrc=1).serialize()
+
+    buffer = ReorderBuffer(wait=0.5, limit=8)
+    buffer.push(packet(100), 0.0)
+    assert buffer.push(packet(102), 0.0) == []  # a hole at 101
+    # 5,000 ahead: a new count (a restarted sender), not a hole to wait for
+    assert _seqs(buffer.push(packet(5102), 0.01)) == [102, 5102]
+    assert _seqs(buffer.push(packet(5103), 0.02)) == [5103]
+    # more held than the limit: the oldest hole is given up at once
+    out = [seq for n in range(5105, 5115) for seq in _seqs(buffer.push(packet(n), 0.03))]
+    assert out[:2] == [5105, 5106] and out == list(range(5105, 5105 + len(out)))
 
 
 def test_h264_access_units_come_out_as_nal_units(h264_frames) -> None:

@@ -15,7 +15,7 @@ from recording import LocalDirectoryStorage, Recorder, RecordingResult
 from recording.frames import annexb_units
 from sfu import MediaEngine
 from tests.sfu.sfu_media import encoded_opus
-from tests.sfu.sfu_peers import PacketTrack, Publisher, wait_for
+from tests.sfu.sfu_peers import PacketTrack, Publisher, lose_every_sixth, wait_for
 
 from .recorded_file import decodes, length_prefixed_units, read_recording
 
@@ -84,6 +84,34 @@ async def test_vp8_and_opus_recorded_to_webm_as_sent(engine, vp8_frames, opus_fr
     # audio and video start together (the publisher's sender reports align them)
     assert abs(recorded.times["audio"][0] - recorded.times["video"][0]) < 0.2
     assert decodes(tmp_path / "a.webm") == 5
+
+
+async def test_packets_the_publisher_repaired_over_rtx_are_in_the_file(engine, vp8_frames, tmp_path):
+    """The publisher's network loses every 6th video packet; the SFU's NACKs
+    bring each back over RTX, after the packets that followed it. The file
+    holds every frame sent, none dropped while waiting for a keyframe."""
+    video = PacketTrack("video", vp8_frames)
+    pub = Publisher([video])
+    session = await engine.publish("rec-rtx", await pub.offer(), owner="alice")
+    await pub.accept(session.answer_sdp)
+    await wait_for(lambda: session.state == "connected", 10)
+    up, sender = session.uptracks[0], pub.senders[0]
+    assert up.rtx_payload_type is not None  # the publisher repairs in its own RTX stream
+    storage = LocalDirectoryStorage(tmp_path)
+    recorder, _, closed = await _record(engine, "rec-rtx", storage, "r.webm", 0.5)
+    dropped, rtx_seen = lose_every_sixth(session, up.in_ssrc, sender._rtx_ssrc, 20)
+    await wait_for(lambda: len(dropped) == 20, 10)
+    await wait_for(lambda: all(up.history(seq) is not None for seq in dropped), 5)  # all repaired
+    await asyncio.sleep(1.0)  # frames after the last repair
+    await pub.close()
+    await wait_for(lambda: closed == ["publisher_left"], 10)
+    result = await recorder.stop()
+    assert result.status == "complete" and len(rtx_seen) >= 20
+
+    frames = read_recording(tmp_path / "r.webm").packets["video"]
+    assert sent_in_order(video.sent, frames), "a frame is missing from the file"
+    assert len(frames) >= 60  # the run spans every loss (20 losses of every 6th packet)
+    assert recorder.dropped_frames == 0
 
 
 async def test_h264_and_opus_recorded_to_fragmented_mp4_as_sent(

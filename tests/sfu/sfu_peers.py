@@ -126,6 +126,30 @@ class Publisher:
         await self.pc.close()
 
 
+def lose_every_sixth(session, media_ssrc: int, rtx_ssrc: int, count: int):
+    """``session``'s network loses every 6th packet of ``media_ssrc`` (``count``
+    of them, first transmissions only) and counts what arrives on ``rtx_ssrc``."""
+    recv = session.ice._recv
+    dropped: set[int] = set()
+    rtx_seen: list[int] = []
+
+    async def lossy_recv() -> bytes:
+        while True:
+            data = await recv()
+            if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
+                ssrc = int.from_bytes(data[8:12], "big")
+                seq = (data[2] << 8) | data[3]
+                if ssrc == rtx_ssrc:
+                    rtx_seen.append(seq)
+                elif ssrc == media_ssrc and seq % 6 == 1 and len(dropped) < count:
+                    dropped.add(seq)
+                    continue
+            return data
+
+    session.ice._recv = lossy_recv
+    return dropped, rtx_seen
+
+
 class Viewer:
     """Receives; records RTP payloads and reassembled encoded frames by kind."""
 

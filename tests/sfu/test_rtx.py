@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from sfu import MediaEngine, rtx
 
 from .sfu_offers import CHROME_PUBLISH
-from .sfu_peers import PacketTrack, Publisher, Viewer, client_pc, wait_for
+from .sfu_peers import PacketTrack, Publisher, Viewer, client_pc, lose_every_sixth, wait_for
 
 # -- the packets ----------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ async def test_publisher_repairs_over_rtx_reach_the_subscribers(engine, vp8_fram
     await wait_for(lambda: len(viewer.frames["video"]) > 3, 5)
 
     # the publisher's network loses every 6th packet of the media stream
-    dropped, rtx_seen = _lose_every_sixth(session, up.in_ssrc, sender._rtx_ssrc, 12)
+    dropped, rtx_seen = lose_every_sixth(session, up.in_ssrc, sender._rtx_ssrc, 12)
     repaired_before = _metric("airwave_sfu_rtx_repaired_packets_total")
     await wait_for(lambda: len(dropped) == 12, 8)
     # the 12th loss shows only when the packet after it arrives: wait for every
@@ -337,30 +337,6 @@ async def test_rtx_ssrc_learned_from_payload_type_without_ssrc_lines(engine):
     await asyncio.wait_for(session.close(), 5)
 
 
-def _lose_every_sixth(session, media_ssrc: int, rtx_ssrc: int, count: int):
-    """``session``'s network loses every 6th packet of ``media_ssrc`` (``count``
-    of them, first transmissions only) and counts what arrives on ``rtx_ssrc``."""
-    recv = session.ice._recv
-    dropped: set[int] = set()
-    rtx_seen: list[int] = []
-
-    async def lossy_recv() -> bytes:
-        while True:
-            data = await recv()
-            if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
-                ssrc = int.from_bytes(data[8:12], "big")
-                seq = (data[2] << 8) | data[3]
-                if ssrc == rtx_ssrc:
-                    rtx_seen.append(seq)
-                elif ssrc == media_ssrc and seq % 6 == 1 and len(dropped) < count:
-                    dropped.add(seq)
-                    continue
-            return data
-
-    session.ice._recv = lossy_recv
-    return dropped, rtx_seen
-
-
 async def test_an_edge_pulls_with_rtx_and_its_losses_are_repaired_by_the_origin(
     engine, settings, vp8_frames
 ):
@@ -381,7 +357,7 @@ async def test_an_edge_pulls_with_rtx_and_its_losses_are_repaired_by_the_origin(
         assert pulled._rtx_by_ssrc == {down.rtx_ssrc: up.layers[0]}
         await wait_for(lambda: up.packets > 10, 5)
         before = _metric("airwave_sfu_rtx_repaired_packets_total")
-        dropped, rtx_seen = _lose_every_sixth(pulled, down.ssrc, down.rtx_ssrc, 10)
+        dropped, rtx_seen = lose_every_sixth(pulled, down.ssrc, down.rtx_ssrc, 10)
         await wait_for(lambda: len(dropped) == 10, 8)
         await wait_for(lambda: all(up.history(seq) is not None for seq in dropped), 5)
         assert len(rtx_seen) >= 10 and down.retransmitted >= 10
