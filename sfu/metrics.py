@@ -24,6 +24,11 @@ RTX_SENT = Counter(
     "airwave_sfu_rtx_sent_packets",
     "Of the retransmitted packets, those sent as RTX (RFC 4588) in the subscriber's RTX stream",
 )
+RESENDS_SKIPPED = Counter(
+    "airwave_sfu_resends_skipped_packets",
+    "Packets a subscriber NACKed and was not sent again: resent less than a round trip ago, or"
+    " past the repair budget (the rate of the media repaired)",
+)
 RTX_REPAIRED = Counter(
     "airwave_sfu_rtx_repaired_packets",
     "Packets lost from a publisher and received again in its RTX stream",

@@ -67,6 +67,13 @@ GOP_REPLAY_BURST = 16_000  # bytes a replay may send in one go
 GOP_FIRST_BURST = 64_000  # bytes its first step may send: the keyframe at once, as live would
 GOP_REPLAY_TICK = 0.005  # seconds between two replay steps
 GOP_CATCH_UP = 1.0  # seconds a replay may take to reach live; a longer one is not started
+# Answers to a subscriber's NACKs: a packet is resent at most once a round trip
+# (a later NACK for it crossed the repair on the way), and all repairs together
+# at most at the rate of the media they repair, so that NACKs (its own, or a
+# client's looping over the same list) never multiply what a subscriber costs
+RESEND_GAP_UNKNOWN_RTT = 0.1  # seconds between two resends of a packet before the RTT is known
+RESEND_MIN_BPS = 500_000  # the repair budget of a layer slower than this (audio, a low layer)
+RESEND_BURST_SECONDS = 0.5  # of that budget, what one loss burst may spend at once
 
 _pack_ssrc = struct.Struct("!I").pack
 _pack_header = struct.Struct("!BBHII").pack
@@ -827,6 +834,10 @@ class DownTrack:
         self.switches = 0
         self.nacks = 0
         self.retransmitted = 0
+        self.resends_skipped = 0  # NACKed packets not resent: resent a round trip ago, or over budget
+        self._resent: dict[int, float] = {}  # our sequence number -> when it was last resent
+        self._resend_credit = 0.0  # bytes the repairs may still send now
+        self._resend_time = 0.0
         self.keyframe_requests = 0
         self.fraction_lost = 0.0
         self.rtt: float | None = None
@@ -1273,10 +1284,34 @@ class DownTrack:
             return
         protect, sendto, addr = target
         rtx_pt = self.rtx_payload_type
+        now = time.monotonic()
+        gap = self.rtt if self.rtt is not None else RESEND_GAP_UNKNOWN_RTT
+        resent = self._resent
+        while resent:  # forget resends older than a second (in the order they were made)
+            first = next(iter(resent))
+            if now - resent[first] < 1.0 and len(resent) <= HISTORY_SIZE:
+                break
+            del resent[first]
+        layer = self.layer
+        rate = max(RESEND_MIN_BPS, layer.bitrate if layer is not None else 0.0) / 8
+        self._resend_credit = min(self._resend_credit + rate * (now - self._resend_time),
+                                  rate * RESEND_BURST_SECONDS)
+        self._resend_time = now
+        skipped = 0
         for seq in lost[:128]:
+            last = resent.get(seq)
+            if last is not None and now - last < gap:
+                skipped += 1
+                continue
             buf = self.sent_packet(seq)
             if buf is None:
                 continue
+            if len(buf) > self._resend_credit:
+                skipped += 1
+                continue
+            self._resend_credit -= len(buf)
+            resent.pop(seq, None)
+            resent[seq] = now
             if self.abs_send_time_id:
                 data = _with_extension(buf, abs_send_time(self.abs_send_time_id, time.monotonic()))
             else:
@@ -1293,6 +1328,9 @@ class DownTrack:
             metrics.RETRANSMITTED.inc()
             if rtx_pt is not None:
                 metrics.RTX_SENT.inc()
+        if skipped:
+            self.resends_skipped += skipped
+            metrics.RESENDS_SKIPPED.inc(skipped)
 
     def _rewritten(self, packet: bytes, out_seq: int) -> bytearray:
         """A packet of our current layer's history as we sent it (sequence ``out_seq``)."""
@@ -1345,6 +1383,7 @@ class DownTrack:
             "fraction_lost": round(self.fraction_lost, 3),
             "rtt_ms": round(self.rtt * 1000, 1) if self.rtt is not None else None,
             "retransmitted": self.retransmitted,
+            "resendsSkipped": self.resends_skipped,
             "replayed": self.replayed,
             "rtx": self.rtx_payload_type is not None,
             "keyframe_requests": self.keyframe_requests,

@@ -14,7 +14,7 @@ from aiortc import RTCRtpSender
 from aiortc.rtp import RtpPacket, unwrap_rtx, wrap_rtx
 from prometheus_client import REGISTRY
 
-from sfu import MediaEngine, rtx
+from sfu import MediaEngine, rtx, track
 
 from .sfu_offers import CHROME_PUBLISH
 from .sfu_peers import PacketTrack, Publisher, Viewer, client_pc, lose_every_sixth, wait_for
@@ -252,6 +252,81 @@ async def test_dropping_viewer_without_rtx_recovers_every_packet_from_the_media_
     assert down.retransmitted >= len(dropped)
     assert viewer.rtx_packets == 0
     assert _metric("airwave_sfu_rtx_sent_packets_total") == rtx_before
+    await viewer.close()
+    await pub.close()
+
+
+# -- a viewer that NACKs too much --------------------------------------------------------------
+
+
+async def _nack(receiver, media_ssrc: int, seqs: list[int]) -> None:
+    """One RTCP NACK from ``receiver`` naming ``seqs``, one FCI entry each (any
+    order, across the wrap: aiortc's own serializer wants them ascending)."""
+    fci = b"".join(struct.pack("!HH", seq, 0) for seq in seqs)
+    rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
+    header = struct.pack("!BBHII", 0x81, 205, 2 + len(seqs), rtcp_ssrc, media_ssrc)
+    await receiver.transport._send_rtp(header + fci)
+
+
+async def test_nacks_in_a_loop_get_each_packet_once_a_round_trip_within_the_budget(engine, vp8_frames):
+    """A client that sends the same NACK over and over (or NACKs everything)
+    gets each packet resent once per round trip, and all repairs at most at
+    the budget: NACKs never make a subscriber an amplifier."""
+    pub, _, _ = await _live(engine, "loop", vp8_frames)
+    viewer = Viewer()
+    session = await engine.subscribe("loop", await viewer.offer())
+    await viewer.accept(session.answer_sdp)
+    await wait_for(lambda: len(viewer.payloads["video"]) >= 600, 30)
+    down = session.downtracks[0]
+    receiver = viewer.transceivers[0].receiver
+    # the round trip is 300 ms (loopback's is under a millisecond; reports would set it back)
+    down.on_report = lambda *_: None
+    down.rtt = 0.3
+    layer = down.layer
+    assert layer is not None and not down.rewrites  # its sequence numbers are the layer's
+    newest = layer.max_seq
+
+    ten = [(newest - 20 - i) & 0xFFFF for i in range(10)]
+    assert all(down.sent_packet(seq) is not None for seq in ten)
+    before, skipped_before = down.retransmitted, _metric("airwave_sfu_resends_skipped_packets_total")
+    started = asyncio.get_running_loop().time()
+    for _ in range(30):
+        await _nack(receiver, down.ssrc, ten)
+    await wait_for(lambda: down.nacks >= 30, 5)
+    elapsed = asyncio.get_running_loop().time() - started
+    rounds = 1 + int(elapsed / 0.3)
+    assert 10 <= down.retransmitted - before <= 10 * rounds, (down.retransmitted - before, elapsed)
+    assert down.resends_skipped >= 300 - 10 * rounds
+    assert _metric("airwave_sfu_resends_skipped_packets_total") - skipped_before >= 300 - 10 * rounds
+    # a round trip later, a NACK for them is a new loss: resent again
+    await asyncio.sleep(0.35)
+    again = down.retransmitted
+    await _nack(receiver, down.ssrc, ten)
+    await wait_for(lambda: down.retransmitted - again == 10, 5)
+
+    # NACKing the history, 128 packets a NACK: no more than the budget goes out
+    await asyncio.sleep(0.6)  # the budget has filled up again
+    history = [(newest - 50 - i) & 0xFFFF for i in range(3 * 128)]
+    sizes = [len(packet) for seq in history if (packet := down.sent_packet(seq)) is not None]
+    assert len(sizes) == len(history)
+    rate = max(track.RESEND_MIN_BPS, layer.bitrate) / 8
+    budget = rate * track.RESEND_BURST_SECONDS
+    assert sum(sizes) > 2 * budget, "the test NACKs more than the budget"
+    before = down.retransmitted
+    started = asyncio.get_running_loop().time()
+    for part in range(3):
+        await _nack(receiver, down.ssrc, history[part * 128 : (part + 1) * 128])
+    await wait_for(lambda: down.nacks >= 34, 5)
+    elapsed = asyncio.get_running_loop().time() - started
+    resent = down.retransmitted - before
+    # at most as many packets as the smallest of them fill the budget with
+    allowed, fits = budget + rate * elapsed, 0
+    for size in sorted(sizes):
+        allowed -= size
+        if allowed < 0:
+            break
+        fits += 1
+    assert 0 < resent <= fits < len(history), (resent, fits, elapsed)
     await viewer.close()
     await pub.close()
 
