@@ -453,9 +453,13 @@ class RecordingService:
         )
 
     async def recover(self) -> int:
-        """Recordings this node (same address) left open when it was killed: interrupted."""
+        """Recordings this node left open when it was killed: interrupted. This node
+        is the same address, or the same node id: a worker of ``serve --workers``
+        keeps its id (``<node>/<n>``) across restarts of the whole service, but
+        not its internal port."""
         rows = await self.db.fetch(
-            "SELECT * FROM recordings WHERE status = 'recording' AND node_url = $1", self.node_url
+            "SELECT * FROM recordings WHERE status = 'recording' AND (node_url = $1 OR node_id = $2)",
+            self.node_url, self.airwave.node_id,
         )
         loop = asyncio.get_running_loop()
         for row in rows:

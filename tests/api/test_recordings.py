@@ -213,6 +213,15 @@ async def test_a_killed_recorder_is_marked_interrupted_at_the_next_start(running
         await asyncio.sleep(3)
         active = service.active.pop(room_id)  # the process "dies": nothing is finished
         active.recorder.abandon()
+        db = running.app[AIRWAVE].db
+        # another node's open recording is not this node's to end
+        await db.execute("UPDATE recordings SET node_url = $1, node_id = $2 WHERE id = $3",
+                         "http://127.0.0.1:9", "elsewhere", body["id"])
+        assert await service.recover() == 0
+        # the same node id at another address: a worker of serve --workers after the
+        # service restarted (its internal port is new, its id is not)
+        await db.execute("UPDATE recordings SET node_id = $1 WHERE id = $2",
+                         running.app[AIRWAVE].node_id, body["id"])
         assert await service.recover() == 1
         done = await _wait_status(running, body["id"], ("interrupted",))
         assert done["endReason"] == "node_restarted" and done["duration"] > 1.5 and done["size"] > 0
