@@ -126,27 +126,37 @@ class Publisher:
         await self.pc.close()
 
 
-def lose_every_sixth(session, media_ssrc: int, rtx_ssrc: int, count: int):
-    """``session``'s network loses every 6th packet of ``media_ssrc`` (``count``
-    of them, first transmissions only) and counts what arrives on ``rtx_ssrc``."""
-    recv = session.ice._recv
-    dropped: set[int] = set()
-    rtx_seen: list[int] = []
+def drop_rtp(ice, drop) -> None:
+    """``ice`` (an aioice connection) loses every RTP packet (before SRTP) for which
+    ``drop(ssrc, seq)`` is true; RTCP and everything else gets through."""
+    recv = ice._recv
 
     async def lossy_recv() -> bytes:
         while True:
             data = await recv()
             if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
-                ssrc = int.from_bytes(data[8:12], "big")
-                seq = (data[2] << 8) | data[3]
-                if ssrc == rtx_ssrc:
-                    rtx_seen.append(seq)
-                elif ssrc == media_ssrc and seq % 6 == 1 and len(dropped) < count:
-                    dropped.add(seq)
+                if drop(int.from_bytes(data[8:12], "big"), (data[2] << 8) | data[3]):
                     continue
             return data
 
-    session.ice._recv = lossy_recv
+    ice._recv = lossy_recv
+
+
+def lose_every_sixth(session, media_ssrc: int, rtx_ssrc: int, count: int):
+    """``session``'s network loses every 6th packet of ``media_ssrc`` (``count``
+    of them, first transmissions only) and counts what arrives on ``rtx_ssrc``."""
+    dropped: set[int] = set()
+    rtx_seen: list[int] = []
+
+    def drop(ssrc: int, seq: int) -> bool:
+        if ssrc == rtx_ssrc:
+            rtx_seen.append(seq)
+        elif ssrc == media_ssrc and seq % 6 == 1 and len(dropped) < count:
+            dropped.add(seq)
+            return True
+        return False
+
+    drop_rtp(session.ice, drop)
     return dropped, rtx_seen
 
 

@@ -11,7 +11,7 @@ from prometheus_client import REGISTRY
 
 from sfu import MediaEngine
 
-from .sfu_peers import PacketTrack, Publisher, Viewer, vp8_keyframe, wait_for
+from .sfu_peers import PacketTrack, Publisher, Viewer, drop_rtp, vp8_keyframe, wait_for
 
 
 def _without_rtx(transceiver) -> None:
@@ -84,24 +84,20 @@ def _metric(name: str) -> float:
 def _drop_on_the_wire(ice_transport, ssrc: int, pick, limit: int):
     """Lose some SRTP packets of ``ssrc`` before decryption, as a network
     would (dropping after decryption would make the resent copy an SRTP replay)."""
-    recv = ice_transport._recv
     dropped: set[int] = set()
     recovered: set[int] = set()
 
-    async def lossy_recv() -> bytes:
-        while True:
-            data = await recv()
-            if len(data) >= 12 and 128 <= data[0] < 192 and not (192 <= data[1] <= 223):
-                seq = (data[2] << 8) | data[3]
-                if int.from_bytes(data[8:12], "big") == ssrc:
-                    if seq in dropped:
-                        recovered.add(seq)
-                    elif pick(seq) and len(dropped) < limit:
-                        dropped.add(seq)
-                        continue
-            return data
+    def drop(packet_ssrc: int, seq: int) -> bool:
+        if packet_ssrc != ssrc:
+            return False
+        if seq in dropped:
+            recovered.add(seq)
+        elif pick(seq) and len(dropped) < limit:
+            dropped.add(seq)
+            return True
+        return False
 
-    ice_transport._recv = lossy_recv
+    drop_rtp(ice_transport, drop)
     return dropped, recovered
 
 

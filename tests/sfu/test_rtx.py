@@ -17,7 +17,15 @@ from prometheus_client import REGISTRY
 from sfu import MediaEngine, rtx, track
 
 from .sfu_offers import CHROME_PUBLISH
-from .sfu_peers import PacketTrack, Publisher, Viewer, client_pc, lose_every_sixth, wait_for
+from .sfu_peers import (
+    PacketTrack,
+    Publisher,
+    Viewer,
+    client_pc,
+    drop_rtp,
+    lose_every_sixth,
+    wait_for,
+)
 
 # -- the packets ----------------------------------------------------------------------------
 
@@ -162,27 +170,20 @@ class DroppingViewer(Viewer):
     async def accept(self, answer_sdp: str) -> None:
         await super().accept(answer_sdp)
         receiver = self.transceivers[0].receiver
-        ice = receiver.transport.transport
-        recv = ice._recv
 
-        async def lossy_recv() -> bytes:
-            while True:
-                data = await recv()
-                if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
-                    ssrc = int.from_bytes(data[8:12], "big")
-                    seq = (data[2] << 8) | data[3]
-                    if ssrc != self.media_ssrc:
-                        self.rtx_packets += 1
-                    elif self.watching and seq not in self.sent:
-                        if self.first is None:
-                            self.first = seq
-                        self.sent.add(seq)
-                        if self.dropping and self.rng.random() < self.loss:
-                            self.dropped.add(seq)
-                            continue
-                return data
+        def drop(ssrc: int, seq: int) -> bool:
+            if ssrc != self.media_ssrc:
+                self.rtx_packets += 1
+            elif self.watching and seq not in self.sent:
+                if self.first is None:
+                    self.first = seq
+                self.sent.add(seq)
+                if self.dropping and self.rng.random() < self.loss:
+                    self.dropped.add(seq)
+                    return True
+            return False
 
-        ice._recv = lossy_recv
+        drop_rtp(receiver.transport.transport, drop)
         jitter_buffer = receiver._RTCRtpReceiver__jitter_buffer
         add = jitter_buffer.add
 

@@ -12,7 +12,7 @@ import random
 from tests.webapp.browser import chromium, until
 
 from .sfu_media import encoded_vp8
-from .sfu_peers import PacketTrack, Publisher, wait_for
+from .sfu_peers import PacketTrack, Publisher, drop_rtp, wait_for
 
 LOSS = 0.03
 SECONDS = 30
@@ -176,30 +176,24 @@ async def test_chromium_publisher_repairs_over_rtx_what_the_server_lost(engine):
             return new
 
         layer.on_repair = record_repair  # type: ignore[method-assign]
-        recv = session.ice._recv
         rng = random.Random(5)
         dropped: set[int] = set()
         seen: set[int] = set()
         rtx_arrived = 0
         dropping = True
 
-        async def lossy_recv() -> bytes:
+        def drop(ssrc: int, seq: int) -> bool:
             nonlocal rtx_arrived
-            while True:
-                data = await recv()
-                if len(data) >= 12 and 128 <= data[0] < 192 and not 192 <= data[1] <= 223:
-                    ssrc = int.from_bytes(data[8:12], "big")
-                    seq = (data[2] << 8) | data[3]
-                    if ssrc == rtx_ssrc:
-                        rtx_arrived += 1
-                    elif ssrc == up.in_ssrc and dropping and seq not in seen:
-                        seen.add(seq)
-                        if rng.random() < LOSS:
-                            dropped.add(seq)
-                            continue
-                return data
+            if ssrc == rtx_ssrc:
+                rtx_arrived += 1
+            elif ssrc == up.in_ssrc and dropping and seq not in seen:
+                seen.add(seq)
+                if rng.random() < LOSS:
+                    dropped.add(seq)
+                    return True
+            return False
 
-        session.ice._recv = lossy_recv
+        drop_rtp(session.ice, drop)
         await asyncio.sleep(10)
         dropping = False
         await wait_for(lambda: dropped <= repaired, 3)
