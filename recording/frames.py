@@ -149,8 +149,6 @@ class FrameAssembler:
         end = len(packet)
         if b0 & 0x20:  # padding
             end -= packet[-1]
-        if end <= hlen:
-            return None
         seq = (packet[2] << 8) | packet[3]
         timestamp = int.from_bytes(packet[4:8], "big")
         marker = bool(packet[1] & 0x80)
@@ -161,6 +159,14 @@ class FrameAssembler:
             return None  # late or duplicate: already past it
         self._next_seq = (seq + 1) & 0xFFFF
 
+        if end <= hlen:
+            # padding only (a sender's probe in its media stream): it took a sequence
+            # number and carries nothing; a hole before it is still a hole
+            if gap and self.video:
+                self.dropped_frames += 1
+                self.needs_keyframe = True
+                self._broken = self._broken or bool(self._parts)
+            return None
         if not self.video:
             return EncodedFrame(timestamp, payload, True)
 

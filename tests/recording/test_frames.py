@@ -61,6 +61,30 @@ def test_a_lost_packet_drops_video_until_the_next_keyframe(vp8_frames) -> None:
     assert assembler.dropped_frames >= 1
 
 
+def test_padding_in_the_media_stream_takes_a_number_and_costs_no_frame(vp8_frames) -> None:
+    """A sender that probes with padding-only packets in its media stream (no
+    RTX) numbers them like media: they are no hole."""
+    frames = vp8_frames[:30]
+    packets, seq = [], 100
+    for n, payloads in enumerate(_vp8_payloads(frames)):
+        for i, payload in enumerate(payloads):
+            packets.append(RtpPacket(payload_type=96, sequence_number=seq, timestamp=n * FRAME_TICKS,
+                                     ssrc=1234, marker=int(i == len(payloads) - 1),
+                                     payload=payload).serialize())
+            seq += 1
+        if n % 3 == 1:  # padding after the frame, with its timestamp
+            for _ in range(2):
+                padding = RtpPacket(payload_type=96, sequence_number=seq, timestamp=n * FRAME_TICKS,
+                                    ssrc=1234)
+                padding.padding_size = 200
+                packets.append(padding.serialize())
+                seq += 1
+    assembler = FrameAssembler("vp8")
+    out = [f for p in packets if (f := assembler.push(p)) is not None]
+    assert [f.data for f in out] == [f.data for f in frames]
+    assert assembler.dropped_frames == 0
+
+
 def _seqs(packets: list[bytes]) -> list[int]:
     return [(p[2] << 8) | p[3] for p in packets]
 
