@@ -385,29 +385,32 @@ class Layer:
             self.last_ts_time = time.monotonic()
 
         vp8: Vp8Ids | None = None
-        if self.parse_vp8_ids:
-            vp8 = vp8_picture_ids(data, hlen)
-            if vp8 is not None:
-                pos, bits, tl0 = vp8
-                if bits == 15:
-                    self.last_picture_id = ((data[hlen + pos] & 0x7F) << 8) | data[hlen + pos + 1]
-                elif bits == 7:
-                    self.last_picture_id = data[hlen + pos] & 0x7F
-                if tl0:
-                    self.last_tl0 = data[hlen + tl0]
+        if b0 & 0x20 and n - data[-1] <= hlen:
+            pass  # padding only (a sender's probe): no frame starts or ends here
+        else:
+            if self.parse_vp8_ids:
+                vp8 = vp8_picture_ids(data, hlen)
+                if vp8 is not None:
+                    pos, bits, tl0 = vp8
+                    if bits == 15:
+                        self.last_picture_id = ((data[hlen + pos] & 0x7F) << 8) | data[hlen + pos + 1]
+                    elif bits == 7:
+                        self.last_picture_id = data[hlen + pos] & 0x7F
+                    if tl0:
+                        self.last_tl0 = data[hlen + tl0]
 
-        if self._frame_start and (self._pending or self.gop_max_age):
-            key = self._keyframe_start(data, hlen)
-            if key and self.gop_max_age:
-                self.gop_seq, self.gop_ts, self.gop_at = seq, ts, self.last_ts_time
-                self.gop_packets = self.gop_bytes = 0
-            if self._pending and (
-                key or time.monotonic() - self._pending_since > KEYFRAME_WAIT
-            ):
-                self._activate_pending(seq, ts)
-        # marker: the last packet of a video frame; every audio packet is a
-        # frame (Chromium marks only a talkspurt's first one)
-        self._frame_start = data[1] >= 0x80 or not self._video
+            if self._frame_start and (self._pending or self.gop_max_age):
+                key = self._keyframe_start(data, hlen)
+                if key and self.gop_max_age:
+                    self.gop_seq, self.gop_ts, self.gop_at = seq, ts, self.last_ts_time
+                    self.gop_packets = self.gop_bytes = 0
+                if self._pending and (
+                    key or time.monotonic() - self._pending_since > KEYFRAME_WAIT
+                ):
+                    self._activate_pending(seq, ts)
+            # marker: the last packet of a video frame; every audio packet is a
+            # frame (Chromium marks only a talkspurt's first one)
+            self._frame_start = data[1] >= 0x80 or not self._video
 
         if hlen == 12:
             base = bytearray(data)

@@ -66,6 +66,30 @@ async def test_every_waiting_viewer_gets_every_packet_after_a_keyframe():
     up.close()
 
 
+async def test_padding_between_frames_does_not_hide_the_next_keyframe():
+    """A sender that probes with padding-only packets in its media stream (ours
+    toward an edge does): the frame after them still starts a frame, so a
+    waiting viewer starts at its keyframe, not after KEYFRAME_WAIT."""
+    loop = asyncio.get_running_loop()
+    sink, _ = await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
+    out, _ = await loop.create_datagram_endpoint(_Sink, local_addr=("127.0.0.1", 0))
+    codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    up = UpTrack(_Publisher(), kind="video", mid="0", codec=codec, ssrcs=[42], out_ssrc=7)
+    delta = struct.pack("!BBHII", 0x80, 0x60 | 0x80, 1, 3000, 42) + b"\x10\x31" + os.urandom(500)
+    up.on_rtp(delta)  # a whole interframe: the next packet starts a frame
+    down = DownTrack(None, up, mid="0", payload_type=96)
+    down.start((_srtp().protect, out.sendto, sink.get_extra_info("sockname")))
+    assert down.layer is None  # waiting for a keyframe
+    padding = struct.pack("!BBHII", 0xA0, 0x60, 2, 3000, 42) + bytes(199) + bytes((200,))
+    up.on_rtp(padding)
+    key = struct.pack("!BBHII", 0x80, 0x60 | 0x80, 3, 6000, 42) + b"\x10\x30" + os.urandom(500)
+    up.on_rtp(key)
+    assert down.layer is up.layers[0]
+    sink.close()
+    out.close()
+    up.close()
+
+
 def test_keyframe_start_detection():
     from sfu.track import h264_keyframe_start, vp8_keyframe_start
 
