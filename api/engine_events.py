@@ -1,7 +1,8 @@
 """The one registration point for the media engine's observers.
 
 ``MediaEngine`` has one slot per observer (``on_publisher_started``,
-``on_publisher_ended``, ``on_session_closed``, ``on_renegotiation_needed``).
+``on_publisher_ended``, ``on_session_closed``, ``on_renegotiation_needed``,
+``on_layer_changed``).
 :class:`EngineObservers` fills each slot once and fans out to every feature
 that subscribed, in subscription order (install order), so no feature
 overwrites or chains another's.
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sfu import MediaEngine, Session
+from sfu.track import DownTrack
 
 log = logging.getLogger("airwave.engine_events")
 
@@ -22,6 +24,7 @@ PublisherStarted = Callable[[str, Session], None | Awaitable[None]]
 PublisherEnded = Callable[[str, Session, str], None | Awaitable[None]]
 SessionClosed = Callable[[Session, str], None | Awaitable[None]]
 RenegotiationNeeded = Callable[[Session], None | Awaitable[None]]
+LayerChanged = Callable[[Session, DownTrack], None | Awaitable[None]]
 
 
 class EngineObservers:
@@ -30,10 +33,12 @@ class EngineObservers:
         self.publisher_ended: list[PublisherEnded] = []
         self.session_closed: list[SessionClosed] = []
         self.renegotiation_needed: list[RenegotiationNeeded] = []
+        self.layer_changed: list[LayerChanged] = []
         engine.on_publisher_started = _fan_out("publisher_started", self.publisher_started)
         engine.on_publisher_ended = _fan_out("publisher_ended", self.publisher_ended)
         engine.on_session_closed = _fan_out("session_closed", self.session_closed)
         engine.on_renegotiation_needed = _fan_out("renegotiation_needed", self.renegotiation_needed)
+        engine.on_layer_changed = _fan_out("layer_changed", self.layer_changed)
 
 
 def _fan_out(name: str, subscribers: list[Any]) -> Callable[..., Awaitable[None] | None]:

@@ -42,6 +42,7 @@ from cluster import is_node_subject
 from rooms.rooms import RoomError
 from sfu import MAX_SDP_LENGTH, MediaError, Session, SessionNotFound, max_layer_value
 from sfu.sdp import write_ice_fragment
+from sfu.track import DownTrack
 from signaling import SignalError
 from signaling import media as socket_media
 
@@ -493,9 +494,14 @@ def install(airwave: Airwave, app: web.Application) -> None:
         if session.role == "subscriber" and not is_node_subject(session.owner):
             await announce(airwave, "subscriber_left", session, reason=reason)
 
+    async def layer_changed(session: Session, down: DownTrack) -> None:
+        if session.owner and not is_node_subject(session.owner):  # not an edge's pull
+            await socket_media.layer_changed(airwave.signaling, session, down)
+
     airwave.engine_events.publisher_started.append(publisher_started)
     airwave.engine_events.publisher_ended.append(publisher_ended)
     airwave.engine_events.session_closed.append(session_closed)
+    airwave.engine_events.layer_changed.append(layer_changed)
 
     async def room_rules(event: dict[str, Any]) -> None:
         room = event.get("roomId", "")

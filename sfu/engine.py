@@ -52,6 +52,7 @@ PublisherStarted = Callable[[str, Session], None | Awaitable[None]]
 PublisherEnded = Callable[[str, Session, str], None | Awaitable[None]]
 SessionClosed = Callable[[Session, str], None | Awaitable[None]]
 RenegotiationNeeded = Callable[[Session], None | Awaitable[None]]
+LayerChanged = Callable[[Session, DownTrack], None | Awaitable[None]]
 OfferExchange = Callable[[str], Awaitable[str]]  # our offer -> the remote's answer
 
 SENDING = ("sendonly", "sendrecv")
@@ -91,6 +92,7 @@ class MediaEngine:
         self.on_publisher_ended: PublisherEnded | None = None
         self.on_session_closed: SessionClosed | None = None
         self.on_renegotiation_needed: RenegotiationNeeded | None = None
+        self.on_layer_changed: LayerChanged | None = None
 
     # -- the interface ----------------------------------------------------------------------
 
@@ -405,6 +407,10 @@ class MediaEngine:
             return
         if inspect.isawaitable(result):
             self.spawn(_awaited(result))
+
+    def layer_changed(self, session: Session, down: DownTrack) -> None:
+        """A video track ``session`` receives switched layer, paused or resumed."""
+        self._notify(self.on_layer_changed, session, down)
 
     def session_connected(self, session: Session) -> None:
         if session.role in ("publisher", "peer") and session.uptracks and not session.pulled:

@@ -63,6 +63,9 @@ class LocalSubscriber:
         self._closing = False
         self._closed = asyncio.Event()
 
+    def layer_changed(self, down: DownTrack) -> None:
+        """A recording has nobody to tell that its layer changed."""
+
     def start(self, uptracks: list[UpTrack]) -> None:
         """One down track per up track (one per kind), each starting at a keyframe."""
         for up in uptracks:

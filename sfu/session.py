@@ -496,6 +496,10 @@ class Session:
         if self.state == "connected":
             self._start_down(line.down)
 
+    def layer_changed(self, down: DownTrack) -> None:
+        """``down`` switched layer, paused or resumed (its app may say so to its user)."""
+        self._engine.layer_changed(self, down)
+
     # -- renegotiation (calls: the server offers the other party's tracks) ------------------
 
     def offer_tracks(self, uptracks: list[UpTrack]) -> bool:

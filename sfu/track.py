@@ -1005,7 +1005,8 @@ class DownTrack:
                 if left.tl0 >= 0 and layer.last_tl0 >= 0:
                     self._tl0_off = (left.tl0 + 1 - layer.last_tl0) & 0xFF
             layer.rewriting.append(self)
-        if old is not None or self.paused:
+        changed = old is not None or self.paused
+        if changed:
             self.switches += 1
             metrics.LAYER_SWITCHES.inc()
         if self.paused:
@@ -1014,6 +1015,13 @@ class DownTrack:
         self.layer = layer
         self._left = None
         self.wanted = layer
+        if changed and old is not layer:
+            self._announce()
+
+    def _announce(self) -> None:
+        """Our session hears that the layer we send changed (a pause included)."""
+        if self.session is not None:
+            self.session.layer_changed(self)
 
     def _start_rewriting(self) -> None:
         """From now on our own sequence numbers (a fresh map back to the layer's)."""
@@ -1065,6 +1073,7 @@ class DownTrack:
             self.switches += 1
             metrics.LAYER_SWITCHES.inc()
             metrics.PAUSED_VIEWERS.inc()
+            self._announce()
             return
         target = layers[min(index, len(layers) - 1)]
         if target is self.wanted:

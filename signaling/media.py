@@ -11,6 +11,12 @@ association stay;
 receives (``"low"``, ``"medium"``, ``"high"``, 0..3, or null for none). Grants,
 limits and errors are WHIP's and WHEP's, as ack errors. A socket's sessions
 end when the socket is gone.
+
+``sfu:layer_changed {sessionId, roomId, mid, layer, rid, layers, paused}`` goes
+to every socket of a session's owner when the server switches the layer it
+sends, pauses the video (not even the lowest layer fits the viewer's link; the
+audio goes on) or resumes it: WHEP, ``sfu:subscribe`` and call sessions alike,
+so that an app can say "video paused: your connection is too slow".
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Any
 from auth import ROOM_ID, Identity
 from events.bus import EventBus
 from sfu import MAX_SDP_LENGTH, MediaEngine, MediaError, Session, SessionNotFound, max_layer_value
-from signaling.server import SignalError, Signaling
+from sfu.track import DownTrack
+from signaling.server import SignalError, Signaling, user_room
 
 log = logging.getLogger("airwave.signaling.media")
 
@@ -52,6 +59,21 @@ class SocketSessions:
         """A session ended on its own (ICE failure, publisher left...)."""
         for ids in self.by_socket.values():
             ids.discard(session_id)
+
+
+async def layer_changed(signaling: Signaling, session: Session, down: DownTrack) -> None:
+    """``sfu:layer_changed`` to the sockets of the user whose session it is (on
+    any node: the owner's room goes through the Socket.IO manager)."""
+    layer = down.layer
+    await signaling.sio.emit("sfu:layer_changed", {
+        "sessionId": session.id,
+        "roomId": session.room,
+        "mid": down.mid,
+        "layer": layer.index if layer is not None else None,
+        "rid": layer.rid if layer is not None else None,
+        "layers": len(down.up.layers),
+        "paused": down.paused,
+    }, room=user_room(session.owner))
 
 
 def register(

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from api.components import AIRWAVE
 from config import Settings
 from tests.conftest import start_app
 
@@ -62,6 +63,18 @@ async def test_go_live_and_watch_with_chat_and_gifts(make_settings: Callable[...
                 await until(lambda: _more_frames(viewer, first + 10), 10, "framesDecoded to grow")
 
                 await until(lambda: _is(live, "#viewer-count", "1"), 10, "the broadcaster to see 1 viewer")
+
+                # the server pauses the viewer's video (as when not even the lowest layer fits
+                # its link; the estimate is held still here) and resumes it: the page says so
+                location = await viewer.evaluate("window.airwave.watching.location")
+                session = running.app[AIRWAVE].media.session(location.rsplit("/", 1)[1])
+                down = next(d for d in session.downtracks if d.up.kind == "video")
+                down.adapt = lambda *_, **__: None
+                down.switch_to(-1)
+                await viewer.wait_for_selector("#video-paused:has-text('connection is too slow')")
+                await screenshot(viewer, "watch-video-paused")
+                down.switch_to(down.up.start_layer(None).index)  # the highest layer flowing
+                await viewer.wait_for_selector("#video-paused", state="hidden")
 
                 await viewer.fill("#chat-input", "hello from Bob")
                 await viewer.click("#chat-send")

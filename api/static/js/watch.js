@@ -69,6 +69,9 @@ async function watchRoom(root, roomId) {
   const stats = h("span", { class: "muted", id: "video-stats" });
   // The layer this viewer receives (with simulcast the server picks it for our link): lines and frame rate.
   const layer = h("span", { class: "badge idle layer", id: "layer-badge", hidden: true });
+  // The server paused our video: not even its lowest layer fits our link (sfu:layer_changed).
+  const paused = h("div", { class: "overlay", id: "video-paused", hidden: true },
+    "Video paused: your connection is too slow for this stream right now. The sound goes on.");
   const statsTimer = setInterval(async () => {
     if (!whep) return;
     const received = await receivedVideo(whep.pc).catch(() => null);
@@ -82,7 +85,7 @@ async function watchRoom(root, roomId) {
 
   root.replaceChildren(h("div", { class: "stage", id: "watch-page" },
     h("div", {},
-      h("div", { class: "video-box" }, video, badge, layer, overlay),
+      h("div", { class: "video-box" }, video, badge, layer, paused, overlay),
       h("div", { class: "row" },
         h("h1", { id: "room-title" }, room.title || room.id),
         h("span", { class: "muted" }, `by ${displayName(room.ownerId)}`)),
@@ -172,6 +175,9 @@ async function watchRoom(root, roomId) {
       refreshBoard();
     }),
     listen("stream:started", (e) => { if (e.roomId === roomId && !whep) play().catch(showError); }),
+    listen("sfu:layer_changed", (e) => {
+      if (whep && whep.location && whep.location.endsWith(`/${e.sessionId}`)) paused.hidden = !e.paused;
+    }),
     listen("stream:ended", (e) => e.roomId === roomId && showEnded("This stream has ended.")),
     listen("stream:kicked", (e) => e.roomId === roomId && showEnded("You were removed from this stream.")),
   ]);
