@@ -110,9 +110,13 @@ async def _read_sdp(request: web.Request, content_type: str) -> str:
         )
     if request.content_length is not None and request.content_length > MAX_SDP_LENGTH:
         raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_LENGTH} bytes")
-    body = await request.content.read(MAX_SDP_LENGTH + 1)
-    if len(body) > MAX_SDP_LENGTH:
-        raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_LENGTH} bytes")
+    # the whole body: one read() returns what has arrived so far, and on a real network an
+    # offer's later TCP segments may come a round trip after the first (a loss, a reorder)
+    body = bytearray()
+    while chunk := await request.content.read(MAX_SDP_LENGTH + 1 - len(body)):
+        body += chunk
+        if len(body) > MAX_SDP_LENGTH:
+            raise ApiError(413, "payload_too_large", f"SDP larger than {MAX_SDP_LENGTH} bytes")
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError:

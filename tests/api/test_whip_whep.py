@@ -162,6 +162,46 @@ async def test_bad_requests_get_clear_errors_and_change_nothing(running: Running
     await publisher.close()
 
 
+async def _raw_post(app: RunningApp, path: str, head: dict[str, str], parts: list[bytes]) -> tuple[int, str]:
+    """A POST written in ``parts``, 0.3 s apart (a segment that came a round trip later)."""
+    host, port = app.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Connection: close",
+                 *(f"{k}: {v}" for k, v in head.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        for n, part in enumerate(parts):
+            if n:
+                await writer.drain()
+                await asyncio.sleep(0.3)
+            writer.write(part)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode()
+
+
+async def test_an_offer_that_arrives_in_pieces_is_read_whole(running: RunningApp, vp8, opus) -> None:
+    publisher = Publisher([PacketTrack("video", vp8), PacketTrack("audio", opus)])
+    offer = (await publisher.offer()).encode()
+    head = {**auth(running.token("bob", room="r9", publish=True), **SDP), "Content-Length": str(len(offer))}
+    cut = offer.index(b"m=", offer.index(b"m=") + 1)  # the second media section comes later
+    status, answer = await _raw_post(running, "/whip/r9", head, [offer[:cut], offer[cut:]])
+    assert status == 201, answer
+    assert answer.count("\r\nm=") == offer.count(b"\r\nm=") == 2
+    await publisher.accept(answer)
+    await publisher.close()
+
+    # chunked, with no Content-Length: the size limit counts every chunk, not the first
+    big = b"v=0\r\n" + b"a=x\r\n" * 20000  # 100 kB
+    chunks = [b"%x\r\n%s\r\n" % (len(big[i:i + 30000]), big[i:i + 30000]) for i in range(0, len(big), 30000)]
+    head = {**auth(running.token("bob", room="r9b", publish=True), **SDP), "Transfer-Encoding": "chunked"}
+    status, body = await _raw_post(running, "/whip/r9b", head, [*chunks, b"0\r\n\r\n"])
+    assert status == 413 and '"payload_too_large"' in body, body
+
+
 async def test_viewer_limit_answers_503_with_retry_after(make_settings, vp8) -> None:
     app = await start_app(make_settings(max_subscribers_per_room=1))
     publisher = Publisher([PacketTrack("video", vp8)])
