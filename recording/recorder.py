@@ -48,6 +48,7 @@ NTP_UNIT = float(1 << 32)
 NTP_FROM_UNIX = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 RTP_WRAP = 1 << 32
 JUMP_SECONDS = 2.0  # RTP time and arrival time disagreeing by more is a new timeline
+KEYFRAME_RETRY = 1.0  # seconds between two keyframe requests while video waits for one
 STATUSES = ("recording", "complete", "interrupted", "failed_disk_full", "failed")
 
 
@@ -131,6 +132,7 @@ class Recorder:
         self.frames = 0
         self._assemblers = {kind: FrameAssembler(name) for kind, name in self.codecs.items()}
         self._reorder = {kind: ReorderBuffer() for kind in self.codecs}
+        self._keyframe_asked: dict[str, float] = {}  # kind -> when we last asked for a keyframe
         self._times = {
             kind: TrackTimeline(90000 if kind == "video" else 48000) for kind in self.codecs
         }
@@ -155,6 +157,8 @@ class Recorder:
             buffer.reset()
         for track in self._times.values():
             track.reset()
+        now = time.monotonic()  # the subscription starts at a keyframe it asked for
+        self._keyframe_asked = dict.fromkeys(self.codecs, now)
 
     # -- RTP in ------------------------------------------------------------------------------
 
@@ -178,10 +182,18 @@ class Recorder:
         assembler = self._assemblers[kind]
         wanted = assembler.needs_keyframe
         frame = assembler.push(packet)
-        if assembler.needs_keyframe and not wanted and self.source is not None:
-            self.source.request_keyframe(kind)
+        if assembler.needs_keyframe:
+            # at once when a loss makes us wait, and again each second while we do (the
+            # first keyframe may come broken, and a request may be lost on the way)
+            if not wanted or time.monotonic() - self._keyframe_asked.get(kind, 0.0) >= KEYFRAME_RETRY:
+                self._ask_keyframe(kind)
         if frame is not None:
             self._frame(kind, frame)
+
+    def _ask_keyframe(self, kind: str) -> None:
+        if self.source is not None:
+            self._keyframe_asked[kind] = time.monotonic()
+            self.source.request_keyframe(kind)
 
     # -- frames to the file -------------------------------------------------------------------
 
@@ -204,8 +216,7 @@ class Recorder:
             except ValueError as exc:  # e.g. an IDR without its SPS: wait for the next keyframe
                 log.info("recording %s cannot start at this frame: %s", self.key, exc)
                 self._assemblers[kind].needs_keyframe = True
-                if self.source is not None:
-                    self.source.request_keyframe(kind)
+                self._ask_keyframe(kind)
                 return
         if self._epoch is None:
             return

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from aiortc import RTCRtpSender
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtp import RtpPacket
 
 from recording import LocalDirectoryStorage, Recorder, RecordingResult
 from recording.frames import annexb_units
@@ -112,6 +114,44 @@ async def test_packets_the_publisher_repaired_over_rtx_are_in_the_file(engine, v
     assert sent_in_order(video.sent, frames), "a frame is missing from the file"
     assert len(frames) >= 60  # the run spans every loss (20 losses of every 6th packet)
     assert recorder.dropped_frames == 0
+
+
+class _Source:
+    """A recorder's source that only counts its keyframe requests."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def clock(self, kind: str) -> None:
+        return None
+
+    def request_keyframe(self, kind: str = "video") -> None:
+        self.asked.append(time.monotonic())
+
+
+async def test_video_waiting_for_a_keyframe_asks_again_each_second(vp8_frames, tmp_path):
+    """The first keyframe comes broken (a packet never came): the recorder asks for
+    another a second after it started, and each second while none comes."""
+    payloads = [Vp8Encoder._packetize(f.data, n) for n, f in enumerate(vp8_frames[:75])]
+    assert len(payloads[0]) > 1
+    source = _Source()
+    recorder = Recorder(LocalDirectoryStorage(tmp_path), "k.webm", {"video": "vp8"})
+    recorder.attach(source)
+    started, seq = time.monotonic(), 0
+    for n, frame in enumerate(payloads):
+        for i, payload in enumerate(frame):
+            if (n, i) != (0, 1):  # lost: the keyframe is never whole
+                recorder.on_rtp("video", RtpPacket(
+                    payload_type=96, sequence_number=seq, timestamp=n * 3000, ssrc=1,
+                    marker=int(i == len(frame) - 1), payload=payload).serialize())
+            seq += 1
+        await asyncio.sleep(0.033)  # 30 frames a second, 2.5 s
+    waited = time.monotonic() - started
+    result = await recorder.stop()
+    assert recorder.frames == 0 and result.size == 0
+    assert 2 <= len(source.asked) <= int(waited) + 1, (source.asked, started, waited)
+    assert source.asked[0] - started >= 1.0
+    assert all(b - a >= 1.0 for a, b in zip(source.asked, source.asked[1:], strict=False))
 
 
 async def test_h264_and_opus_recorded_to_fragmented_mp4_as_sent(
