@@ -24,20 +24,29 @@ async def connect(app: RunningApp, token: str) -> socketio.AsyncClient:
     return client
 
 
-async def test_layer_cap_for_ones_own_subscription_only(running: RunningApp) -> None:
-    engine = running.app[AIRWAVE].media
+async def publish_simulcast(app: RunningApp, room: str) -> SimulcastPublisher:
+    """Three VP8 layers (80x60, 160x120, 320x240) published into ``room``."""
     frames = [encoded_vp8(30, seed=s, size=size) for s, size in ((3, (80, 60)), (4, (160, 120)), (5, (320, 240)))]
     publisher = SimulcastPublisher(frames)
-    session = await engine.publish("L2", await publisher.offer())
+    session = await app.app[AIRWAVE].media.publish(room, await publisher.offer())
     await publisher.accept(session.answer_sdp)
+    return publisher
+
+
+async def subscribe(app: RunningApp, client: socketio.AsyncClient, room: str, viewer: Viewer):
+    """``viewer`` watches ``room`` through ``client``'s sfu:subscribe: its session id and video track."""
+    ack = await client.call("sfu:subscribe", {"roomId": room, "sdp": await viewer.offer()}, timeout=10)
+    await viewer.accept(ack["sdp"])
+    return ack["sessionId"], app.app[AIRWAVE].media.session(ack["sessionId"]).downtracks[0]
+
+
+async def test_layer_cap_for_ones_own_subscription_only(running: RunningApp) -> None:
+    publisher = await publish_simulcast(running, "L2")
     bob = await connect(running, running.token("bob", room="L2", subscribe=True))
     eve = await connect(running, running.token("eve", room="L2", subscribe=True))
     viewer = Viewer()
     try:
-        ack = await bob.call("sfu:subscribe", {"roomId": "L2", "sdp": await viewer.offer()}, timeout=10)
-        await viewer.accept(ack["sdp"])
-        sid = ack["sessionId"]
-        down = engine.session(sid).downtracks[0]
+        sid, down = await subscribe(running, bob, "L2", viewer)
 
         # someone else's subscription, bad values, no value: refused, nothing changes
         for client, data, code in [
@@ -70,11 +79,7 @@ async def test_layer_cap_for_ones_own_subscription_only(running: RunningApp) -> 
 
 
 async def test_a_viewer_hears_its_video_paused_and_resumed(running: RunningApp) -> None:
-    engine = running.app[AIRWAVE].media
-    frames = [encoded_vp8(30, seed=s, size=size) for s, size in ((3, (80, 60)), (4, (160, 120)), (5, (320, 240)))]
-    publisher = SimulcastPublisher(frames)
-    session = await engine.publish("L3", await publisher.offer())
-    await publisher.accept(session.answer_sdp)
+    publisher = await publish_simulcast(running, "L3")
     bob = await connect(running, running.token("bob", room="L3", subscribe=True))
     bob_tab = await connect(running, running.token("bob"))  # another socket of his: the app's other tab
     eve = await connect(running, running.token("eve", room="L3", subscribe=True))
@@ -83,10 +88,7 @@ async def test_a_viewer_hears_its_video_paused_and_resumed(running: RunningApp) 
         client.on("sfu:layer_changed", heard[name].append)
     viewer = Viewer()
     try:
-        ack = await bob.call("sfu:subscribe", {"roomId": "L3", "sdp": await viewer.offer()}, timeout=10)
-        await viewer.accept(ack["sdp"])
-        sid = ack["sessionId"]
-        down = engine.session(sid).downtracks[0]
+        sid, down = await subscribe(running, bob, "L3", viewer)
         receiver = viewer.transceivers[0].receiver
         quiet_remb(receiver)  # the test's REMB is the viewer's estimate
         await wait_for(lambda: down.layer is not None and all(x.bitrate > 0 for x in down.up.layers), 10)
