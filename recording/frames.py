@@ -29,6 +29,7 @@ H264_PPS = 8
 # never late, so a hole may wait longer than a live viewer's jitter buffer would.
 REORDER_WAIT = 0.5  # seconds a packet after a hole waits for it
 REORDER_LIMIT = 1024  # packets held at most (2 s of 5 Mbit/s video); past it the hole is given up
+MAX_HOLES = 128  # missing numbers listed at one arrival (as many as one NACK names)
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,15 @@ class ReorderBuffer:
     """One track's packets in sequence order. A packet after a hole is held
     until the hole fills (a reordered packet, or the publisher's RTX repair of
     a lost one) or until the first packet held has waited ``wait`` seconds;
-    then the hole is given up, and :class:`FrameAssembler` sees a loss."""
+    then the hole is given up, and :class:`FrameAssembler` sees a loss.
+    ``holes`` lists the sequence numbers found missing since the caller last
+    emptied it (it may ask for them again)."""
 
     def __init__(self, wait: float = REORDER_WAIT, limit: int = REORDER_LIMIT) -> None:
         self.wait, self.limit = wait, limit
+        self.holes: list[int] = []
         self._next: int | None = None  # the sequence number due next
+        self._top: int | None = None  # the furthest sequence number seen past a hole
         self._held: dict[int, tuple[bytes, float]] = {}  # seq -> (packet, arrival)
         self._oldest = 0.0  # arrival of the earliest packet held
 
@@ -85,7 +90,14 @@ class ReorderBuffer:
         out: list[bytes] = []
         if ahead > self.limit:  # a jump, not a hole: what is held goes out, the count starts over
             out = self.flush()
-            self._next = seq
+            self._next, self._top, ahead = seq, None, 0
+        top = (self._top - self._next) & 0xFFFF if self._top is not None else 0xFFFF
+        if top >= 0x8000:
+            top = -1  # nothing seen past the next one due
+        if ahead > top:  # the furthest yet: the numbers between are newly missing
+            due = self._next
+            self.holes.extend((due + i) & 0xFFFF for i in range(max(top + 1, ahead - MAX_HOLES), ahead))
+            self._top = seq
         if not self._held:
             self._oldest = now
         self._held.setdefault(seq, (packet, now))
@@ -104,7 +116,7 @@ class ReorderBuffer:
         return out
 
     def reset(self) -> None:
-        self._next, self._held = None, {}
+        self._next, self._top, self._held, self.holes = None, None, {}, []
 
     def _release(self) -> list[bytes]:
         out: list[bytes] = []

@@ -62,6 +62,7 @@ class RecorderClock(Protocol):
 
     def clock(self, kind: str) -> tuple[int, int, int] | None: ...
     def request_keyframe(self, kind: str = "video") -> None: ...
+    def resend(self, kind: str, seqs: list[int]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,11 @@ class Recorder:
             return
         for due in buffer.push(packet, time.monotonic()):
             self._assemble(kind, due)
+        if buffer.holes and self.source is not None:
+            # what the SFU has in its history comes again at once (a packet reordered
+            # before the keyframe we joined at, say); the rest when the publisher repairs it
+            holes, buffer.holes = buffer.holes, []
+            self.source.resend(kind, holes)
 
     def _drain(self) -> None:
         """What the reorder buffers hold, into frames (the source changes or the recording ends)."""

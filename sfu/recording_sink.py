@@ -110,6 +110,13 @@ class LocalSubscriber:
             down.keyframe_requests += 1
             down.up.request_keyframe()
 
+    def resend(self, kind: str, seqs: list[int]) -> None:
+        """Packets of ``kind`` the sink found missing, again from the history, as a
+        viewer's NACK gets them: they come through ``on_rtp``, late; gone ones do not."""
+        down = self._by_kind.get(kind)
+        if down is not None:
+            down.retransmit(seqs)
+
     # -- the engine's side -------------------------------------------------------------------
 
     @property

@@ -127,6 +127,24 @@ def test_a_hole_is_given_up_after_the_wait_and_a_late_packet_after_it_is_dropped
     assert buffer.flush() == []
 
 
+def test_missing_numbers_are_listed_once_as_they_are_found() -> None:
+    def packet(seq: int) -> bytes:
+        return RtpPacket(payload_type=96, sequence_number=seq & 0xFFFF, timestamp=seq, ssrc=1).serialize()
+
+    buffer = ReorderBuffer(wait=0.5)
+    buffer.push(packet(65533), 0.0)
+    buffer.push(packet(65536), 0.01)  # 65534 and 65535 missing
+    assert buffer.holes == [65534, 65535]
+    buffer.holes.clear()
+    buffer.push(packet(65535), 0.02)  # a late one fills a hole: nothing new is missing
+    buffer.push(packet(65539), 0.03)  # across the wrap: 1 and 2
+    assert buffer.holes == [1, 2]
+    buffer.holes.clear()
+    assert _seqs(buffer.push(packet(65534), 0.04)) == [65534, 65535, 0]
+    assert _seqs(buffer.push(packet(65537), 0.05)) == [1]  # seen as missing already
+    assert buffer.holes == []
+
+
 def test_a_jump_beyond_the_limit_starts_the_count_over() -> None:
     def packet(seq: int) -> bytes:
         return RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq, ssrc=1).serialize()

@@ -116,6 +116,47 @@ async def test_packets_the_publisher_repaired_over_rtx_are_in_the_file(engine, v
     assert recorder.dropped_frames == 0
 
 
+async def test_packets_lost_on_the_way_to_the_recorder_come_again_from_the_history(
+    engine, vp8_frames, tmp_path
+):
+    """Every 10th video packet never reaches the recorder (as one that came before
+    the keyframe the recorder joined at): it asks the SFU for the missing ones, which
+    resends them from its history at once, and the file holds every frame."""
+    video = PacketTrack("video", vp8_frames)
+    pub = await _publish(engine, "rec-resend", [video])
+    recorder: Recorder | None = None
+    seen: set[int] = set()
+    dropped: list[int] = []
+
+    class LossySink:
+        def on_rtp(self, kind: str, packet: bytes) -> None:
+            seq = (packet[2] << 8) | packet[3]
+            if seq not in seen:
+                seen.add(seq)
+                if len(seen) % 10 == 0:
+                    dropped.append(seq)
+                    return
+            assert recorder is not None
+            recorder.on_rtp(kind, packet)
+
+        def on_closed(self, reason: str) -> None:
+            pass
+
+    subscriber = engine.subscribe_local("rec-resend", LossySink(), owner="node:recorder")
+    recorder = Recorder(LocalDirectoryStorage(tmp_path), "r.webm", {"video": "vp8"})
+    recorder.attach(subscriber)
+    await wait_for(lambda: len(dropped) >= 20, 15)
+    await asyncio.sleep(0.3)
+    result = await recorder.stop()
+    await subscriber.close("test")
+    await pub.close()
+    assert result.status == "complete"
+    frames = read_recording(tmp_path / "r.webm").packets["video"]
+    assert sent_in_order(video.sent, frames), "a frame is missing from the file"
+    assert recorder.dropped_frames == 0 and len(frames) >= 30
+    assert subscriber.downtracks[0].retransmitted >= len(dropped) - 1  # (the last may not be due yet)
+
+
 class _Source:
     """A recorder's source that only counts its keyframe requests."""
 
@@ -127,6 +168,9 @@ class _Source:
 
     def request_keyframe(self, kind: str = "video") -> None:
         self.asked.append(time.monotonic())
+
+    def resend(self, kind: str, seqs: list[int]) -> None:
+        pass  # nothing kept: the holes stay
 
 
 async def test_video_waiting_for_a_keyframe_asks_again_each_second(vp8_frames, tmp_path):
