@@ -1099,9 +1099,16 @@ class DownTrack:
             current, rates, budget, self.fraction_lost, now, max_layer=self.max_layer,
             congested=congested,
         )
-        if decision.layer != current:
-            self.switch_to(decision.layer)
-        self.set_probe(decision.probe_bps)
+        layer, probe = decision.layer, decision.probe_bps
+        if layer < 0 and self.layer is None and self._left is None:
+            # no video sent yet: an estimate so far is of the audio alone, and a paused
+            # track with no stream of its own has nothing to pad after (it would stay
+            # paused for good); start on the lowest layer that flows, then follow the link
+            flowing = [i for i, rate in enumerate(rates) if rate > 0]
+            layer, probe = (flowing[0] if flowing else current), 0
+        if layer != current:
+            self.switch_to(layer)
+        self.set_probe(probe)
 
     def set_probe(self, bps: int) -> None:
         """Pad at ``bps`` on top of the media (at frame ends) to let the estimate grow."""

@@ -202,6 +202,31 @@ async def test_the_layer_follows_the_viewers_remb(engine, layer_frames, monkeypa
     await pub.close()
 
 
+async def test_a_new_viewer_on_a_low_estimate_starts_on_the_lowest_layer(engine, layer_frames):
+    """A viewer that subscribed before the publisher's media flowed waits for the top
+    layer, which the publisher has not started (Chromium ramps it up later); its first
+    estimate is tiny (on audio alone, say). It starts on the lowest layer that flows: a
+    pause now, with no stream of its own to pad after, would never end."""
+    pub = SimulcastPublisher(layer_frames)
+    session = await engine.publish("s-new", await pub.offer())
+    viewer, vs, rec = await _watch(engine, "s-new")  # before the publisher connects
+    video = vs.downtracks[0]
+    await wait_for(lambda: video.wanted is not None, 8)  # connected: waiting for a layer
+    assert video.wanted is session.uptracks[0].layers[2] and video.layer is None
+    pub.layers = pub.layers[:2]  # the top layer does not start
+    await pub.accept(session.answer_sdp)
+    up = session.uptracks[0]
+    await wait_for(lambda: up.layers[0].bitrate > 0 and up.layers[1].bitrate > 0, 8)
+    for _ in range(50):
+        await send_remb(rec.receiver, 10_000)
+        await asyncio.sleep(0.1)
+        if _layers(pub, rec.packets):
+            break
+    assert _layers(pub, rec.packets)[:1] == [0]  # video came, from the lowest layer
+    await viewer.close()
+    await pub.close()
+
+
 async def test_below_the_lowest_layer_video_pauses_and_audio_flows(
     engine, layer_frames, opus_frames
 ):
