@@ -171,26 +171,23 @@ class FrameAssembler:
             return None  # late or duplicate: already past it
         self._next_seq = (seq + 1) & 0xFFFF
 
+        if not self.video:
+            return EncodedFrame(timestamp, payload, True) if end > hlen else None
+
+        if gap:  # whatever was lost, the next frames may refer to it
+            self.dropped_frames += 1
+            self.needs_keyframe = True
         if end <= hlen:
             # padding only (a sender's probe in its media stream): it took a sequence
-            # number and carries nothing; a hole before it is still a hole
-            if gap and self.video:
-                self.dropped_frames += 1
-                self.needs_keyframe = True
-                self._broken = self._broken or bool(self._parts)
+            # number and carries nothing; a hole before it breaks the frame under way
+            self._broken = self._broken or (gap and bool(self._parts))
             return None
-        if not self.video:
-            return EncodedFrame(timestamp, payload, True)
-
         if timestamp != self._timestamp:
             if self._parts:  # the previous frame never saw its marker
                 self._drop()
             self._parts, self._timestamp, self._broken = [], timestamp, False
         elif gap:
             self._broken = True
-        if gap:  # whatever was lost, the next frames may refer to it
-            self.dropped_frames += 1
-            self.needs_keyframe = True
         try:
             self._parts.append(self._depayload(payload, starts_frame=not self._parts))
         except ValueError:
