@@ -15,16 +15,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sfu import MediaEngine, Session
-from sfu.track import DownTrack
+from sfu import MediaEngine
+from sfu.engine import (
+    LayerChanged,
+    PublisherEnded,
+    PublisherStarted,
+    RenegotiationNeeded,
+    SessionClosed,
+)
 
 log = logging.getLogger("airwave.engine_events")
-
-PublisherStarted = Callable[[str, Session], None | Awaitable[None]]
-PublisherEnded = Callable[[str, Session, str], None | Awaitable[None]]
-SessionClosed = Callable[[Session, str], None | Awaitable[None]]
-RenegotiationNeeded = Callable[[Session], None | Awaitable[None]]
-LayerChanged = Callable[[Session, DownTrack], None | Awaitable[None]]
 
 
 class EngineObservers:
