@@ -1332,7 +1332,7 @@ class DownTrack:
             resent.pop(seq, None)
             resent[seq] = now
             if self.abs_send_time_id:
-                data = _with_extension(buf, abs_send_time(self.abs_send_time_id, time.monotonic()))
+                data = _with_extension(buf, abs_send_time(self.abs_send_time_id, now))
             else:
                 data = bytes(buf)
             if rtx_pt is not None:
