@@ -71,8 +71,8 @@ class ReorderBuffer:
         self.holes: list[int] = []
         self._next: int | None = None  # the sequence number due next
         self._top: int | None = None  # the furthest sequence number seen past a hole
-        self._held: dict[int, tuple[bytes, float]] = {}  # seq -> (packet, arrival)
-        self._oldest = 0.0  # arrival of the earliest packet held
+        # seq -> (packet, arrival), in the order they arrived: the first one has waited longest
+        self._held: dict[int, tuple[bytes, float]] = {}
 
     def push(self, packet: bytes, now: float) -> list[bytes]:
         """One packet as it arrived; the packets now due, in sequence order."""
@@ -98,11 +98,10 @@ class ReorderBuffer:
             due = self._next
             self.holes.extend((due + i) & 0xFFFF for i in range(max(top + 1, ahead - MAX_HOLES), ahead))
             self._top = seq
-        if not self._held:
-            self._oldest = now
         self._held.setdefault(seq, (packet, now))
         out += self._release()
-        while self._held and (now - self._oldest >= self.wait or len(self._held) > self.limit):
+        while self._held and (now - next(iter(self._held.values()))[1] >= self.wait
+                              or len(self._held) > self.limit):
             self._skip()
             out += self._release()
         return out
@@ -124,8 +123,6 @@ class ReorderBuffer:
         while self._next in self._held:
             out.append(self._held.pop(self._next)[0])
             self._next = (self._next + 1) & 0xFFFF
-        if out and self._held:  # the earliest held went out: the next earliest waits now
-            self._oldest = min(arrival for _, arrival in self._held.values())
         return out
 
     def _skip(self) -> None:
